@@ -1,0 +1,97 @@
+from __future__ import annotations
+
+import abc
+from typing import TYPE_CHECKING, Any, Generic, TypeVar
+
+from ._exceptions import ActorError
+
+if TYPE_CHECKING:
+    from ._clock import Clock
+    from ._incarnation import Incarnation
+    from ._message import ExitReason
+    from ._ref import ActorRef
+    from ._system import ActorSystem
+    from ._timers import Timer
+
+MsgT = TypeVar("MsgT")
+
+
+class Actor(abc.ABC, Generic[MsgT]):
+    """Base class for actors. State lives on the instance and is touched only by the actor's own task.
+
+    Subclasses implement :meth:`receive`; its return value answers an ``ask``. A supervisor may replace the
+    instance after a failure: the new instance gets the same ref and the messages still queued.
+    """
+
+    __incarnation: Incarnation | None = None
+
+    def _attach(self, incarnation: Incarnation) -> None:
+        self.__incarnation = incarnation
+
+    @property
+    def _current(self) -> Incarnation:
+        incarnation = self.__incarnation
+        if incarnation is None:
+            raise ActorError(f"{type(self).__name__} is not running: spawn it through an ActorSystem first")
+        return incarnation
+
+    @property
+    def ref(self) -> ActorRef[MsgT]:
+        """This actor's own ref (stable across restarts)."""
+        return self._current.ref
+
+    @property
+    def system(self) -> ActorSystem:
+        """The actor system this actor runs in."""
+        return self._current.ref._system
+
+    @property
+    def clock(self) -> Clock:
+        """The runtime clock (virtual in tests and simulations)."""
+        return self._current.ref._system.clock
+
+    @abc.abstractmethod
+    async def receive(self, message: MsgT) -> Any:
+        """Handle one message; the return value is the reply to an ``ask``.
+
+        Raising fails this instance: its supervisor decides what happens next (an unsupervised actor stops).
+        """
+
+    async def on_start(self) -> None:  # an optional hook: doing nothing is the right default
+        """Run once before the first message; raising here fails the start."""
+
+    async def on_stop(self, reason: ExitReason) -> None:  # an optional hook, as on_start
+        """Run once after the last message, on a normal, shutdown or error exit (not when cancelled)."""
+
+    def stop(self) -> None:
+        """Stop this actor after the current message (exit reason ``normal``)."""
+        self._current.request_stop(owner=False, normal=True)
+
+    def send_after(self, delay: float, message: MsgT) -> Timer:
+        """Deliver ``message`` to this actor once, after ``delay`` seconds.
+
+        The timer is cancelled when this instance stops or is replaced.
+        """
+        if delay < 0:
+            raise ValueError(f"delay must be >= 0 seconds, got {delay}")
+        return self._current.start_timer(delay, None, message)
+
+    def send_every(self, interval: float, message: MsgT, *, first_after: float | None = None) -> Timer:
+        """Deliver ``message`` to this actor every ``interval`` seconds, at a fixed rate.
+
+        :param first_after: delay before the first delivery (default: ``interval``)
+        """
+        if interval <= 0:
+            raise ValueError(f"interval must be > 0 seconds, got {interval}")
+        first = interval if first_after is None else first_after
+        if first < 0:
+            raise ValueError(f"first_after must be >= 0 seconds, got {first}")
+        return self._current.start_timer(first, interval, message)
+
+    def watch(self, ref: ActorRef[Any]) -> None:
+        """Receive ``Terminated(ref, reason)`` when ``ref`` stops for good (at once if it already has)."""
+        self._current.ref._system.watch(self._current.ref, ref)
+
+    def unwatch(self, ref: ActorRef[Any]) -> None:
+        """Cancel a :meth:`watch`: no ``Terminated`` for ``ref`` is delivered after this call."""
+        self._current.ref._system.unwatch(self._current.ref, ref)

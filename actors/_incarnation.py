@@ -1,0 +1,207 @@
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Any
+
+import anyio
+import anyio.abc
+import anyio.lowlevel
+
+from ._exceptions import ActorFailed, ActorStartError
+from ._message import NORMAL_EXIT, SHUTDOWN_EXIT, ExitKind, ExitReason
+from ._ref import AskRequest, RefState, TimerFire
+from ._timers import Timer
+
+if TYPE_CHECKING:
+    from ._actor import Actor
+    from ._ref import ActorRef
+
+logger = logging.getLogger("agentwatch.actors")
+
+#: Messages handled back to back before the drain loop yields to other tasks (fairness under a flood).
+BATCH_SIZE = 256
+
+ExitCallback = Callable[["ActorRef[Any]", ExitReason], None]
+
+
+class HandlerTimeout(Exception):
+    """A ``receive`` ran past its deadline and was cancelled (hang detection)."""
+
+    def __init__(self, actor: str, deadline: float) -> None:
+        super().__init__(f"{actor!r}: a handler ran past its deadline of {deadline} s and was cancelled")
+        self.actor = actor
+        self.deadline = deadline
+
+
+class Incarnation:
+    """One instance of an actor, running behind a ref: its task, timers, stop request and exit reason.
+
+    A restart is a new Incarnation on the same ref (same mailbox); this object never outlives its instance.
+    """
+
+    __slots__ = (
+        "_kill_detail",
+        "_kill_scope",
+        "_owner_stop",
+        "_stop_reason",
+        "_timers",
+        "actor",
+        "done",
+        "exit_reason",
+        "handler_timeout",
+        "on_exit",
+        "ref",
+    )
+
+    def __init__(self, ref: ActorRef[Any], *, on_exit: ExitCallback | None, handler_timeout: float | None) -> None:
+        self.ref = ref
+        self.on_exit = on_exit
+        self.handler_timeout = handler_timeout
+        self.actor: Actor[Any] | None = None
+        self.done = anyio.Event()
+        self.exit_reason: ExitReason | None = None
+        self._stop_reason: ExitReason | None = None
+        self._owner_stop = False
+        self._kill_scope: anyio.CancelScope | None = None
+        self._kill_detail = "cancelled"
+        self._timers: anyio.abc.TaskGroup | None = None
+
+    @property
+    def stop_requested(self) -> bool:
+        return self._stop_reason is not None
+
+    @property
+    def stopped_by_owner(self) -> bool:
+        """True when the exit was requested by whoever owns the ref (a supervisor), not a crash or a self-stop."""
+        return self._owner_stop
+
+    def request_stop(self, *, owner: bool, normal: bool = False) -> None:
+        """Ask the drain loop to stop after the current message."""
+        if self._stop_reason is None:
+            self._stop_reason = NORMAL_EXIT if normal else SHUTDOWN_EXIT
+            self._owner_stop = owner
+        self.ref._mailbox.wake()
+
+    def kill(self, detail: str) -> None:
+        """Cancel the instance now: its current handler is interrupted and ``on_stop`` does not run."""
+        self._kill_detail = detail
+        if self._kill_scope is not None:
+            self._kill_scope.cancel()
+
+    def start_timer(self, delay: float, interval: float | None, message: Any) -> Timer:
+        if self._timers is None or self.done.is_set():
+            raise RuntimeError("timers can only be set while the actor is running")
+        timer = Timer(interval)
+        self._timers.start_soon(timer.run, self, delay, message)
+        return timer
+
+    async def run(
+        self,
+        factory: Callable[[], Actor[Any]],
+        *,
+        task_status: anyio.abc.TaskStatus[BaseException | None] = anyio.TASK_STATUS_IGNORED,
+    ) -> None:
+        """Build the instance, run ``on_start``, drain the mailbox until stopped, run ``on_stop``.
+
+        Reports start failures through ``task_status`` (never by raising: the task group belongs to the whole
+        system) and always records the exit reason, even when cancelled from outside.
+        """
+        reason: ExitReason | None = None
+        start_failure: BaseException | None = None
+        started = False
+        ref = self.ref
+        try:
+            with anyio.CancelScope() as kill_scope:
+                self._kill_scope = kill_scope
+                async with anyio.create_task_group() as timers:
+                    self._timers = timers
+                    try:
+                        actor = factory()
+                        actor._attach(self)
+                        self.actor = actor
+                        await actor.on_start()
+                    except Exception as exc:
+                        # Reported to the starter only once the ref is cleaned up (in ``finally``), so that a
+                        # caller seeing ActorStartError never finds the failed actor still registered.
+                        reason = ExitReason.error(exc, f"start failed: {exc!r}")
+                        start_failure = exc
+                        return
+                    ref._state = RefState.RUNNING
+                    started = True
+                    task_status.started(None)
+                    reason = await self._drain(actor)
+                    timers.cancel_scope.cancel()
+                    if reason.kind is not ExitKind.KILLED:
+                        try:
+                            await actor.on_stop(reason)
+                        except Exception:
+                            logger.exception("%s: on_stop raised (exit reason kept: %s)", ref.name, reason)
+        finally:
+            if reason is None:
+                reason = ExitReason(kind=ExitKind.KILLED, detail=self._kill_detail)
+            self.exit_reason = reason
+            self._timers = None
+            self.done.set()
+            ref._system._incarnation_ended(self, reason)
+            if not started:
+                task_status.started(start_failure if start_failure is not None else ActorStartError(ref.name, reason))
+
+    async def _drain(self, actor: Actor[Any]) -> ExitReason:
+        ref = self.ref
+        mailbox = ref._mailbox
+        queue = mailbox.queue
+        receive = actor.receive
+        deadline = self.handler_timeout
+        item: Any = None
+        try:
+            while True:
+                if self._stop_reason is not None:
+                    return self._stop_reason
+                if not queue:
+                    await mailbox.wait_nonempty()
+                    continue
+                depth = len(queue)
+                if depth > mailbox.high_water:
+                    mailbox.high_water = depth
+                handled = 0
+                while queue and handled < BATCH_SIZE:
+                    item = queue.popleft()
+                    mailbox.processed += 1
+                    handled += 1
+                    kind = type(item)
+                    if kind is AskRequest:
+                        reply = await (receive(item.message) if deadline is None else self._guarded(item.message))
+                        if not item.resolve(reply):
+                            ref._system.dead_letters.record(ref.name, "late_reply", reply)
+                    elif kind is TimerFire:
+                        if item.incarnation is not self:
+                            ref._system.dead_letters.record(ref.name, "stale_timer", item.message)
+                        else:
+                            await (receive(item.message) if deadline is None else self._guarded(item.message))
+                    elif deadline is None:
+                        await receive(item)
+                    else:
+                        await self._guarded(item)
+                    item = None
+                    if self._stop_reason is not None:
+                        break
+                if mailbox.space_waiters:
+                    mailbox.wake_senders()
+                if handled == BATCH_SIZE:
+                    await anyio.lowlevel.checkpoint()
+        except Exception as exc:
+            ref._failed += 1
+            if type(item) is AskRequest:
+                item.fail(ActorFailed(ref.name, exc))
+            logger.debug("%s failed while handling %s", ref.name, type(item).__name__, exc_info=True)
+            return ExitReason.error(exc)
+
+    async def _guarded(self, message: Any) -> Any:
+        assert self.actor is not None
+        assert self.handler_timeout is not None
+        with anyio.move_on_after(self.handler_timeout) as scope:
+            return await self.actor.receive(message)
+        if scope.cancelled_caught:
+            raise HandlerTimeout(self.ref.name, self.handler_timeout)
+        raise AssertionError("unreachable: a handler neither returned nor timed out")  # pragma: no cover

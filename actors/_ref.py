@@ -1,0 +1,277 @@
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any, Generic, TypeVar
+
+import anyio
+import msgspec
+
+from ._exceptions import ActorFailed, ActorStopped, AskTimeout, MailboxFull
+from ._mailbox import Mailbox, MailboxSpec, MailboxStatistics, Overflow
+
+if TYPE_CHECKING:
+    from ._incarnation import Incarnation
+    from ._message import ExitReason
+    from ._system import ActorSystem
+
+MsgT = TypeVar("MsgT")
+
+
+class RefState:
+    """The lifecycle states of a ref, as reported by ``statistics().state`` and supervisors."""
+
+    IDLE = "idle"  # created, no instance yet: messages queue
+    STARTING = "starting"  # an instance is running on_start: messages queue
+    RUNNING = "running"
+    RESTARTING = "restarting"  # supervised, between instances: messages queue (bounded)
+    DETACHED = "detached"  # a non-critical child taken out of service: messages are dead letters
+    STOPPED = "stopped"  # for good: messages are dead letters, watchers were told
+
+
+_CLOSED_STATES = frozenset({RefState.DETACHED, RefState.STOPPED})
+
+
+class AskRequest:
+    """An ask in flight: the mailbox item that carries the question and the slot its answer goes to."""
+
+    __slots__ = ("abandoned", "done", "error", "finished", "message", "reply")
+
+    def __init__(self, message: Any) -> None:
+        self.message = message
+        self.done = anyio.Event()
+        self.finished = False
+        self.abandoned = False
+        self.reply: Any = None
+        self.error: ActorFailed | ActorStopped | MailboxFull | None = None
+
+    def resolve(self, reply: Any) -> bool:
+        """Deliver the reply; return False when the asker already gave up (the caller counts a late reply)."""
+        if self.abandoned:
+            return False
+        self.reply = reply
+        self.finished = True
+        self.done.set()
+        return True
+
+    def fail(self, error: ActorFailed | ActorStopped | MailboxFull) -> bool:
+        """Deliver an error instead of a reply; return False when the asker already gave up."""
+        if self.abandoned:
+            return False
+        self.error = error
+        self.finished = True
+        self.done.set()
+        return True
+
+
+class TimerFire:
+    """A timer's message, tagged with the instance that set it: a replaced instance's timers never reach the next."""
+
+    __slots__ = ("incarnation", "message")
+
+    def __init__(self, incarnation: Incarnation, message: Any) -> None:
+        self.incarnation = incarnation
+        self.message = message
+
+
+class ActorStatistics(msgspec.Struct, frozen=True, kw_only=True):
+    """A frozen snapshot of one actor: its state, mailbox counters and restarts.
+
+    ``sent == processed + dropped_total + dead_lettered + queued`` holds for every snapshot.
+    """
+
+    name: str
+    state: str
+    sent: int
+    received: int
+    processed: int
+    failed: int
+    queued: int
+    dropped: dict[str, int]
+    dead_lettered: int
+    restarts: int
+    mailbox: MailboxStatistics
+
+    @property
+    def dropped_total(self) -> int:
+        """All messages dropped by the overflow policy."""
+        return sum(self.dropped.values())
+
+
+class ActorRef(Generic[MsgT]):
+    """The only handle to an actor. Stable across restarts: the mailbox belongs to the ref, not to the instance.
+
+    ``tell`` never awaits, ``send`` waits for room, ``ask`` waits for the handler's return value.
+    """
+
+    __slots__ = (
+        "__weakref__",
+        "_failed",
+        "_incarnation",
+        "_incarnations",
+        "_mailbox",
+        "_name",
+        "_state",
+        "_stop_reason",
+        "_system",
+        "_watchers",
+    )
+
+    def __init__(self, system: ActorSystem, name: str, mailbox: MailboxSpec) -> None:
+        self._system = system
+        self._name = name
+        self._mailbox = Mailbox(mailbox)
+        self._state = RefState.IDLE
+        self._incarnation: Incarnation | None = None
+        self._incarnations = 0
+        self._failed = 0
+        self._stop_reason: ExitReason | None = None
+        self._watchers: list[ActorRef[Any]] = []
+
+    @property
+    def name(self) -> str:
+        """The name this actor is registered under."""
+        return self._name
+
+    @property
+    def state(self) -> str:
+        """One of the :class:`RefState` values."""
+        return self._state
+
+    @property
+    def is_alive(self) -> bool:
+        """True unless the actor is stopped for good or detached."""
+        return self._state not in _CLOSED_STATES
+
+    @property
+    def stop_reason(self) -> ExitReason | None:
+        """Why the actor stopped for good, once it has."""
+        return self._stop_reason
+
+    def __repr__(self) -> str:
+        return f"<ActorRef {self._name} {self._state}>"
+
+    def tell(self, message: MsgT) -> None:
+        """Queue a message without waiting. Never blocks and never raises, except under ``Overflow.REJECT``.
+
+        A full mailbox applies its overflow policy and counts the drop; a stopped or detached actor's messages go
+        to dead letters.
+
+        :raises MailboxFull: when the mailbox is full and its policy is REJECT
+        """
+        mailbox = self._mailbox
+        mailbox.sent += 1
+        if self._state in _CLOSED_STATES:
+            self._dead_letter(message)
+            return
+        queue = mailbox.queue
+        if len(queue) < mailbox.capacity:
+            queue.append(message)
+            waiter = mailbox.waiter
+            if waiter is not None:
+                mailbox.waiter = None
+                waiter.set()
+            return
+        self._overflow(message)
+
+    def _overflow(self, message: Any) -> None:
+        mailbox = self._mailbox
+        mailbox.high_water = mailbox.capacity
+        if mailbox.overflow is Overflow.DROP_NEWEST:
+            mailbox.dropped_newest += 1
+            if type(message) is AskRequest:
+                message.fail(MailboxFull(self._name, mailbox.capacity, mailbox.overflow.value))
+        elif mailbox.overflow is Overflow.DROP_OLDEST:
+            evicted = mailbox.queue.popleft()
+            mailbox.dropped_oldest += 1
+            if type(evicted) is AskRequest:
+                evicted.fail(MailboxFull(self._name, mailbox.capacity, mailbox.overflow.value))
+            mailbox.queue.append(message)
+        else:
+            mailbox.rejected += 1
+            raise MailboxFull(self._name, mailbox.capacity)
+
+    def _dead_letter(self, message: Any) -> None:
+        self._mailbox.dead_lettered += 1
+        if type(message) is AskRequest:
+            message.fail(ActorStopped(self._name, self._state))
+            message = message.message
+        elif type(message) is TimerFire:
+            message = message.message
+        self._system.dead_letters.record(self._name, self._state, message)
+
+    async def send(self, message: MsgT) -> None:
+        """Queue a message, waiting for room while the mailbox is full (backpressure).
+
+        :raises ActorStopped: when the actor is stopped or detached (the message is also counted as a dead letter)
+        """
+        mailbox = self._mailbox
+        while len(mailbox.queue) >= mailbox.capacity and self._state not in _CLOSED_STATES:
+            await mailbox.wait_for_space()
+        if self._state in _CLOSED_STATES:
+            state = self._state
+            self.tell(message)
+            raise ActorStopped(self._name, state)
+        self.tell(message)
+
+    async def ask(self, message: MsgT, *, timeout: float | None = 5.0) -> Any:
+        """Send a message and wait for the handler's return value.
+
+        :param timeout: seconds to wait for the reply; ``None`` waits forever. A reply arriving after the timeout
+            is dropped and counted as a dead letter (``late_reply``); it never reaches a later ask.
+        :return: whatever ``receive`` returned for this message
+        :raises AskTimeout: when no reply came within ``timeout``
+        :raises ActorStopped: when the actor is (or becomes, before handling it) stopped or detached
+        :raises ActorFailed: when the handler raised; the original exception is its ``__cause__``
+        :raises MailboxFull: when the request was dropped by the mailbox's overflow policy
+        """
+        if self._state in _CLOSED_STATES:
+            self._mailbox.sent += 1
+            self._dead_letter(message)
+            raise ActorStopped(self._name, self._state)
+        request = AskRequest(message)
+        try:
+            # An ask waits anyway, so it also waits for room (backpressure) instead of being dropped.
+            with anyio.move_on_after(timeout if timeout is not None else float("inf")):
+                mailbox = self._mailbox
+                while len(mailbox.queue) >= mailbox.capacity and self._state not in _CLOSED_STATES:
+                    await mailbox.wait_for_space()
+                self.tell(request)  # type: ignore[arg-type]  # the drain loop unwraps it
+                await request.done.wait()
+        finally:
+            if not request.finished:
+                request.abandoned = True
+        if not request.finished:
+            raise AskTimeout(self._name, timeout if timeout is not None else 0.0)
+        error = request.error
+        if error is not None:
+            if isinstance(error, ActorFailed):
+                raise error from error.cause
+            raise error
+        return request.reply
+
+    async def stop(self, *, timeout: float | None = 5.0) -> ExitReason:
+        """Stop the actor gracefully (after its current message, ``on_stop`` runs) and wait until it has.
+
+        A supervised actor stopped this way exits with reason ``shutdown``: its supervisor applies the child's
+        restart type (use the supervisor's ``terminate_child`` to stop a supervised child for good).
+
+        :param timeout: how long a graceful stop may take before the actor is cancelled; 0 cancels at once
+        :return: why it stopped
+        """
+        return await self._system.stop_actor(self, timeout=timeout)
+
+    def statistics(self) -> ActorStatistics:
+        """Return a frozen snapshot of this actor's counters."""
+        mailbox = self._mailbox.statistics()
+        return ActorStatistics(
+            name=self._name,
+            state=self._state,
+            sent=mailbox.sent,
+            received=mailbox.received,
+            processed=mailbox.processed,
+            failed=self._failed,
+            queued=mailbox.queued,
+            dropped=mailbox.dropped,
+            dead_lettered=mailbox.dead_lettered,
+            restarts=max(0, self._incarnations - 1),
+            mailbox=mailbox,
+        )

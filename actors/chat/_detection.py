@@ -1,0 +1,726 @@
+from __future__ import annotations
+
+import heapq
+import itertools
+import math
+import operator
+from collections import OrderedDict, deque
+from collections.abc import Container, Iterable
+from typing import Final
+
+import msgspec
+
+from actors.chat._anomaly import ALL_THREADS, Anomaly, AnomalyKey, AnomalyKind
+from actors.chat._events import (
+    AgentEvent,
+    RunError,
+    RunFinished,
+    RunStarted,
+    StampedEvent,
+    ToolCallEnd,
+    ToolCallResult,
+    ToolCallStart,
+)
+
+
+class DetectionThresholds(msgspec.Struct, frozen=True, kw_only=True):
+    """When the run tracker calls something an anomaly; durations are seconds.
+
+    :param stuck_tool_after: a tool call open this long (``>=``) with no TOOL_CALL_END/RESULT is ``stuck_tool``.
+    :param stale_thread_after: an unfinished run silent this long (``>=``) is ``stale_thread``.
+    :param high_latency_after: an event observed more than this (``>``) after its own ``timestamp`` is
+        ``high_latency``.
+    :param error_burst_count: this many RUN_ERROR events (across all runs) ...
+    :param error_burst_window: ... less than this apart, first to last, are an ``error_burst``.
+    :param undelivered_after: an event expected for delivery and not confirmed this long after (``>=``) it was
+        accepted is ``undelivered_event``.
+    :param retention: how long a finished run is kept to catch duplicate and late events; also how long a run
+        already reported stale is kept before it is forgotten.
+    :param max_tracked_runs: most runs in flight (and, separately, most finished runs retained, and most threads
+        with delivery state); beyond it the least recently active one is evicted and counted.
+    :raises ValueError: when a duration is not a positive finite number or a count is not a positive int.
+    """
+
+    stuck_tool_after: float = 30.0
+    stale_thread_after: float = 60.0
+    high_latency_after: float = 2.0
+    error_burst_count: int = 5
+    error_burst_window: float = 60.0
+    undelivered_after: float = 5.0
+    retention: float = 300.0
+    max_tracked_runs: int = 100_000
+
+    def __post_init__(self) -> None:
+        for name in (
+            "stuck_tool_after",
+            "stale_thread_after",
+            "high_latency_after",
+            "error_burst_window",
+            "undelivered_after",
+            "retention",
+        ):
+            value = getattr(self, name)
+            if (
+                isinstance(value, bool)
+                or not isinstance(value, int | float)
+                or not math.isfinite(value)
+                or value <= 0
+            ):
+                raise ValueError(f"{name} must be a positive finite number of seconds, got {value!r}")
+        for name in ("error_burst_count", "max_tracked_runs"):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+                raise ValueError(f"{name} must be a positive int, got {value!r}")
+
+
+class TrackerStatistics(msgspec.Struct, frozen=True, kw_only=True):
+    """A snapshot of a :class:`RunTracker`.
+
+    :param runs_in_flight: runs started (or first seen) and not finished.
+    :param runs_retained: finished runs still kept to catch duplicate and late events.
+    :param runs_abandoned: runs reported stale that stayed silent for ``retention`` more and were forgotten.
+    :param evictions: runs and threads dropped because ``max_tracked_runs`` was reached.
+    :param pending_deadlines: live deadlines (run checks, open tool calls, threads awaiting delivery).
+    :param pending_deliveries: events expected for delivery and not yet confirmed.
+    :param events_observed: events passed to ``observe`` (and ``rebuild``).
+    :param anomalies_by_kind: anomalies returned so far, by kind (kinds never seen are absent).
+    """
+
+    runs_in_flight: int
+    runs_retained: int
+    runs_abandoned: int
+    evictions: int
+    pending_deadlines: int
+    pending_deliveries: int
+    events_observed: int
+    anomalies_by_kind: dict[AnomalyKind, int]
+
+
+# What an event means to the state machine; everything absent from the table is plain activity.
+_ACTIVITY: Final = 0
+_STARTED: Final = 1
+_FINISHED: Final = 2
+_ERRORED: Final = 3
+_TOOL_STARTED: Final = 4
+_TOOL_CLOSED: Final = 5
+_CATEGORY: Final[dict[type, int]] = {
+    RunStarted: _STARTED,
+    RunFinished: _FINISHED,
+    RunError: _ERRORED,
+    ToolCallStart: _TOOL_STARTED,
+    ToolCallEnd: _TOOL_CLOSED,
+    ToolCallResult: _TOOL_CLOSED,
+}
+
+# _Run.flags: what was already reported for a run, so each per-run anomaly is reported once.
+_STALE_REPORTED: Final = 1
+_LATENCY_REPORTED: Final = 2
+_DUPLICATE_REPORTED: Final = 4
+_AFTER_REPORTED: Final = 8
+
+# _Run.tools values: a non-negative int is the stuck deadline of an open tool call (observed_at is ms since the
+# epoch, never negative); these two mark a call already reported stuck, and a closed (or orphan) call.
+_TOOL_STUCK: Final = -1
+_TOOL_DONE: Final = -2
+
+_NOTHING: Final[tuple[Anomaly, ...]] = ()
+_MIN_COMPACT: Final = 1024
+_by_observed_at: Final = operator.attrgetter("observed_at")
+
+
+class _Run:
+    """Per-run state: one per tracked (thread, run)."""
+
+    __slots__ = ("armed", "finished_at", "flags", "key", "last_activity", "tools", "tracked")
+
+    def __init__(self, key: tuple[str, str], now: int) -> None:
+        self.key = key
+        self.last_activity = now
+        self.finished_at: int | None = None
+        # Deadline of this run's one live heap entry; an entry with any other deadline is stale.
+        self.armed = 0
+        self.flags = 0
+        self.tools: dict[str, int] | None = None
+        self.tracked = True
+
+
+class _Delivery:
+    """Per-thread delivery state: the highest confirmed seq and the expected seqs above it, oldest first."""
+
+    __slots__ = ("armed", "confirmed", "deadlines", "seqs", "thread_id", "tracked")
+
+    def __init__(self, thread_id: str, confirmed: int) -> None:
+        self.thread_id = thread_id
+        self.confirmed = confirmed
+        # Parallel deques rather than a deque of tuples: no allocation per expectation beyond the ints we are given.
+        self.seqs: deque[int] = deque()
+        self.deadlines: deque[int] = deque()
+        self.armed: int | None = None
+        self.tracked = True
+
+
+_Entry = tuple[int, int, _Run | _Delivery, str | None]
+
+
+def _ms(seconds: float) -> int:
+    return round(seconds * 1000)
+
+
+def _type_name(event: AgentEvent) -> str:
+    return str(event.__struct_config__.tag)
+
+
+class RunTracker:
+    """The ChatEventMonitor's detection core: per-run state machines and a deadline heap, no I/O and no clock.
+
+    Feed it every event the bridge accepts (:meth:`observe`), the delivery taps (:meth:`expect_delivery`,
+    :meth:`confirm_delivery`), and call :meth:`advance` when :meth:`next_deadline` comes due. Times are ms on the
+    runtime clock (``StampedEvent.observed_at``). Each detector, and what counts as the boundary:
+
+    - ``missing_agent_started``: the first event seen for a (thread, run) is not RUN_STARTED (a lone RUN_FINISHED
+      included). Reported once; the run is then tracked as if it had started (or as finished, for a completion).
+    - ``orphan_tool_completed``: TOOL_CALL_END or TOOL_CALL_RESULT for a tool call id never started in the run
+      (once per tool call id). A RESULT after its END is normal.
+    - ``stuck_tool``: TOOL_CALL_START with no END/RESULT when ``stuck_tool_after`` has elapsed (elapsed ``>=``
+      threshold, so ``advance(start + threshold)`` reports it and an END observed at that same ms is too late once
+      ``advance`` ran). It is reported even if the run finished meanwhile: a run that ends with a call open leaves
+      the client waiting on that call.
+    - ``stale_thread``: a run in flight (no RUN_FINISHED/RUN_ERROR) that has seen no event for
+      ``stale_thread_after`` (``>=``). Reported once per run; if it then stays silent for ``retention`` more it is
+      forgotten (``runs_abandoned``).
+    - ``high_latency``: ``observed_at - event.timestamp > high_latency_after`` (strictly: exactly at the threshold
+      is fine); events without a timestamp are skipped. Reported once per run, for the first late event.
+    - ``duplicate_completion``: RUN_FINISHED or RUN_ERROR for a run already finished (once per run).
+    - ``event_after_completion``: any other event for a finished run still retained (once per run). A late
+      TOOL_CALL_END/RESULT still closes its call.
+    - ``error_burst``: ``error_burst_count`` RUN_ERROR events (across all runs) less than ``error_burst_window``
+      apart, first to last. Reported at most once per aligned window (``window_start`` = the detecting error's
+      ``observed_at`` rounded down to a multiple of the window), so a continuing burst reports once per window.
+    - ``undelivered_event``: see :meth:`expect_delivery`.
+
+    Deadlines live in a heap with lazy invalidation (an entry whose target moved on is skipped when popped, and the
+    heap is compacted when stale entries outnumber live ones), so each event costs O(1) or O(log n) and nothing
+    ever scans all runs. Memory is bounded by ``retention`` and ``max_tracked_runs``.
+
+    :param thresholds: the detection thresholds.
+    """
+
+    def __init__(self, thresholds: DetectionThresholds | None = None) -> None:
+        self._thresholds = thresholds = thresholds or DetectionThresholds()
+        self._stuck_ms = _ms(thresholds.stuck_tool_after)
+        self._stale_ms = _ms(thresholds.stale_thread_after)
+        self._latency_ms = _ms(thresholds.high_latency_after)
+        self._burst_window_ms = max(1, _ms(thresholds.error_burst_window))
+        self._undelivered_ms = _ms(thresholds.undelivered_after)
+        self._retention_ms = _ms(thresholds.retention)
+        self._max_runs = thresholds.max_tracked_runs
+        # Least recently active first (move_to_end on each event), so eviction pops the front in O(1).
+        self._in_flight: OrderedDict[tuple[str, str], _Run] = OrderedDict()
+        # Oldest finished first: retention expiry and the cap both remove from the front.
+        self._finished: OrderedDict[tuple[str, str], _Run] = OrderedDict()
+        self._deliveries: OrderedDict[str, _Delivery] = OrderedDict()
+        self._heap: list[_Entry] = []
+        self._tiebreak = itertools.count()
+        self._compact_above = _MIN_COMPACT
+        self._armed_tools = 0
+        self._armed_deliveries = 0
+        self._errors: deque[int] = deque(maxlen=thresholds.error_burst_count)
+        self._burst_window_reported: int | None = None
+        self._events_observed = 0
+        self._evictions = 0
+        self._abandoned = 0
+        self._by_kind: dict[AnomalyKind, int] = {}
+
+    @property
+    def thresholds(self) -> DetectionThresholds:
+        """The thresholds this tracker applies."""
+        return self._thresholds
+
+    # ------------------------------------------------------------------ events
+
+    def observe(self, stamped: StampedEvent) -> tuple[Anomaly, ...]:
+        """Account for one accepted event and report what it reveals at once.
+
+        :return: the anomalies this event reveals (missing start, orphan completion, latency, duplicate or late
+            completion, error burst); a shared empty tuple when there are none, which is the common case.
+        """
+        found = self._observe(stamped)
+        if found is None:
+            return _NOTHING
+        self._tally(found)
+        return tuple(found)
+
+    def _observe(self, stamped: StampedEvent) -> list[Anomaly] | None:
+        self._events_observed += 1
+        event = stamped.event
+        now = stamped.observed_at
+        category = _CATEGORY.get(event.__class__, _ACTIVITY)
+        key = (stamped.thread_id, stamped.run_id)
+        found: list[Anomaly] | None = None
+        run = self._in_flight.get(key)
+        if run is not None:
+            self._in_flight.move_to_end(key)
+            if now > run.last_activity:
+                run.last_activity = now
+        else:
+            run = self._finished.get(key)
+            if run is not None:
+                return self._observe_finished(run, stamped, category)
+            run = self._track(key, now)
+            if category != _STARTED:
+                found = [
+                    self._anomaly(
+                        AnomalyKind.MISSING_AGENT_STARTED,
+                        stamped,
+                        f"the first event seen for the run was {_type_name(event)} (seq {stamped.seq}), "
+                        "not RUN_STARTED",
+                    )
+                ]
+        timestamp = event.timestamp
+        if timestamp is not None and now - timestamp > self._latency_ms and not run.flags & _LATENCY_REPORTED:
+            run.flags |= _LATENCY_REPORTED
+            late = self._latency(stamped, timestamp)
+            found = [late] if found is None else [*found, late]
+        if category == _ACTIVITY or category == _STARTED:  # noqa: PLR1714 - int compare beats a set lookup here
+            return found
+        if category == _TOOL_STARTED:
+            self._open_tool(run, stamped.event.tool_call_id, now)  # type: ignore[union-attr]
+        elif category == _TOOL_CLOSED:
+            if not self._close_tool(run, stamped.event.tool_call_id):  # type: ignore[union-attr]
+                orphan = self._orphan(stamped)
+                found = [orphan] if found is None else [*found, orphan]
+        else:
+            self._finish(run, now)
+            if category == _ERRORED:
+                burst = self._count_error(stamped)
+                if burst is not None:
+                    found = [burst] if found is None else [*found, burst]
+        return found
+
+    def _observe_finished(self, run: _Run, stamped: StampedEvent, category: int) -> list[Anomaly] | None:
+        found: list[Anomaly] = []
+        event = stamped.event
+        timestamp = event.timestamp
+        if (
+            timestamp is not None
+            and stamped.observed_at - timestamp > self._latency_ms
+            and not run.flags & _LATENCY_REPORTED
+        ):
+            run.flags |= _LATENCY_REPORTED
+            found.append(self._latency(stamped, timestamp))
+        if category == _FINISHED or category == _ERRORED:  # noqa: PLR1714
+            if not run.flags & _DUPLICATE_REPORTED:
+                run.flags |= _DUPLICATE_REPORTED
+                found.append(
+                    self._anomaly(
+                        AnomalyKind.DUPLICATE_COMPLETION,
+                        stamped,
+                        f"{_type_name(event)} (seq {stamped.seq}) for a run that already finished "
+                        f"{stamped.observed_at - (run.finished_at or 0)} ms earlier",
+                    )
+                )
+            if category == _ERRORED:
+                burst = self._count_error(stamped)
+                if burst is not None:
+                    found.append(burst)
+        else:
+            if category == _TOOL_CLOSED:
+                # Closing the call keeps it from also being reported stuck; it is not an orphan either, since a
+                # finished run is reported once for late events and that already says what happened.
+                self._close_tool(run, stamped.event.tool_call_id)  # type: ignore[union-attr]
+            if not run.flags & _AFTER_REPORTED:
+                run.flags |= _AFTER_REPORTED
+                found.append(
+                    self._anomaly(
+                        AnomalyKind.EVENT_AFTER_COMPLETION,
+                        stamped,
+                        f"{_type_name(event)} (seq {stamped.seq}) arrived "
+                        f"{stamped.observed_at - (run.finished_at or 0)} ms after the run finished",
+                    )
+                )
+        return found or None
+
+    def _track(self, key: tuple[str, str], now: int) -> _Run:
+        run = _Run(key, now)
+        in_flight = self._in_flight
+        in_flight[key] = run
+        self._arm(run, now + self._stale_ms)
+        if len(in_flight) > self._max_runs:
+            _, oldest = in_flight.popitem(last=False)
+            self._drop(oldest)
+            self._evictions += 1
+        return run
+
+    def _open_tool(self, run: _Run, tool_call_id: str, now: int) -> None:
+        tools = run.tools
+        if tools is None:
+            tools = run.tools = {}
+        elif tool_call_id in tools:
+            return  # a repeated START neither re-arms nor reopens the call
+        due = now + self._stuck_ms
+        tools[tool_call_id] = due
+        self._armed_tools += 1
+        self._push(due, run, tool_call_id)
+
+    def _close_tool(self, run: _Run, tool_call_id: str) -> bool:
+        """Close a tool call; False when the run never started it (it is then remembered as closed)."""
+        tools = run.tools
+        if tools is None:
+            tools = run.tools = {}
+        state = tools.get(tool_call_id)
+        tools[tool_call_id] = _TOOL_DONE
+        if state is None:
+            return False
+        if state >= 0:
+            self._armed_tools -= 1  # its heap entry goes stale
+        return True
+
+    def _finish(self, run: _Run, now: int) -> None:
+        key = run.key
+        del self._in_flight[key]
+        finished = self._finished
+        finished[key] = run
+        run.finished_at = now
+        due = now + self._retention_ms
+        if due < run.armed:
+            self._arm(run, due)
+        if len(finished) > self._max_runs:
+            _, oldest = finished.popitem(last=False)
+            self._drop(oldest)
+            self._evictions += 1
+
+    def _count_error(self, stamped: StampedEvent) -> Anomaly | None:
+        errors = self._errors
+        now = stamped.observed_at
+        errors.append(now)
+        if len(errors) < self._thresholds.error_burst_count or now - errors[0] >= self._burst_window_ms:
+            return None
+        window_start = now - now % self._burst_window_ms
+        if window_start == self._burst_window_reported:
+            return None
+        self._burst_window_reported = window_start
+        return Anomaly(
+            kind=AnomalyKind.ERROR_BURST,
+            severity=AnomalyKind.ERROR_BURST.default_severity,
+            thread_id=ALL_THREADS,
+            detected_at=now,
+            window_start=window_start,
+            detail=f"{len(errors)} RUN_ERROR events within {now - errors[0]} ms (threshold: "
+            f"{self._thresholds.error_burst_count} within {self._burst_window_ms} ms); the latest on thread "
+            f"{stamped.thread_id!r}, run {stamped.run_id!r}",
+        )
+
+    # ------------------------------------------------------------------ delivery
+
+    def expect_delivery(self, thread_id: str, seq: int, observed_at: int) -> None:
+        """Note that the bridge routed event ``seq`` of ``thread_id`` to at least one subscribed connection.
+
+        Expectation is explicit: the bridge calls this only for events it routed to a connection, so an event on
+        a thread nobody subscribes to never counts as undelivered. Unless :meth:`confirm_delivery` covers ``seq``
+        within ``undelivered_after`` of ``observed_at`` (``>=`` elapsed is late), :meth:`advance` reports
+        ``undelivered_event`` — once for each run of consecutive overdue seqs, keyed by the first one. Seqs of a
+        thread are expected in increasing order (the bridge numbers them).
+
+        :param thread_id: the thread the event belongs to.
+        :param seq: its per-thread sequence number.
+        :param observed_at: ms when the bridge accepted it.
+        """
+        deliveries = self._deliveries
+        delivery = deliveries.get(thread_id)
+        if delivery is None:
+            delivery = self._delivery(thread_id, seq - 1)
+        else:
+            deliveries.move_to_end(thread_id)
+            if seq <= delivery.confirmed:
+                return  # the confirmation overtook the expectation
+        due = observed_at + self._undelivered_ms
+        delivery.seqs.append(seq)
+        delivery.deadlines.append(due)
+        if delivery.armed is None:
+            delivery.armed = due
+            self._armed_deliveries += 1
+            self._push(due, delivery, None)
+
+    def confirm_delivery(self, thread_id: str, seq: int) -> None:
+        """Note that every event of ``thread_id`` up to ``seq`` reached every connection subscribed to it.
+
+        Confirmations may be batched: only the highest delivered seq matters, and a lower one is ignored.
+        """
+        delivery = self._deliveries.get(thread_id)
+        if delivery is None:
+            # Remember the mark anyway, so an expectation that arrives after its confirmation is not reported.
+            self._delivery(thread_id, seq)
+            return
+        if seq <= delivery.confirmed:
+            return
+        delivery.confirmed = seq
+        seqs, deadlines = delivery.seqs, delivery.deadlines
+        while seqs and seqs[0] <= seq:
+            seqs.popleft()
+            deadlines.popleft()
+        if not seqs and delivery.armed is not None:
+            delivery.armed = None  # its heap entry goes stale
+            self._armed_deliveries -= 1
+
+    def thread_has_no_subscribers(self, thread_id: str) -> None:
+        """Forget the delivery state of a thread whose last connection left.
+
+        What that connection had not received is not undelivered: a client that reconnects gets it from the replay
+        ring. Expectations resume with the next :meth:`expect_delivery` for the thread.
+        """
+        delivery = self._deliveries.pop(thread_id, None)
+        if delivery is not None:
+            self._forget_delivery(delivery)
+
+    def _delivery(self, thread_id: str, confirmed: int) -> _Delivery:
+        deliveries = self._deliveries
+        delivery = deliveries[thread_id] = _Delivery(thread_id, confirmed)
+        if len(deliveries) > self._max_runs:
+            _, oldest = deliveries.popitem(last=False)
+            self._forget_delivery(oldest)
+            self._evictions += 1
+        return delivery
+
+    def _forget_delivery(self, delivery: _Delivery) -> None:
+        delivery.tracked = False
+        if delivery.armed is not None:
+            delivery.armed = None
+            self._armed_deliveries -= 1
+
+    # ------------------------------------------------------------------ deadlines
+
+    def advance(self, now_ms: int) -> tuple[Anomaly, ...]:
+        """Fire every deadline at or before ``now_ms``: stuck tools, stale runs, undelivered events, expiries.
+
+        :return: the anomalies found; a shared empty tuple when there are none.
+        """
+        heap = self._heap
+        if not heap or heap[0][0] > now_ms:
+            return _NOTHING
+        found: list[Anomaly] = []
+        self._advance(now_ms, found)
+        if not found:
+            return _NOTHING
+        self._tally(found)
+        return tuple(found)
+
+    def next_deadline(self) -> int | None:
+        """When :meth:`advance` next has something to do (ms), or None when nothing is pending.
+
+        It may be early (a run that was active since is only re-armed then), never late.
+        """
+        heap = self._heap
+        while heap:
+            entry = heap[0]
+            if self._is_live(entry):
+                return entry[0]
+            heapq.heappop(heap)
+        return None
+
+    def _advance(self, now: int, found: list[Anomaly]) -> None:
+        heap = self._heap
+        while heap and heap[0][0] <= now:
+            entry = heapq.heappop(heap)
+            if not self._is_live(entry):
+                continue
+            deadline, _, target, tool_call_id = entry
+            if isinstance(target, _Delivery):
+                self._fire_delivery(target, now, found)
+            elif tool_call_id is not None:
+                self._fire_tool(target, tool_call_id, deadline, now, found)
+            else:
+                self._fire_run(target, now, found)
+
+    def _is_live(self, entry: _Entry) -> bool:
+        deadline, _, target, tool_call_id = entry
+        if not target.tracked:
+            return False
+        if tool_call_id is None:
+            return target.armed == deadline
+        tools = target.tools  # type: ignore[union-attr]  # only runs have tool entries
+        return tools is not None and tools.get(tool_call_id) == deadline
+
+    def _push(self, due: int, target: _Run | _Delivery, tool_call_id: str | None) -> None:
+        heap = self._heap
+        heapq.heappush(heap, (due, next(self._tiebreak), target, tool_call_id))
+        if len(heap) > self._compact_above:
+            # Amortised O(1): a compaction costs O(n) and the next one waits until the heap has doubled again.
+            heap[:] = [entry for entry in heap if self._is_live(entry)]
+            heapq.heapify(heap)
+            self._compact_above = max(_MIN_COMPACT, 2 * len(heap))
+
+    def _arm(self, run: _Run, due: int) -> None:
+        run.armed = due
+        self._push(due, run, None)
+
+    def _run_due(self, run: _Run) -> int:
+        if run.finished_at is not None:
+            return run.finished_at + self._retention_ms
+        if run.flags & _STALE_REPORTED:
+            return run.last_activity + self._stale_ms + self._retention_ms
+        return run.last_activity + self._stale_ms
+
+    def _fire_run(self, run: _Run, now: int, found: list[Anomaly]) -> None:
+        due = self._run_due(run)
+        if due > now:
+            self._arm(run, due)  # activity since the entry was armed moved the deadline on
+        elif run.finished_at is not None:
+            del self._finished[run.key]
+            self._drop(run)
+        elif not run.flags & _STALE_REPORTED:
+            run.flags |= _STALE_REPORTED
+            thread_id, run_id = run.key
+            found.append(
+                Anomaly(
+                    kind=AnomalyKind.STALE_THREAD,
+                    severity=AnomalyKind.STALE_THREAD.default_severity,
+                    thread_id=thread_id,
+                    run_id=run_id,
+                    detected_at=now,
+                    detail=f"the run has not finished and has seen no event for {now - run.last_activity} ms "
+                    f"(threshold {self._stale_ms} ms)",
+                )
+            )
+            self._arm(run, self._run_due(run))
+        else:
+            del self._in_flight[run.key]
+            self._drop(run)
+            self._abandoned += 1
+
+    def _fire_tool(self, run: _Run, tool_call_id: str, deadline: int, now: int, found: list[Anomaly]) -> None:
+        assert run.tools is not None  # a live tool entry implies the call is in the table
+        run.tools[tool_call_id] = _TOOL_STUCK
+        self._armed_tools -= 1
+        thread_id, run_id = run.key
+        where = "" if run.finished_at is None else " (the run has finished)"
+        found.append(
+            Anomaly(
+                kind=AnomalyKind.STUCK_TOOL,
+                severity=AnomalyKind.STUCK_TOOL.default_severity,
+                thread_id=thread_id,
+                run_id=run_id,
+                tool_call_id=tool_call_id,
+                detected_at=now,
+                detail=f"the tool call started {now - deadline + self._stuck_ms} ms ago and has had no "
+                f"TOOL_CALL_END or TOOL_CALL_RESULT (threshold {self._stuck_ms} ms){where}",
+            )
+        )
+
+    def _fire_delivery(self, delivery: _Delivery, now: int, found: list[Anomaly]) -> None:
+        delivery.armed = None
+        self._armed_deliveries -= 1
+        seqs, deadlines = delivery.seqs, delivery.deadlines
+        first = last = overdue = 0
+        while deadlines and deadlines[0] <= now:
+            deadlines.popleft()
+            last = seqs.popleft()
+            if not overdue:
+                first = last
+            overdue += 1
+        if overdue:
+            found.append(
+                Anomaly(
+                    kind=AnomalyKind.UNDELIVERED_EVENT,
+                    severity=AnomalyKind.UNDELIVERED_EVENT.default_severity,
+                    thread_id=delivery.thread_id,
+                    seq=first,
+                    detected_at=now,
+                    detail=f"{overdue} event(s), seq {first}..{last}, routed to a connection and not confirmed "
+                    f"delivered within {self._undelivered_ms} ms (highest confirmed seq: {delivery.confirmed})",
+                )
+            )
+        if deadlines:
+            delivery.armed = deadlines[0]
+            self._armed_deliveries += 1
+            self._push(deadlines[0], delivery, None)
+
+    def _drop(self, run: _Run) -> None:
+        run.tracked = False  # every heap entry for it is now stale
+        tools = run.tools
+        if tools:
+            self._armed_tools -= sum(1 for state in tools.values() if state >= 0)
+
+    # ------------------------------------------------------------------ restart
+
+    def rebuild(
+        self, items: Iterable[StampedEvent], now_ms: int, already_reported: Container[AnomalyKey] = ()
+    ) -> tuple[Anomaly, ...]:
+        """Restore in-flight state from replayed events (the bridge's replay rings) after a monitor restart.
+
+        Events are replayed in ``observed_at`` order with deadlines fired between them, so what the previous
+        monitor saw at once (missing start, orphan, latency, duplicate, late event, burst) is not reported again
+        — a replay ring that lost the head of a run must not look like a missing start — while a deadline that
+        passed (a tool stuck before the crash, a run gone stale, a delivery) is, unless its key is in
+        ``already_reported``.
+
+        :param items: the replayed events, in any order across threads.
+        :param now_ms: the current time; every deadline at or before it fires.
+        :param already_reported: keys reported before the restart (a :class:`ReportedKeys`, say).
+        :return: the anomalies to report now.
+        :raises ValueError: when this tracker has already observed events (rebuild a fresh one).
+        """
+        if self._events_observed:
+            raise ValueError(
+                f"rebuild() needs a fresh tracker; this one has observed {self._events_observed} events"
+            )
+        found: list[Anomaly] = []
+        for stamped in sorted(items, key=_by_observed_at):
+            self._advance(stamped.observed_at, found)
+            self._observe(stamped)  # what it reveals at once was the previous monitor's to report
+        self._advance(now_ms, found)
+        fresh = [anomaly for anomaly in found if anomaly.key not in already_reported]
+        self._tally(fresh)
+        return tuple(fresh)
+
+    # ------------------------------------------------------------------ reporting
+
+    def statistics(self) -> TrackerStatistics:
+        """Return a snapshot of the tracker's state and counters."""
+        return TrackerStatistics(
+            runs_in_flight=len(self._in_flight),
+            runs_retained=len(self._finished),
+            runs_abandoned=self._abandoned,
+            evictions=self._evictions,
+            pending_deadlines=len(self._in_flight)
+            + len(self._finished)
+            + self._armed_tools
+            + self._armed_deliveries,
+            pending_deliveries=sum(len(delivery.seqs) for delivery in self._deliveries.values()),
+            events_observed=self._events_observed,
+            anomalies_by_kind=dict(self._by_kind),
+        )
+
+    def _tally(self, found: list[Anomaly]) -> None:
+        by_kind = self._by_kind
+        for anomaly in found:
+            by_kind[anomaly.kind] = by_kind.get(anomaly.kind, 0) + 1
+
+    def _anomaly(self, kind: AnomalyKind, stamped: StampedEvent, detail: str) -> Anomaly:
+        return Anomaly(
+            kind=kind,
+            severity=kind.default_severity,
+            thread_id=stamped.thread_id,
+            run_id=stamped.run_id,
+            detected_at=stamped.observed_at,
+            detail=detail,
+        )
+
+    def _latency(self, stamped: StampedEvent, timestamp: int) -> Anomaly:
+        return self._anomaly(
+            AnomalyKind.HIGH_LATENCY,
+            stamped,
+            f"{_type_name(stamped.event)} (seq {stamped.seq}) was observed {stamped.observed_at - timestamp} ms "
+            f"after its timestamp (threshold {self._latency_ms} ms)",
+        )
+
+    def _orphan(self, stamped: StampedEvent) -> Anomaly:
+        tool_call_id: str = stamped.event.tool_call_id  # type: ignore[union-attr]
+        return Anomaly(
+            kind=AnomalyKind.ORPHAN_TOOL_COMPLETED,
+            severity=AnomalyKind.ORPHAN_TOOL_COMPLETED.default_severity,
+            thread_id=stamped.thread_id,
+            run_id=stamped.run_id,
+            tool_call_id=tool_call_id,
+            detected_at=stamped.observed_at,
+            detail=f"{_type_name(stamped.event)} (seq {stamped.seq}) for a tool call never started in this run",
+        )
