@@ -63,6 +63,12 @@ class Actor(abc.ABC, Generic[MsgT]):
     async def on_stop(self, reason: ExitReason) -> None:  # an optional hook, as on_start
         """Run once after the last message, on a normal, shutdown or error exit (not when cancelled)."""
 
+    def on_kill(self) -> None:
+        """Run synchronously when the instance is cancelled (``on_stop`` cannot run then); it must not await.
+
+        Supervisors use it to take their children down with them.
+        """
+
     def stop(self) -> None:
         """Stop this actor after the current message (exit reason ``normal``)."""
         self._current.request_stop(owner=False, normal=True)

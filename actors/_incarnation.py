@@ -110,6 +110,8 @@ class Incarnation:
         reason: ExitReason | None = None
         start_failure: BaseException | None = None
         started = False
+        # Stays True unless the body runs to its end: a cancellation anywhere (drain, on_start, on_stop) is a kill.
+        killed = True
         ref = self.ref
         try:
             with anyio.CancelScope() as kill_scope:
@@ -126,20 +128,28 @@ class Incarnation:
                         # caller seeing ActorStartError never finds the failed actor still registered.
                         reason = ExitReason.error(exc, f"start failed: {exc!r}")
                         start_failure = exc
+                        killed = False
                         return
                     ref._state = RefState.RUNNING
                     started = True
                     task_status.started(None)
                     reason = await self._drain(actor)
                     timers.cancel_scope.cancel()
-                    if reason.kind is not ExitKind.KILLED:
-                        try:
-                            await actor.on_stop(reason)
-                        except Exception:
-                            logger.exception("%s: on_stop raised (exit reason kept: %s)", ref.name, reason)
+                # on_stop runs outside the timers' (now cancelled) scope, so it may await, e.g. stop children.
+                if reason is not None and self.actor is not None and reason.kind is not ExitKind.KILLED:
+                    try:
+                        await self.actor.on_stop(reason)
+                    except Exception:
+                        logger.exception("%s: on_stop raised (exit reason kept: %s)", ref.name, reason)
+                killed = False
         finally:
-            if reason is None:
+            if killed:
                 reason = ExitReason(kind=ExitKind.KILLED, detail=self._kill_detail)
+                if self.actor is not None:
+                    try:
+                        self.actor.on_kill()
+                    except Exception:
+                        logger.exception("%s: on_kill raised", ref.name)
             self.exit_reason = reason
             self._timers = None
             self.done.set()

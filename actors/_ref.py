@@ -172,6 +172,20 @@ class ActorRef(Generic[MsgT]):
             return
         self._overflow(message)
 
+    def tell_control(self, message: Any) -> None:
+        """Queue a runtime control message (``Terminated``, a child's exit) past the mailbox bound.
+
+        Control messages must never be dropped: losing one would leave a watcher or a supervisor with a wrong
+        picture. They are bounded by the number of watched actors and children, not by the sender's rate.
+        """
+        mailbox = self._mailbox
+        mailbox.sent += 1
+        if self._state in _CLOSED_STATES:
+            self._dead_letter(message)
+            return
+        mailbox.queue.append(message)
+        mailbox.wake()
+
     def _overflow(self, message: Any) -> None:
         mailbox = self._mailbox
         mailbox.high_water = mailbox.capacity

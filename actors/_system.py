@@ -108,7 +108,7 @@ class ActorSystem:
         """Deliver ``Terminated(target, reason)`` to ``watcher`` when ``target`` stops for good (now, if it has)."""
         if target._state == RefState.STOPPED:
             assert target._stop_reason is not None
-            watcher.tell(Terminated(ref=target, reason=target._stop_reason))
+            watcher.tell_control(Terminated(ref=target, reason=target._stop_reason))
         elif watcher not in target._watchers:
             target._watchers.append(watcher)
 
@@ -207,7 +207,7 @@ class ActorSystem:
         self._dead_letter_queue(ref)
         watchers, ref._watchers = ref._watchers, []
         for watcher in watchers:
-            watcher.tell(Terminated(ref=ref, reason=reason))
+            watcher.tell_control(Terminated(ref=ref, reason=reason))
 
     # -- internals ------------------------------------------------------------------------------------------------
 

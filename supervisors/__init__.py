@@ -1,0 +1,72 @@
+from ._backoff import Backoff, BackoffState, CooldownPhase, CooldownState
+from ._events import SupervisionEventStream, SupervisorEvent, SupervisorEventKind
+from ._exceptions import (
+    ChildRunning,
+    ChildStartError,
+    DuplicateChild,
+    InvalidChildSpec,
+    RestartIntensityExceeded,
+    SupervisorError,
+    UnknownChild,
+)
+from ._intensity import RestartWindow
+from ._spec import (
+    AutoShutdown,
+    ChildSpec,
+    Restart,
+    Shutdown,
+    Strategy,
+    should_restart,
+    validate_intensity,
+    validate_significant,
+)
+from ._strategies import RestartPlan, auto_shutdown_triggered, restart_plan
+from ._supervisor import (
+    ChildBlockedLoop,
+    ChildCounts,
+    ChildInfo,
+    ChildState,
+    Supervisor,
+    SupervisorHealth,
+    SupervisorRef,
+    start_supervisor,
+    supervisor_spec,
+)
+
+__all__ = [
+    "AutoShutdown",
+    "Backoff",
+    "BackoffState",
+    "ChildBlockedLoop",
+    "ChildCounts",
+    "ChildInfo",
+    "ChildRunning",
+    "ChildSpec",
+    "ChildStartError",
+    "ChildState",
+    "CooldownPhase",
+    "CooldownState",
+    "DuplicateChild",
+    "InvalidChildSpec",
+    "Restart",
+    "RestartIntensityExceeded",
+    "RestartPlan",
+    "RestartWindow",
+    "Shutdown",
+    "Strategy",
+    "SupervisionEventStream",
+    "Supervisor",
+    "SupervisorError",
+    "SupervisorEvent",
+    "SupervisorEventKind",
+    "SupervisorHealth",
+    "SupervisorRef",
+    "UnknownChild",
+    "auto_shutdown_triggered",
+    "restart_plan",
+    "should_restart",
+    "start_supervisor",
+    "supervisor_spec",
+    "validate_intensity",
+    "validate_significant",
+]

@@ -156,6 +156,9 @@ class ChildSpec:
             return "id", f"must be a str, got {type(self.id).__name__}"
         if not self.id:
             return "id", "must not be empty"
+        if "/" in self.id:
+            # Child refs are named "<supervisor>/<id>": the watchdog finds a child's supervisor by that path.
+            return "id", f"must not contain '/', got {self.id!r}"
         if not callable(self.start):
             return (
                 "start",

@@ -14,7 +14,7 @@ from actors.chat._events import (
     RunStarted,
     ToolCallEnd,
     ToolCallStart,
-    invalid_event_from,
+    _invalid_event_from,
 )
 
 if TYPE_CHECKING:
@@ -85,7 +85,7 @@ def _json_type(value: Any) -> str:
             return "object"
 
 
-def event_from_seed(obj: dict[str, Any]) -> AgentEvent:
+def _event_from_seed(obj: dict[str, Any]) -> AgentEvent:
     """Translate a decoded seed object (``{"type": "tool_executing", "tool_call_id": ..., ...}``) to its event.
 
     ``thread_id`` / ``run_id`` become fields of RUN_STARTED / RUN_FINISHED and ``metadata.threadId`` /
@@ -118,7 +118,7 @@ def event_from_seed(obj: dict[str, Any]) -> AgentEvent:
     try:
         return msgspec.convert(wire, target)
     except msgspec.ValidationError as exc:
-        invalid = invalid_event_from(exc)
+        invalid = _invalid_event_from(exc)
         raise InvalidEvent(_seed_path(invalid.field, sent_as), invalid.rule) from None
 
 

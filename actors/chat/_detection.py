@@ -5,8 +5,7 @@ import itertools
 import math
 import operator
 from collections import OrderedDict, deque
-from collections.abc import Container, Iterable
-from typing import Final
+from typing import TYPE_CHECKING, Final, cast
 
 import msgspec
 
@@ -21,6 +20,9 @@ from actors.chat._events import (
     ToolCallResult,
     ToolCallStart,
 )
+
+if TYPE_CHECKING:
+    from collections.abc import Container, Iterable
 
 
 class DetectionThresholds(msgspec.Struct, frozen=True, kw_only=True):
@@ -60,12 +62,7 @@ class DetectionThresholds(msgspec.Struct, frozen=True, kw_only=True):
             "retention",
         ):
             value = getattr(self, name)
-            if (
-                isinstance(value, bool)
-                or not isinstance(value, int | float)
-                or not math.isfinite(value)
-                or value <= 0
-            ):
+            if isinstance(value, bool) or not isinstance(value, int | float) or not math.isfinite(value) or value <= 0:
                 raise ValueError(f"{name} must be a positive finite number of seconds, got {value!r}")
         for name in ("error_burst_count", "max_tracked_runs"):
             value = getattr(self, name)
@@ -281,12 +278,12 @@ class RunTracker:
             run.flags |= _LATENCY_REPORTED
             late = self._latency(stamped, timestamp)
             found = [late] if found is None else [*found, late]
-        if category == _ACTIVITY or category == _STARTED:  # noqa: PLR1714 - int compare beats a set lookup here
+        if category in (_ACTIVITY, _STARTED):
             return found
         if category == _TOOL_STARTED:
-            self._open_tool(run, stamped.event.tool_call_id, now)  # type: ignore[union-attr]
+            self._open_tool(run, cast("ToolCallStart", event).tool_call_id, now)
         elif category == _TOOL_CLOSED:
-            if not self._close_tool(run, stamped.event.tool_call_id):  # type: ignore[union-attr]
+            if not self._close_tool(run, cast("ToolCallEnd | ToolCallResult", event).tool_call_id):
                 orphan = self._orphan(stamped)
                 found = [orphan] if found is None else [*found, orphan]
         else:
@@ -308,7 +305,7 @@ class RunTracker:
         ):
             run.flags |= _LATENCY_REPORTED
             found.append(self._latency(stamped, timestamp))
-        if category == _FINISHED or category == _ERRORED:  # noqa: PLR1714
+        if category in (_FINISHED, _ERRORED):
             if not run.flags & _DUPLICATE_REPORTED:
                 run.flags |= _DUPLICATE_REPORTED
                 found.append(
@@ -327,7 +324,7 @@ class RunTracker:
             if category == _TOOL_CLOSED:
                 # Closing the call keeps it from also being reported stuck; it is not an orphan either, since a
                 # finished run is reported once for late events and that already says what happened.
-                self._close_tool(run, stamped.event.tool_call_id)  # type: ignore[union-attr]
+                self._close_tool(run, cast("ToolCallEnd | ToolCallResult", event).tool_call_id)
             if not run.flags & _AFTER_REPORTED:
                 run.flags |= _AFTER_REPORTED
                 found.append(
@@ -381,7 +378,7 @@ class RunTracker:
         finished = self._finished
         finished[key] = run
         run.finished_at = now
-        due = now + self._retention_ms
+        due = self._run_due(run)
         if due < run.armed:
             self._arm(run, due)
         if len(finished) > self._max_runs:
@@ -537,7 +534,7 @@ class RunTracker:
             return False
         if tool_call_id is None:
             return target.armed == deadline
-        tools = target.tools  # type: ignore[union-attr]  # only runs have tool entries
+        tools = cast("_Run", target).tools  # only runs have tool entries
         return tools is not None and tools.get(tool_call_id) == deadline
 
     def _push(self, due: int, target: _Run | _Delivery, tool_call_id: str | None) -> None:
@@ -555,7 +552,11 @@ class RunTracker:
 
     def _run_due(self, run: _Run) -> int:
         if run.finished_at is not None:
-            return run.finished_at + self._retention_ms
+            due = run.finished_at + self._retention_ms
+            if run.tools:
+                # A call left open when the run finished is still reported stuck, even past the retention.
+                due = max(due, *run.tools.values())
+            return due
         if run.flags & _STALE_REPORTED:
             return run.last_activity + self._stale_ms + self._retention_ms
         return run.last_activity + self._stale_ms
@@ -660,9 +661,7 @@ class RunTracker:
         :raises ValueError: when this tracker has already observed events (rebuild a fresh one).
         """
         if self._events_observed:
-            raise ValueError(
-                f"rebuild() needs a fresh tracker; this one has observed {self._events_observed} events"
-            )
+            raise ValueError(f"rebuild() needs a fresh tracker; this one has observed {self._events_observed} events")
         found: list[Anomaly] = []
         for stamped in sorted(items, key=_by_observed_at):
             self._advance(stamped.observed_at, found)
@@ -681,10 +680,7 @@ class RunTracker:
             runs_retained=len(self._finished),
             runs_abandoned=self._abandoned,
             evictions=self._evictions,
-            pending_deadlines=len(self._in_flight)
-            + len(self._finished)
-            + self._armed_tools
-            + self._armed_deliveries,
+            pending_deadlines=len(self._in_flight) + len(self._finished) + self._armed_tools + self._armed_deliveries,
             pending_deliveries=sum(len(delivery.seqs) for delivery in self._deliveries.values()),
             events_observed=self._events_observed,
             anomalies_by_kind=dict(self._by_kind),
@@ -714,7 +710,7 @@ class RunTracker:
         )
 
     def _orphan(self, stamped: StampedEvent) -> Anomaly:
-        tool_call_id: str = stamped.event.tool_call_id  # type: ignore[union-attr]
+        tool_call_id = cast("ToolCallEnd | ToolCallResult", stamped.event).tool_call_id
         return Anomaly(
             kind=AnomalyKind.ORPHAN_TOOL_COMPLETED,
             severity=AnomalyKind.ORPHAN_TOOL_COMPLETED.default_severity,

@@ -11,8 +11,8 @@ if TYPE_CHECKING:
 # JSON numbers survive a round trip through every AG-UI SDK only inside this range (the spec bounds timestamps
 # and token counts to it), so a larger integer is rejected instead of being silently misread by a consumer.
 _MAX_SAFE_INT: Final = 9007199254740991
-SafeInt = Annotated[int, msgspec.Meta(ge=-_MAX_SAFE_INT, le=_MAX_SAFE_INT)]
-TokenCount = Annotated[int, msgspec.Meta(ge=0, le=_MAX_SAFE_INT)]
+_SafeInt = Annotated[int, msgspec.Meta(ge=-_MAX_SAFE_INT, le=_MAX_SAFE_INT)]
+_TokenCount = Annotated[int, msgspec.Meta(ge=0, le=_MAX_SAFE_INT)]
 
 DEFAULT_MAX_BYTES: Final = 1 << 20
 
@@ -29,12 +29,12 @@ class TokenUsage(_Wire, frozen=True, kw_only=True):
 
     provider: str | None = None
     model: str | None = None
-    input_tokens: TokenCount | None = None
-    output_tokens: TokenCount | None = None
-    total_tokens: TokenCount | None = None
-    reasoning_tokens: TokenCount | None = None
-    cached_input_tokens: TokenCount | None = None
-    cache_write_input_tokens: TokenCount | None = None
+    input_tokens: _TokenCount | None = None
+    output_tokens: _TokenCount | None = None
+    total_tokens: _TokenCount | None = None
+    reasoning_tokens: _TokenCount | None = None
+    cached_input_tokens: _TokenCount | None = None
+    cache_write_input_tokens: _TokenCount | None = None
 
 
 class Interrupt(_Wire, frozen=True, kw_only=True):
@@ -149,7 +149,7 @@ class BaseEvent(msgspec.Struct, frozen=True, kw_only=True, tag_field="type", ren
     :param metadata: extra information; the bridge adds ``seq``, ``threadId`` and ``runId`` to it on delivery.
     """
 
-    timestamp: SafeInt | None = None
+    timestamp: _SafeInt | None = None
     raw_event: Any = None
     metadata: dict[str, Any] | None = None
 
@@ -409,7 +409,7 @@ def _clip(text: str) -> str:
     return text if len(text) <= _MAX_RULE_CHARS else text[: _MAX_RULE_CHARS - 3] + "..."
 
 
-def invalid_event_from(error: msgspec.ValidationError) -> InvalidEvent:
+def _invalid_event_from(error: msgspec.ValidationError) -> InvalidEvent:
     """Translate msgspec's "Expected `str`, got `int` - at `$.toolCallId`" into an :class:`InvalidEvent`."""
     match = _AT_PATH.match(str(error))
     assert match is not None  # the pattern matches any string
@@ -456,14 +456,14 @@ def parse_event(data: bytes | str, *, max_bytes: int = DEFAULT_MAX_BYTES) -> Age
         try:
             return _decoder.decode(data)
         except msgspec.ValidationError as exc:
-            invalid = invalid_event_from(exc)
+            invalid = _invalid_event_from(exc)
             if invalid.field != "$.type" or not invalid.rule.startswith("invalid value"):
                 raise invalid from None
         # Slow path, taken only for an unknown tag: a seed alias, or a type we do not model. msgspec reads the
         # tag before the rest of the object, so this decode may still meet malformed or deep JSON.
         return _parse_untagged(msgspec.json.decode(data))
     except msgspec.ValidationError as exc:
-        raise invalid_event_from(exc) from None
+        raise _invalid_event_from(exc) from None
     except msgspec.DecodeError as exc:
         raise InvalidEvent(None, f"malformed JSON: {_clip(str(exc))}") from None
     except UnicodeDecodeError as exc:
@@ -474,11 +474,11 @@ def parse_event(data: bytes | str, *, max_bytes: int = DEFAULT_MAX_BYTES) -> Age
 
 def _parse_untagged(obj: Any) -> AgentEvent:
     # Imported here, not at the top: _aliases builds on this module's structs, and the alias path is cold.
-    from actors.chat._aliases import SEED_ALIASES, event_from_seed
+    from actors.chat._aliases import SEED_ALIASES, _event_from_seed
 
     kind = obj.get("type") if isinstance(obj, dict) else None
     if isinstance(kind, str) and kind in SEED_ALIASES:
-        return event_from_seed(obj)
+        return _event_from_seed(obj)
     if kind in _UNSUPPORTED_AGUI_TYPES:
         raise InvalidEvent("$.type", f"event type {kind!r} is not supported")
     raise InvalidEvent("$.type", f"unknown event type {_describe_type(kind)}")

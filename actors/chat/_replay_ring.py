@@ -68,7 +68,8 @@ class ReplayRing:
             raise ValueError(f"capacity must be at least 1, got {capacity}")
         if math.isnan(max_age) or max_age <= 0:
             raise ValueError(f"max_age must be a positive number of seconds, got {max_age}")
-        self._max_age_ms = max_age * 1000.0
+        # Rounded so that a decimal max_age like 0.7 s compares as exactly 700 ms against integer clocks.
+        self._max_age_ms = round(max_age * 1000.0, 6)
         self._items: deque[StampedEvent] = deque(maxlen=capacity)
         self._last_seq = 0
         self._evicted_through = 0

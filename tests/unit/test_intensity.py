@@ -11,9 +11,7 @@ from hypothesis import given, strategies as st
 from supervisors._intensity import RestartWindow
 
 # Non-decreasing timestamps, with ties (several failures in the same instant) and long gaps.
-_gaps = st.lists(
-    st.one_of(st.just(0.0), st.floats(min_value=0.0, max_value=20.0, allow_nan=False)), max_size=60
-)
+_gaps = st.lists(st.one_of(st.just(0.0), st.floats(min_value=0.0, max_value=20.0, allow_nan=False)), max_size=60)
 _intensities = st.integers(min_value=0, max_value=6)
 _periods = st.floats(min_value=0.01, max_value=30.0, allow_nan=False)
 
@@ -113,9 +111,7 @@ class TestRestartWindowValidation:
 
 class TestRestartWindowProperties:
     @given(intensity=_intensities, period=_periods, gaps=_gaps)
-    def test_add_restart_agrees_with_brute_force_count(
-        self, intensity: int, period: float, gaps: list[float]
-    ) -> None:
+    def test_add_restart_agrees_with_brute_force_count(self, intensity: int, period: float, gaps: list[float]) -> None:
         window = RestartWindow(intensity, period)
         seen: list[float] = []
         for now in _timestamps(gaps):
@@ -125,9 +121,7 @@ class TestRestartWindowProperties:
             assert window.restarts_in_window(now) == min(in_window, intensity + 1)
 
     @given(intensity=_intensities, period=_periods, gaps=_gaps)
-    def test_add_restart_agrees_with_otp_list_algorithm(
-        self, intensity: int, period: float, gaps: list[float]
-    ) -> None:
+    def test_add_restart_agrees_with_otp_list_algorithm(self, intensity: int, period: float, gaps: list[float]) -> None:
         # A literal port of supervisor.erl's add_restart/3 (newest first, takewhile, prepend; length =< MaxR).
         window = RestartWindow(intensity, period)
         otp_restarts: list[float] = []

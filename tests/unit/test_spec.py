@@ -64,7 +64,7 @@ class TestChildSpecConstruction:
 
     def test_child_spec_options_after_start_are_keyword_only(self) -> None:
         with pytest.raises(TypeError):
-            ChildSpec("worker", _start, Restart.TEMPORARY)  # type: ignore[misc]
+            ChildSpec("worker", _start, Restart.TEMPORARY)  # type: ignore[call-arg]
 
     def test_child_spec_assignment_raises_frozen_error(self) -> None:
         spec = ChildSpec("worker", _start)

@@ -1,0 +1,151 @@
+from __future__ import annotations
+
+import argparse
+import gc
+import importlib.metadata
+import json
+import os
+import platform
+import statistics
+import sys
+from collections.abc import Callable, Sequence
+from typing import Any
+
+#: Every bench figure is measured on both backends.
+BACKENDS = ("asyncio", "trio")
+
+#: Default number of runs; each run measures every figure and its floor once, interleaved.
+FULL_RUNS = 5
+QUICK_RUNS = 3
+
+
+def parse_args(description: str, argv: Sequence[str] | None = None) -> argparse.Namespace:
+    """Parse the options every bench script accepts: ``--quick`` and ``--runs``.
+
+    :param description: what the script measures (shown by ``--help``)
+    :param argv: the arguments to parse; ``None`` reads ``sys.argv``
+    :return: a namespace with ``quick`` (bool) and ``runs`` (int >= 1)
+    """
+    parser = argparse.ArgumentParser(description=description)
+    parser.add_argument("--quick", action="store_true", help="smaller samples and fewer runs (whole run < 20 s)")
+    parser.add_argument("--runs", type=int, default=None, help=f"number of runs (default {FULL_RUNS}, quick {QUICK_RUNS})")
+    args = parser.parse_args(argv)
+    if args.runs is None:
+        args.runs = QUICK_RUNS if args.quick else FULL_RUNS
+    if args.runs < 1:
+        parser.error(f"--runs must be >= 1, got {args.runs}")
+    return args
+
+
+def progress(text: str) -> None:
+    """Report progress on stderr (stdout carries only the JSON result)."""
+    print(text, file=sys.stderr, flush=True)
+
+
+def median(values: Sequence[float]) -> float:
+    """Return the median of a non-empty sequence.
+
+    :raises ValueError: when ``values`` is empty
+    """
+    if not values:
+        raise ValueError("median of an empty sequence: values must hold at least one sample")
+    return float(statistics.median(values))
+
+
+def parse_goal(goal: str) -> tuple[str, float]:
+    """Split a goal such as ``">= 0.6"`` into its operator and bound.
+
+    :raises ValueError: when the goal is not ``">= x"`` or ``"<= x"``
+    """
+    operator, _, bound = goal.strip().partition(" ")
+    if operator not in (">=", "<="):
+        raise ValueError(f"goal must be '>= x' or '<= x', got {goal!r}")
+    return operator, float(bound)
+
+
+def goal_met(ratio: float, goal: str) -> bool:
+    """Return whether ``ratio`` satisfies ``goal`` (``">= x"`` or ``"<= x"``)."""
+    operator, bound = parse_goal(goal)
+    return ratio >= bound if operator == ">=" else ratio <= bound
+
+
+def figure(
+    name: str, backend: str, unit: str, values: Sequence[float], floors: Sequence[float], goal: str
+) -> dict[str, Any]:
+    """Build one figure of the bench contract from per-run samples of the figure and of its floor.
+
+    ``value`` and ``floor`` are the medians over the runs and ``ratio = value / floor``; ``run_ratios`` gives the
+    ratio within each run (figure and floor were measured back to back, so their noise is shared).
+
+    :param values: one sample of the figure per run
+    :param floors: one sample of the floor per run, measured in the same runs
+    :param goal: ``">= x"`` or ``"<= x"`` on the ratio
+    :raises ValueError: when the sample lists differ in length or are empty
+    """
+    if len(values) != len(floors) or not values:
+        raise ValueError(f"values and floors must be non-empty and of equal length, got {len(values)}/{len(floors)}")
+    value = median(values)
+    floor = median(floors)
+    ratio = value / floor
+    return {
+        "name": name,
+        "backend": backend,
+        "value": round(value, 3),
+        "unit": unit,
+        "floor": round(floor, 3),
+        "ratio": round(ratio, 3),
+        "goal": goal,
+        "met": goal_met(ratio, goal),
+        "run_ratios": [round(v / f, 3) for v, f in zip(values, floors, strict=True)],
+        "samples": [round(v, 3) for v in values],
+        "floor_samples": [round(f, 3) for f in floors],
+    }
+
+
+def interleaved(runs: int, measurements: dict[str, Callable[[], float]]) -> dict[str, list[float]]:
+    """Run every measurement once per run, alternating their order, and collect one sample each per run.
+
+    Figures and floors run back to back in the same process so that machine noise hits both; the order is
+    reversed on every other run so that neither always goes first (warm caches, CPU frequency).
+
+    :param runs: how many samples to take of each measurement
+    :param measurements: name -> a callable that measures once and returns the sample
+    :return: name -> the samples, in run order
+    """
+    samples: dict[str, list[float]] = {name: [] for name in measurements}
+    order = list(measurements)
+    for run in range(runs):
+        for name in order if run % 2 == 0 else reversed(order):
+            gc.collect()
+            samples[name].append(measurements[name]())
+        progress(f"run {run + 1}/{runs}: " + ", ".join(f"{name}={samples[name][-1]:.4g}" for name in order))
+    return samples
+
+
+def _version(package: str) -> str | None:
+    try:
+        return importlib.metadata.version(package)
+    except importlib.metadata.PackageNotFoundError:
+        return None
+
+
+def environment() -> dict[str, Any]:
+    """Describe the machine and the packages a figure depends on (no paths, no host names)."""
+    return {
+        "python": platform.python_version(),
+        "implementation": platform.python_implementation(),
+        "machine": platform.machine(),
+        "cpus": os.cpu_count(),
+        "packages": {name: _version(name) for name in ("anyio", "trio", "msgspec")},
+    }
+
+
+def emit(bench: str, figures: list[dict[str, Any]], **context: Any) -> None:
+    """Print the one JSON object of the bench contract to stdout.
+
+    :param bench: the script's name (``"mailbox"``, ``"ask"``, ...)
+    :param figures: as built by :func:`figure`
+    :param context: extra fields (runs, sizes, peers, ...)
+    """
+    result: dict[str, Any] = {"bench": bench, "figures": figures, **environment(), **context}
+    print(json.dumps(result, indent=2))
