@@ -143,7 +143,7 @@ class Incarnation:
                         logger.exception("%s: on_stop raised (exit reason kept: %s)", ref.name, reason)
                 killed = False
         finally:
-            if killed:
+            if killed or reason is None:
                 reason = ExitReason(kind=ExitKind.KILLED, detail=self._kill_detail)
                 if self.actor is not None:
                     try:

@@ -1,5 +1,9 @@
 from __future__ import annotations
 
+import heapq
+import itertools
+import math
+import weakref
 from typing import TYPE_CHECKING, Any, Generic, TypeVar
 
 import anyio
@@ -61,6 +65,73 @@ class AskRequest:
         self.done.set()
         return True
 
+    def expire(self) -> None:
+        """Give up on the reply (its deadline passed) and wake the asker, unless the answer came first."""
+        if not self.finished and not self.abandoned:
+            self.abandoned = True
+            self.done.set()
+
+
+class AskDeadlines:
+    """Times out the asks of one actor system from one task, so that an ask needs no cancel scope of its own.
+
+    A cancel scope per ask cost more than the whole rest of the round trip (bench/ask.py). Instead an ask with a
+    finite timeout pushes its deadline onto a heap here, and one task sleeps until the earliest deadline and expires
+    the asks whose time is up (an ask with an earlier deadline than the one slept on moves the sleep forward).
+    Answered asks stay in the heap until it is compacted, which happens once it has doubled since the last time.
+    """
+
+    __slots__ = ("_compact_at", "_heap", "_scope", "_sequence", "alive")
+
+    _MIN_COMPACT = 64
+
+    def __init__(self) -> None:
+        self._heap: list[tuple[float, int, AskRequest]] = []
+        self._sequence = itertools.count()  # breaks deadline ties without comparing requests
+        self._compact_at = self._MIN_COMPACT
+        # The cancel scope the task sleeps in (None while it is awake): its deadline is the earliest in the heap.
+        self._scope: anyio.CancelScope | None = None
+        #: False once the task has ended (its task group was cancelled): asks then time themselves out.
+        self.alive = True
+
+    def add(self, deadline: float, request: AskRequest) -> None:
+        """Expire ``request`` at ``deadline`` (loop time) unless it is answered or abandoned first."""
+        heap = self._heap
+        if len(heap) >= self._compact_at:
+            heap[:] = [entry for entry in heap if not (entry[2].finished or entry[2].abandoned)]
+            heapq.heapify(heap)
+            self._compact_at = max(self._MIN_COMPACT, 2 * len(heap))
+        heapq.heappush(heap, (deadline, next(self._sequence), request))
+        scope = self._scope
+        if scope is not None and deadline < scope.deadline:
+            scope.deadline = deadline
+
+    async def run(self) -> None:
+        """Expire asks at their deadlines until cancelled; then hand every pending ask back to its asker."""
+        heap = self._heap
+        try:
+            while True:
+                with anyio.CancelScope(deadline=heap[0][0] if heap else math.inf) as scope:
+                    self._scope = scope
+                    await anyio.sleep_forever()
+                # No await from here to the next scope: an ask added meanwhile is seen when the scope is rebuilt.
+                self._scope = None
+                now = anyio.current_time()
+                while heap and heap[0][0] <= now:
+                    heapq.heappop(heap)[2].expire()
+        finally:
+            self.alive = False
+            self._scope = None
+            pending, heap[:] = heap, []
+            for _, _, request in pending:
+                # Neither answered nor expired: the asker wakes and waits out its deadline in its own scope.
+                if not request.finished and not request.abandoned:
+                    request.done.set()
+
+
+#: One deadline task per actor system, started by its first ask with a timeout.
+_SYSTEM_DEADLINES: weakref.WeakKeyDictionary[ActorSystem, AskDeadlines] = weakref.WeakKeyDictionary()
+
 
 class TimerFire:
     """A timer's message, tagged with the instance that set it: a replaced instance's timers never reach the next."""
@@ -104,6 +175,7 @@ class ActorRef(Generic[MsgT]):
 
     __slots__ = (
         "__weakref__",
+        "_deadlines",
         "_failed",
         "_incarnation",
         "_incarnations",
@@ -125,6 +197,7 @@ class ActorRef(Generic[MsgT]):
         self._failed = 0
         self._stop_reason: ExitReason | None = None
         self._watchers: list[ActorRef[Any]] = []
+        self._deadlines: AskDeadlines | None = None
 
     @property
     def name(self) -> str:
@@ -241,10 +314,55 @@ class ActorRef(Generic[MsgT]):
             self._mailbox.sent += 1
             self._dead_letter(message)
             raise ActorStopped(self._name, self._state)
+        mailbox = self._mailbox
+        deadlines: AskDeadlines | None = None
+        deadline = math.inf
+        if len(mailbox.queue) >= mailbox.capacity:
+            return await self._ask_scoped(message, timeout)
+        if timeout is not None and timeout != math.inf:
+            if not timeout > 0:  # zero, negative or NaN: the scoped path times out at once, before any reply
+                return await self._ask_scoped(message, timeout)
+            deadlines = self._deadlines or self._start_deadlines()
+            if deadlines is None or not deadlines.alive:
+                return await self._ask_scoped(message, timeout)
+            deadline = anyio.current_time() + timeout
+        # The fast path: there is room in the mailbox, and the system's deadline task keeps the deadline (if any).
+        request = AskRequest(message)
+        try:
+            if deadlines is not None:
+                deadlines.add(deadline, request)
+            self.tell(request)  # type: ignore[arg-type]  # the drain loop unwraps it
+            await request.done.wait()
+            if not request.finished and not request.abandoned:
+                # The deadline task ended (its system is closing) before this ask was answered or expired.
+                request.done = anyio.Event()
+                with anyio.CancelScope(deadline=deadline):
+                    await request.done.wait()
+        finally:
+            if not request.finished:
+                request.abandoned = True
+        return self._answer(request, timeout)
+
+    def _start_deadlines(self) -> AskDeadlines | None:
+        """Find or start the deadline task of this ref's system; None if the system no longer runs tasks."""
+        system = self._system
+        deadlines = _SYSTEM_DEADLINES.get(system)
+        if deadlines is None:
+            deadlines = AskDeadlines()
+            try:
+                system._task_group.start_soon(deadlines.run, name="ask deadlines")
+            except RuntimeError:  # the system's task group has exited
+                return None
+            _SYSTEM_DEADLINES[system] = deadlines
+        self._deadlines = deadlines
+        return deadlines
+
+    async def _ask_scoped(self, message: Any, timeout: float | None) -> Any:
+        """The general ask: waits for room in the mailbox and for the reply inside one cancel scope."""
         request = AskRequest(message)
         try:
             # An ask waits anyway, so it also waits for room (backpressure) instead of being dropped.
-            with anyio.move_on_after(timeout if timeout is not None else float("inf")):
+            with anyio.move_on_after(timeout if timeout is not None else math.inf):
                 mailbox = self._mailbox
                 while len(mailbox.queue) >= mailbox.capacity and self._state not in _CLOSED_STATES:
                     await mailbox.wait_for_space()
@@ -253,6 +371,9 @@ class ActorRef(Generic[MsgT]):
         finally:
             if not request.finished:
                 request.abandoned = True
+        return self._answer(request, timeout)
+
+    def _answer(self, request: AskRequest, timeout: float | None) -> Any:
         if not request.finished:
             raise AskTimeout(self._name, timeout if timeout is not None else 0.0)
         error = request.error

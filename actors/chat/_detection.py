@@ -379,7 +379,8 @@ class RunTracker:
         finished[key] = run
         run.finished_at = now
         due = self._run_due(run)
-        if due < run.armed:
+        if due != run.armed:
+            # Re-armed even when later, so that next_deadline() stays exact for finished runs.
             self._arm(run, due)
         if len(finished) > self._max_runs:
             _, oldest = finished.popitem(last=False)

@@ -421,7 +421,7 @@ def _invalid_event_from(error: msgspec.ValidationError) -> InvalidEvent:
     return InvalidEvent(path, _clip(rule[:1].lower() + rule[1:]))
 
 
-def _describe_type(value: Any) -> str:
+def _clipped_repr(value: Any) -> str:
     return _clip(repr(value))
 
 
@@ -476,12 +476,14 @@ def _parse_untagged(obj: Any) -> AgentEvent:
     # Imported here, not at the top: _aliases builds on this module's structs, and the alias path is cold.
     from actors.chat._aliases import SEED_ALIASES, _event_from_seed
 
+    # With duplicate "type" keys msgspec's tag and the last value differ, so the type is checked afresh here.
     kind = obj.get("type") if isinstance(obj, dict) else None
-    if isinstance(kind, str) and kind in SEED_ALIASES:
-        return _event_from_seed(obj)
-    if kind in _UNSUPPORTED_AGUI_TYPES:
-        raise InvalidEvent("$.type", f"event type {kind!r} is not supported")
-    raise InvalidEvent("$.type", f"unknown event type {_describe_type(kind)}")
+    if isinstance(kind, str):
+        if kind in SEED_ALIASES:
+            return _event_from_seed(obj)
+        if kind in _UNSUPPORTED_AGUI_TYPES:
+            raise InvalidEvent("$.type", f"event type {kind!r} is not supported")
+    raise InvalidEvent("$.type", f"unknown event type {_clipped_repr(kind)}")
 
 
 # ---------------------------------------------------------------- stamping

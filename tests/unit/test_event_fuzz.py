@@ -122,6 +122,15 @@ class TestParseEventFuzz:
             assert result.field.startswith(f"$.{key}")
 
     @_FUZZ
+    @given(first=_types, second=_types, fields=st.dictionaries(_field_names, _json, max_size=4))
+    def test_duplicate_type_keys_yield_event_or_invalid_event(
+        self, first: Any, second: Any, fields: dict[str, Any]
+    ) -> None:
+        body = _encode_any(fields)[1:-1]
+        frame = b'{"type":' + _encode_any(first) + (b"," + body if body else b"") + b',"type":' + _encode_any(second)
+        _outcome(frame + b"}")
+
+    @_FUZZ
     @given(raw=st.binary(max_size=200))
     def test_random_bytes_yield_event_or_invalid_event(self, raw: bytes) -> None:
         _outcome(raw)

@@ -322,6 +322,11 @@ class TestSeedAliases:
         with pytest.raises(InvalidEvent, match=r"^\$\.type: unknown event type 'agent_exploded'$"):
             parse_event(b'{"type":"agent_exploded"}')
 
+    def test_duplicate_type_keys_with_an_unhashable_last_value_are_invalid(self) -> None:
+        # Regression: the alias lookup hashed the last "type" value, so a list there raised TypeError.
+        with pytest.raises(InvalidEvent, match=r"^\$\.type: unknown event type \[1\]$"):
+            parse_event(b'{"type":"NOPE","type":[1]}')
+
     def test_ag_ui_type_we_do_not_model_says_not_supported(self) -> None:
         with pytest.raises(InvalidEvent, match="'STATE_SNAPSHOT' is not supported"):
             parse_event(b'{"type":"STATE_SNAPSHOT","snapshot":{}}')
@@ -515,7 +520,11 @@ class TestPublicNames:
     def test_package_all_is_sorted_and_resolves(self) -> None:
         import actors.chat
 
-        assert actors.chat.__all__ == sorted(actors.chat.__all__)
+        # isort-style, as ruff's RUF022 keeps it: CONSTANTS, then Classes, then functions.
+        def kind(name: str) -> tuple[int, str]:
+            return (0 if name.isupper() else 1 if name[0].isupper() else 2, name)
+
+        assert actors.chat.__all__ == sorted(actors.chat.__all__, key=kind)
         for name in actors.chat.__all__:
             assert hasattr(actors.chat, name), name
 

@@ -1,0 +1,789 @@
+from __future__ import annotations
+
+import gc
+import random
+import tracemalloc
+from typing import Any
+
+import msgspec
+import pytest
+
+from actors.chat._anomaly import ALL_THREADS, Anomaly, AnomalyKind, ReportedKeys, Severity
+from actors.chat._detection import DetectionThresholds, RunTracker
+from actors.chat._events import (
+    AgentEvent,
+    Custom,
+    RunError,
+    RunFinished,
+    RunStarted,
+    StampedEvent,
+    StepStarted,
+    TextMessageContent,
+    TextMessageStart,
+    ToolCallArgs,
+    ToolCallEnd,
+    ToolCallResult,
+    ToolCallStart,
+)
+
+T0 = 1_700_000_000_000  # ms on the runtime clock; any non-negative value works
+STUCK_MS = 30_000
+STALE_MS = 60_000
+LATENCY_MS = 2_000
+UNDELIVERED_MS = 5_000
+RETENTION_MS = 300_000
+BURST_WINDOW_MS = 60_000
+
+
+def stamped(event: AgentEvent, *, at: int = T0, thread: str = "t1", run: str = "r1", seq: int = 1) -> StampedEvent:
+    return StampedEvent(thread_id=thread, run_id=run, seq=seq, observed_at=at, event=event, frame=b"")
+
+
+def started(thread: str = "t1", run: str = "r1") -> RunStarted:
+    return RunStarted(thread_id=thread, run_id=run)
+
+
+def finished(thread: str = "t1", run: str = "r1") -> RunFinished:
+    return RunFinished(thread_id=thread, run_id=run)
+
+
+def text(timestamp: int | None = None) -> TextMessageContent:
+    return TextMessageContent(message_id="m1", delta="hi", timestamp=timestamp)
+
+
+def tool_start(call: str = "c1") -> ToolCallStart:
+    return ToolCallStart(tool_call_id=call, tool_call_name="search")
+
+
+def feed(tracker: RunTracker, *items: tuple[AgentEvent, int], thread: str = "t1", run: str = "r1") -> list[Anomaly]:
+    """Observe events of one run at the given times; return every anomaly they revealed."""
+    found: list[Anomaly] = []
+    for seq, (event, at) in enumerate(items, start=1):
+        found += tracker.observe(stamped(event, at=at, thread=thread, run=run, seq=seq))
+    return found
+
+
+def kinds(anomalies: Any) -> list[AnomalyKind]:
+    return [anomaly.kind for anomaly in anomalies]
+
+
+class TestDetectionThresholds:
+    def test_thresholds_defaults_match_the_documented_values(self) -> None:
+        thresholds = DetectionThresholds()
+        assert (
+            thresholds.stuck_tool_after,
+            thresholds.stale_thread_after,
+            thresholds.high_latency_after,
+            thresholds.error_burst_count,
+            thresholds.error_burst_window,
+            thresholds.undelivered_after,
+            thresholds.retention,
+            thresholds.max_tracked_runs,
+        ) == (30.0, 60.0, 2.0, 5, 60.0, 5.0, 300.0, 100_000)
+
+    @pytest.mark.parametrize(
+        "field",
+        [
+            "stuck_tool_after",
+            "stale_thread_after",
+            "high_latency_after",
+            "error_burst_window",
+            "undelivered_after",
+            "retention",
+        ],
+    )
+    @pytest.mark.parametrize("value", [0, -1.5, float("inf"), float("nan"), True, "30"])
+    def test_thresholds_bad_duration_raises_naming_the_field(self, field: str, value: object) -> None:
+        with pytest.raises(ValueError, match=f"^{field} must be a positive finite number"):
+            DetectionThresholds(**{field: value})  # type: ignore[arg-type]
+
+    @pytest.mark.parametrize("field", ["error_burst_count", "max_tracked_runs"])
+    @pytest.mark.parametrize("value", [0, -3, 2.5, True])
+    def test_thresholds_bad_count_raises_naming_the_field(self, field: str, value: object) -> None:
+        with pytest.raises(ValueError, match=f"^{field} must be a positive int"):
+            DetectionThresholds(**{field: value})  # type: ignore[arg-type]
+
+    def test_thresholds_decoded_from_json_are_validated(self) -> None:
+        with pytest.raises(msgspec.ValidationError, match="retention"):
+            msgspec.json.decode(b'{"retention": -1}', type=DetectionThresholds)
+
+
+class TestMissingAgentStarted:
+    def test_missing_start_first_event_not_run_started_is_reported_once(self) -> None:
+        tracker = RunTracker()
+        found = feed(tracker, (TextMessageStart(message_id="m1"), T0), (text(), T0 + 10), (text(), T0 + 20))
+        assert len(found) == 1
+        (anomaly,) = found
+        assert anomaly.kind is AnomalyKind.MISSING_AGENT_STARTED
+        assert anomaly.severity is Severity.WARNING
+        assert (anomaly.thread_id, anomaly.run_id, anomaly.tool_call_id) == ("t1", "r1", None)
+        assert anomaly.detected_at == T0
+        assert "TEXT_MESSAGE_START" in anomaly.detail
+
+    def test_missing_start_lone_run_finished_is_reported_and_the_run_is_retained(self) -> None:
+        # The seed's fifth scenario, which it called "expected behaviour".
+        tracker = RunTracker()
+        found = feed(tracker, (finished(), T0))
+        assert kinds(found) == [AnomalyKind.MISSING_AGENT_STARTED]
+        assert "RUN_FINISHED" in found[0].detail
+        stats = tracker.statistics()
+        assert (stats.runs_in_flight, stats.runs_retained) == (0, 1)
+        assert kinds(tracker.observe(stamped(finished(), at=T0 + 5, seq=2))) == [AnomalyKind.DUPLICATE_COMPLETION]
+
+    def test_missing_start_lone_run_error_is_reported(self) -> None:
+        tracker = RunTracker()
+        assert kinds(feed(tracker, (RunError(message="boom"), T0))) == [AnomalyKind.MISSING_AGENT_STARTED]
+
+    def test_missing_start_run_is_then_tracked_in_flight_and_can_go_stale(self) -> None:
+        tracker = RunTracker()
+        feed(tracker, (text(), T0))
+        assert tracker.statistics().runs_in_flight == 1
+        assert kinds(tracker.advance(T0 + STALE_MS)) == [AnomalyKind.STALE_THREAD]
+
+    def test_missing_start_run_started_first_reports_nothing(self) -> None:
+        tracker = RunTracker()
+        assert feed(tracker, (started(), T0), (text(), T0 + 1), (finished(), T0 + 2)) == []
+
+    def test_missing_start_is_per_run_not_per_thread(self) -> None:
+        tracker = RunTracker()
+        feed(tracker, (started(run="r1"), T0), (finished(run="r1"), T0 + 1), run="r1")
+        assert feed(tracker, (started(run="r2"), T0 + 2), run="r2") == []
+        found = feed(tracker, (text(), T0 + 3), run="r3")
+        assert [(a.kind, a.run_id) for a in found] == [(AnomalyKind.MISSING_AGENT_STARTED, "r3")]
+
+
+class TestOrphanToolCompleted:
+    @pytest.mark.parametrize(
+        "closing",
+        [ToolCallEnd(tool_call_id="ghost"), ToolCallResult(message_id="m9", tool_call_id="ghost", content="x")],
+    )
+    def test_orphan_close_of_a_never_started_call_is_reported(self, closing: AgentEvent) -> None:
+        tracker = RunTracker()
+        found = feed(tracker, (started(), T0), (closing, T0 + 7))
+        assert len(found) == 1
+        (anomaly,) = found
+        assert anomaly.kind is AnomalyKind.ORPHAN_TOOL_COMPLETED
+        assert (anomaly.run_id, anomaly.tool_call_id, anomaly.detected_at) == ("r1", "ghost", T0 + 7)
+
+    def test_orphan_end_then_result_of_the_same_unknown_call_reports_once(self) -> None:
+        tracker = RunTracker()
+        found = feed(
+            tracker,
+            (started(), T0),
+            (ToolCallEnd(tool_call_id="ghost"), T0 + 1),
+            (ToolCallResult(message_id="m2", tool_call_id="ghost", content="x"), T0 + 2),
+        )
+        assert kinds(found) == [AnomalyKind.ORPHAN_TOOL_COMPLETED]
+
+    def test_orphan_result_after_end_of_a_started_call_is_normal(self) -> None:
+        tracker = RunTracker()
+        found = feed(
+            tracker,
+            (started(), T0),
+            (tool_start(), T0 + 1),
+            (ToolCallArgs(tool_call_id="c1", delta="{}"), T0 + 2),
+            (ToolCallEnd(tool_call_id="c1"), T0 + 3),
+            (ToolCallResult(message_id="m2", tool_call_id="c1", content="ok"), T0 + 4),
+            (finished(), T0 + 5),
+        )
+        assert found == []
+
+    def test_orphan_call_started_in_another_run_is_an_orphan_here(self) -> None:
+        tracker = RunTracker()
+        feed(tracker, (started(run="r1"), T0), (tool_start(), T0 + 1), run="r1")
+        found = feed(tracker, (started(run="r2"), T0 + 2), (ToolCallEnd(tool_call_id="c1"), T0 + 3), run="r2")
+        assert [(a.kind, a.run_id) for a in found] == [(AnomalyKind.ORPHAN_TOOL_COMPLETED, "r2")]
+
+
+class TestStuckTool:
+    def test_stuck_tool_is_reported_exactly_at_the_threshold(self) -> None:
+        tracker = RunTracker()
+        feed(tracker, (started(), T0), (tool_start(), T0 + 100))
+        assert tracker.next_deadline() == T0 + 100 + STUCK_MS
+        assert tracker.advance(T0 + 100 + STUCK_MS - 1) == ()
+        found = tracker.advance(T0 + 100 + STUCK_MS)
+        assert len(found) == 1
+        (anomaly,) = found
+        assert anomaly.kind is AnomalyKind.STUCK_TOOL
+        assert anomaly.severity is Severity.CRITICAL
+        assert (anomaly.run_id, anomaly.tool_call_id, anomaly.detected_at) == ("r1", "c1", T0 + 100 + STUCK_MS)
+
+    def test_stuck_tool_long_call_that_ends_in_time_is_not_reported(self) -> None:
+        tracker = RunTracker()
+        feed(tracker, (started(), T0), (tool_start(), T0), (ToolCallEnd(tool_call_id="c1"), T0 + STUCK_MS - 1))
+        assert tracker.advance(T0 + STALE_MS - 1) == ()
+
+    def test_stuck_tool_result_without_end_closes_the_call(self) -> None:
+        tracker = RunTracker()
+        feed(
+            tracker,
+            (started(), T0),
+            (tool_start(), T0),
+            (ToolCallResult(message_id="m2", tool_call_id="c1", content="ok"), T0 + 10),
+            (finished(), T0 + 20),
+        )
+        assert tracker.advance(T0 + 10 * RETENTION_MS) == ()
+
+    def test_stuck_tool_is_reported_once_and_a_late_end_is_not_an_orphan(self) -> None:
+        tracker = RunTracker()
+        feed(tracker, (started(), T0), (tool_start(), T0))
+        assert kinds(tracker.advance(T0 + STUCK_MS)) == [AnomalyKind.STUCK_TOOL]
+        assert tracker.observe(stamped(ToolCallEnd(tool_call_id="c1"), at=T0 + STUCK_MS + 1, seq=3)) == ()
+        assert tracker.advance(T0 + STUCK_MS + STALE_MS) == ()
+
+    def test_stuck_tool_left_open_by_a_finished_run_is_still_reported(self) -> None:
+        tracker = RunTracker()
+        feed(tracker, (started(), T0), (tool_start(), T0), (finished(), T0 + 5))
+        found = tracker.advance(T0 + STUCK_MS)
+        assert kinds(found) == [AnomalyKind.STUCK_TOOL]
+        assert "finished" in found[0].detail
+
+    def test_stuck_tool_outliving_the_retention_is_still_reported(self) -> None:
+        tracker = RunTracker(DetectionThresholds(retention=1.0))
+        feed(tracker, (started(), T0), (tool_start(), T0), (finished(), T0 + 5))
+        assert tracker.advance(T0 + STUCK_MS - 1) == ()
+        assert tracker.statistics().runs_retained == 1
+        assert kinds(tracker.advance(T0 + STUCK_MS)) == [AnomalyKind.STUCK_TOOL]
+        assert tracker.statistics().runs_retained == 0
+
+    def test_stuck_tool_each_open_call_is_reported_separately(self) -> None:
+        tracker = RunTracker()
+        feed(tracker, (started(), T0), (tool_start("a"), T0), (tool_start("b"), T0 + 1), (tool_start("a"), T0 + 2))
+        found = tracker.advance(T0 + STUCK_MS + 1)
+        assert [(a.tool_call_id, a.detected_at) for a in found] == [("a", T0 + STUCK_MS + 1), ("b", T0 + STUCK_MS + 1)]
+
+    def test_stuck_tool_ended_call_leaves_only_the_run_deadline(self) -> None:
+        tracker = RunTracker()
+        feed(tracker, (started(), T0), (tool_start(), T0), (ToolCallEnd(tool_call_id="c1"), T0 + 1))
+        assert tracker.statistics().pending_deadlines == 1
+        assert tracker.next_deadline() == T0 + STALE_MS
+
+
+class TestStaleThread:
+    def test_stale_thread_is_reported_exactly_at_the_threshold(self) -> None:
+        tracker = RunTracker()
+        feed(tracker, (started(), T0))
+        assert tracker.advance(T0 + STALE_MS - 1) == ()
+        found = tracker.advance(T0 + STALE_MS)
+        assert len(found) == 1
+        (anomaly,) = found
+        assert anomaly.kind is AnomalyKind.STALE_THREAD
+        assert (anomaly.thread_id, anomaly.run_id, anomaly.detected_at) == ("t1", "r1", T0 + STALE_MS)
+
+    def test_stale_thread_activity_postpones_the_deadline(self) -> None:
+        tracker = RunTracker()
+        feed(tracker, (started(), T0), (text(), T0 + 50_000))
+        assert tracker.advance(T0 + STALE_MS) == ()
+        assert tracker.advance(T0 + 50_000 + STALE_MS - 1) == ()
+        assert kinds(tracker.advance(T0 + 50_000 + STALE_MS)) == [AnomalyKind.STALE_THREAD]
+
+    def test_stale_thread_next_deadline_is_never_late(self) -> None:
+        tracker = RunTracker()
+        feed(tracker, (started(), T0), (text(), T0 + 50_000))
+        found: list[Anomaly] = []
+        while (deadline := tracker.next_deadline()) is not None and not found:
+            found += tracker.advance(deadline)
+        assert [(a.kind, a.detected_at) for a in found] == [(AnomalyKind.STALE_THREAD, T0 + 50_000 + STALE_MS)]
+
+    def test_stale_thread_quiet_run_that_finished_is_not_reported(self) -> None:
+        tracker = RunTracker()
+        feed(tracker, (started(), T0), (finished(), T0 + 1))
+        assert tracker.advance(T0 + 10 * RETENTION_MS) == ()
+
+    def test_stale_thread_reported_once_then_forgotten_after_retention(self) -> None:
+        tracker = RunTracker()
+        feed(tracker, (started(), T0))
+        assert kinds(tracker.advance(T0 + STALE_MS)) == [AnomalyKind.STALE_THREAD]
+        assert tracker.advance(T0 + STALE_MS + RETENTION_MS - 1) == ()
+        assert tracker.statistics().runs_in_flight == 1
+        assert tracker.advance(T0 + STALE_MS + RETENTION_MS) == ()
+        stats = tracker.statistics()
+        assert (stats.runs_in_flight, stats.runs_abandoned) == (0, 1)
+        # Forgotten: a straggler now looks like a run that never started.
+        late = tracker.observe(stamped(text(), at=T0 + STALE_MS + RETENTION_MS + 1, seq=2))
+        assert kinds(late) == [AnomalyKind.MISSING_AGENT_STARTED]
+
+    def test_stale_thread_that_resumes_is_not_reported_again(self) -> None:
+        tracker = RunTracker()
+        feed(tracker, (started(), T0))
+        assert kinds(tracker.advance(T0 + STALE_MS)) == [AnomalyKind.STALE_THREAD]
+        assert tracker.observe(stamped(text(), at=T0 + STALE_MS + 1, seq=2)) == ()
+        assert tracker.advance(T0 + 3 * STALE_MS) == ()
+        assert tracker.observe(stamped(finished(), at=T0 + 3 * STALE_MS, seq=3)) == ()
+
+
+class TestHighLatency:
+    def test_high_latency_above_the_threshold_is_reported(self) -> None:
+        tracker = RunTracker()
+        found = feed(tracker, (started(), T0), (text(timestamp=T0 + 10 - LATENCY_MS - 1), T0 + 10))
+        assert len(found) == 1
+        (anomaly,) = found
+        assert anomaly.kind is AnomalyKind.HIGH_LATENCY
+        assert anomaly.detected_at == T0 + 10
+        assert f"{LATENCY_MS + 1} ms" in anomaly.detail
+
+    def test_high_latency_exactly_at_the_threshold_is_not_reported(self) -> None:
+        tracker = RunTracker()
+        assert feed(tracker, (started(), T0), (text(timestamp=T0 + 10 - LATENCY_MS), T0 + 10)) == []
+
+    def test_high_latency_event_without_timestamp_is_skipped(self) -> None:
+        tracker = RunTracker()
+        assert feed(tracker, (started(), T0 + 10 * LATENCY_MS), (text(timestamp=None), T0 + 10 * LATENCY_MS)) == []
+
+    def test_high_latency_reported_once_per_run(self) -> None:
+        tracker = RunTracker()
+        late = T0 - 10 * LATENCY_MS
+        found = feed(tracker, (started(), T0), (text(timestamp=late), T0 + 1), (text(timestamp=late), T0 + 2))
+        found += feed(tracker, (started(run="r2"), T0), (text(timestamp=late), T0 + 3), run="r2")
+        assert [(a.kind, a.run_id) for a in found] == [
+            (AnomalyKind.HIGH_LATENCY, "r1"),
+            (AnomalyKind.HIGH_LATENCY, "r2"),
+        ]
+
+    def test_high_latency_on_the_first_event_comes_with_the_missing_start(self) -> None:
+        tracker = RunTracker()
+        found = feed(tracker, (text(timestamp=T0 - LATENCY_MS - 1), T0))
+        assert kinds(found) == [AnomalyKind.MISSING_AGENT_STARTED, AnomalyKind.HIGH_LATENCY]
+
+
+class TestDuplicateCompletion:
+    @pytest.mark.parametrize(
+        ("first", "second"),
+        [
+            (finished(), finished()),
+            (finished(), RunError(message="late failure")),
+            (RunError(message="boom"), finished()),
+            (RunError(message="boom"), RunError(message="boom again")),
+        ],
+        ids=["finished-finished", "finished-error", "error-finished", "error-error"],
+    )
+    def test_duplicate_second_completion_is_reported(self, first: AgentEvent, second: AgentEvent) -> None:
+        tracker = RunTracker()
+        found = feed(tracker, (started(), T0), (first, T0 + 1), (second, T0 + 2))
+        assert [(a.kind, a.run_id, a.detected_at) for a in found] == [(AnomalyKind.DUPLICATE_COMPLETION, "r1", T0 + 2)]
+
+    def test_duplicate_third_completion_is_not_reported_again(self) -> None:
+        tracker = RunTracker()
+        found = feed(tracker, (started(), T0), (finished(), T0 + 1), (finished(), T0 + 2), (finished(), T0 + 3))
+        assert kinds(found) == [AnomalyKind.DUPLICATE_COMPLETION]
+
+    def test_duplicate_single_completion_is_normal(self) -> None:
+        tracker = RunTracker()
+        assert feed(tracker, (started(), T0), (finished(), T0 + 1)) == []
+
+
+class TestEventAfterCompletion:
+    def test_after_completion_event_is_reported_once_per_run(self) -> None:
+        tracker = RunTracker()
+        found = feed(tracker, (started(), T0), (finished(), T0 + 1), (text(), T0 + 500), (text(), T0 + 600))
+        assert [(a.kind, a.detected_at) for a in found] == [(AnomalyKind.EVENT_AFTER_COMPLETION, T0 + 500)]
+        assert "499 ms after" in found[0].detail
+
+    def test_after_completion_run_started_again_is_reported(self) -> None:
+        tracker = RunTracker()
+        found = feed(tracker, (started(), T0), (finished(), T0 + 1), (started(), T0 + 2))
+        assert kinds(found) == [AnomalyKind.EVENT_AFTER_COMPLETION]
+
+    def test_after_completion_late_end_closes_the_call(self) -> None:
+        tracker = RunTracker()
+        found = feed(
+            tracker, (started(), T0), (tool_start(), T0), (finished(), T0 + 1), (ToolCallEnd(tool_call_id="c1"), T0 + 2)
+        )
+        assert kinds(found) == [AnomalyKind.EVENT_AFTER_COMPLETION]
+        assert tracker.advance(T0 + STUCK_MS) == ()
+
+    def test_after_completion_beyond_retention_is_a_new_run(self) -> None:
+        tracker = RunTracker()
+        feed(tracker, (started(), T0), (finished(), T0 + 1))
+        assert tracker.advance(T0 + 1 + RETENTION_MS - 1) == ()
+        assert kinds(tracker.observe(stamped(text(), at=T0 + RETENTION_MS, seq=3))) == [
+            AnomalyKind.EVENT_AFTER_COMPLETION
+        ]
+        tracker.advance(T0 + 1 + RETENTION_MS)
+        assert tracker.statistics().runs_retained == 0
+        late = tracker.observe(stamped(text(), at=T0 + RETENTION_MS + 2, seq=4))
+        assert kinds(late) == [AnomalyKind.MISSING_AGENT_STARTED]
+
+    def test_after_completion_events_before_the_finish_are_normal(self) -> None:
+        tracker = RunTracker()
+        assert feed(tracker, (started(), T0), (text(), T0 + 1), (StepStarted(step_name="s"), T0 + 2)) == []
+
+
+class TestErrorBurst:
+    @staticmethod
+    def errors(tracker: RunTracker, times: list[int]) -> list[Anomaly]:
+        found: list[Anomaly] = []
+        for n, at in enumerate(times):
+            found += feed(
+                tracker, (started(f"t{n}", f"r{n}"), at), (RunError(message="x"), at), thread=f"t{n}", run=f"r{n}"
+            )
+        return found
+
+    def test_error_burst_count_errors_within_the_window_are_reported(self) -> None:
+        tracker = RunTracker()
+        found = self.errors(tracker, [T0 + 1_000 * n for n in range(5)])
+        assert len(found) == 1
+        (anomaly,) = found
+        assert anomaly.kind is AnomalyKind.ERROR_BURST
+        assert (anomaly.thread_id, anomaly.run_id, anomaly.detected_at) == (ALL_THREADS, None, T0 + 4_000)
+        assert anomaly.window_start == (T0 + 4_000) - (T0 + 4_000) % BURST_WINDOW_MS
+
+    def test_error_burst_one_error_fewer_is_not_reported(self) -> None:
+        tracker = RunTracker()
+        assert self.errors(tracker, [T0 + 1_000 * n for n in range(4)]) == []
+
+    def test_error_burst_boundary_span_must_be_under_the_window(self) -> None:
+        span = [T0, T0 + 1, T0 + 2, T0 + 3]
+        assert self.errors(RunTracker(), [*span, T0 + BURST_WINDOW_MS]) == []
+        assert kinds(self.errors(RunTracker(), [*span, T0 + BURST_WINDOW_MS - 1])) == [AnomalyKind.ERROR_BURST]
+
+    def test_error_burst_continuing_is_reported_once_per_window(self) -> None:
+        start = T0 - T0 % BURST_WINDOW_MS  # aligned, so the first 60 errors share a window
+        found = self.errors(RunTracker(), [start + 1_000 * n for n in range(120)])
+        assert [a.window_start for a in found] == [start, start + BURST_WINDOW_MS]
+        assert len({a.key for a in found}) == 2
+
+    def test_error_burst_spread_out_errors_are_not_reported(self) -> None:
+        assert self.errors(RunTracker(), [T0 + 20_000 * n for n in range(20)]) == []
+
+    def test_error_burst_duplicate_errors_count(self) -> None:
+        tracker = RunTracker()
+        found = feed(tracker, (started(), T0), *[(RunError(message="x"), T0 + n) for n in range(5)])
+        assert kinds(found) == [AnomalyKind.DUPLICATE_COMPLETION, AnomalyKind.ERROR_BURST]
+
+
+class TestUndeliveredEvent:
+    def test_undelivered_unconfirmed_event_is_reported_exactly_at_the_threshold(self) -> None:
+        tracker = RunTracker()
+        tracker.expect_delivery("t1", 1, T0)
+        assert tracker.next_deadline() == T0 + UNDELIVERED_MS
+        assert tracker.advance(T0 + UNDELIVERED_MS - 1) == ()
+        found = tracker.advance(T0 + UNDELIVERED_MS)
+        assert len(found) == 1
+        (anomaly,) = found
+        assert anomaly.kind is AnomalyKind.UNDELIVERED_EVENT
+        assert (anomaly.thread_id, anomaly.seq, anomaly.detected_at) == ("t1", 1, T0 + UNDELIVERED_MS)
+
+    def test_undelivered_confirmed_just_in_time_is_not_reported(self) -> None:
+        tracker = RunTracker()
+        tracker.expect_delivery("t1", 1, T0)
+        tracker.advance(T0 + UNDELIVERED_MS - 1)
+        tracker.confirm_delivery("t1", 1)
+        assert tracker.advance(T0 + 10 * UNDELIVERED_MS) == ()
+        assert tracker.statistics().pending_deliveries == 0
+
+    def test_undelivered_batched_confirmation_covers_lower_seqs(self) -> None:
+        tracker = RunTracker()
+        for seq in range(1, 11):
+            tracker.expect_delivery("t1", seq, T0 + seq)
+        assert tracker.statistics().pending_deliveries == 10
+        tracker.confirm_delivery("t1", 10)
+        tracker.confirm_delivery("t1", 4)  # a stale, lower confirmation changes nothing
+        assert tracker.advance(T0 + 10 * UNDELIVERED_MS) == ()
+
+    def test_undelivered_consecutive_overdue_seqs_make_one_report(self) -> None:
+        tracker = RunTracker()
+        for seq in (1, 2, 3):
+            tracker.expect_delivery("t1", seq, T0 + seq)
+        tracker.expect_delivery("t1", 4, T0 + 1_000)
+        found = tracker.advance(T0 + 3 + UNDELIVERED_MS)
+        assert [(a.seq, a.detected_at) for a in found] == [(1, T0 + 3 + UNDELIVERED_MS)]
+        assert "3 event(s), seq 1..3" in found[0].detail
+        assert [a.seq for a in tracker.advance(T0 + 1_000 + UNDELIVERED_MS)] == [4]
+
+    def test_undelivered_partial_confirmation_reports_only_the_rest(self) -> None:
+        tracker = RunTracker()
+        for seq in (1, 2, 3):
+            tracker.expect_delivery("t1", seq, T0)
+        tracker.confirm_delivery("t1", 2)
+        assert [a.seq for a in tracker.advance(T0 + UNDELIVERED_MS)] == [3]
+
+    def test_undelivered_thread_without_subscribers_is_not_reported(self) -> None:
+        tracker = RunTracker()
+        tracker.expect_delivery("t1", 1, T0)
+        tracker.thread_has_no_subscribers("t1")
+        assert tracker.advance(T0 + 10 * UNDELIVERED_MS) == ()
+        assert tracker.statistics().pending_deadlines == 0
+        # Expectations resume with the next routed event.
+        tracker.expect_delivery("t1", 2, T0 + 1)
+        assert [a.seq for a in tracker.advance(T0 + 1 + UNDELIVERED_MS)] == [2]
+
+    def test_undelivered_confirmation_overtaking_its_expectation_is_not_reported(self) -> None:
+        tracker = RunTracker()
+        tracker.confirm_delivery("t1", 5)
+        tracker.expect_delivery("t1", 5, T0)
+        assert tracker.advance(T0 + 10 * UNDELIVERED_MS) == ()
+
+    def test_undelivered_only_the_stuck_thread_is_reported(self) -> None:
+        tracker = RunTracker()
+        tracker.expect_delivery("t1", 1, T0)
+        tracker.expect_delivery("t2", 1, T0)
+        tracker.confirm_delivery("t2", 1)
+        assert [a.thread_id for a in tracker.advance(T0 + UNDELIVERED_MS)] == ["t1"]
+
+
+class TestDeadlines:
+    def test_next_deadline_is_none_when_nothing_is_pending(self) -> None:
+        tracker = RunTracker()
+        assert tracker.next_deadline() is None
+        feed(tracker, (started(), T0), (finished(), T0 + 1))
+        assert tracker.next_deadline() == T0 + 1 + RETENTION_MS
+        tracker.advance(T0 + 1 + RETENTION_MS)
+        assert tracker.next_deadline() is None
+
+    def test_next_deadline_skips_invalidated_entries(self) -> None:
+        tracker = RunTracker()
+        feed(tracker, (started(), T0))
+        for n in range(100):
+            call = f"c{n}"
+            feed(tracker, (tool_start(call), T0 + n), (ToolCallEnd(tool_call_id=call), T0 + n))
+        tracker.expect_delivery("t1", 1, T0)
+        tracker.confirm_delivery("t1", 1)
+        assert tracker.next_deadline() == T0 + STALE_MS
+
+    def test_pending_deadlines_count_only_live_ones_under_churn(self) -> None:
+        tracker = RunTracker()
+        feed(tracker, (started(), T0))
+        for n in range(10_000):
+            call = f"c{n}"
+            tracker.observe(stamped(tool_start(call), at=T0 + n))
+            tracker.observe(stamped(ToolCallEnd(tool_call_id=call), at=T0 + n))
+        tracker.observe(stamped(tool_start("open"), at=T0 + 10_000))
+        assert tracker.statistics().pending_deadlines == 2
+        found = tracker.advance(T0 + 10_000 + STUCK_MS)
+        assert [(a.kind, a.tool_call_id) for a in found] == [(AnomalyKind.STUCK_TOOL, "open")]
+
+    def test_advance_returns_the_shared_empty_tuple_when_nothing_is_due(self) -> None:
+        tracker = RunTracker()
+        feed(tracker, (started(), T0))
+        assert tracker.advance(T0) is tracker.advance(T0 + 1)
+        assert tracker.observe(stamped(text(), at=T0 + 2, seq=2)) is tracker.advance(T0 + 3)
+
+
+class TestMemoryBounds:
+    def test_cap_evicts_the_least_recently_active_run(self) -> None:
+        tracker = RunTracker(DetectionThresholds(max_tracked_runs=3))
+        for n in (1, 2, 3):
+            feed(tracker, (started(run=f"r{n}"), T0 + n), run=f"r{n}")
+        feed(tracker, (text(), T0 + 4), run="r1")  # r1 active again: r2 is now the least recently active
+        feed(tracker, (started(run="r4"), T0 + 5), run="r4")
+        stats = tracker.statistics()
+        assert (stats.runs_in_flight, stats.evictions) == (3, 1)
+        assert feed(tracker, (text(), T0 + 6), run="r1") == []
+        assert kinds(feed(tracker, (text(), T0 + 7), run="r2")) == [AnomalyKind.MISSING_AGENT_STARTED]
+
+    def test_cap_eviction_cancels_the_evicted_runs_deadlines(self) -> None:
+        tracker = RunTracker(DetectionThresholds(max_tracked_runs=1))
+        feed(tracker, (started(run="r1"), T0), (tool_start(), T0), run="r1")
+        feed(tracker, (started(run="r2"), T0 + 1), (finished(run="r2"), T0 + 2), run="r2")
+        assert tracker.statistics().evictions == 1
+        assert tracker.advance(T0 + 10 * RETENTION_MS) == ()
+
+    def test_cap_bounds_the_retained_finished_runs(self) -> None:
+        tracker = RunTracker(DetectionThresholds(max_tracked_runs=2))
+        for n in range(5):
+            feed(tracker, (started(run=f"r{n}"), T0 + n), (finished(run=f"r{n}"), T0 + n), run=f"r{n}")
+        stats = tracker.statistics()
+        assert (stats.runs_retained, stats.evictions) == (2, 3)
+
+    def test_cap_bounds_the_threads_with_delivery_state(self) -> None:
+        tracker = RunTracker(DetectionThresholds(max_tracked_runs=2))
+        for n in range(4):
+            tracker.expect_delivery(f"t{n}", 1, T0)
+        assert tracker.statistics().evictions == 2
+        assert sorted(a.thread_id for a in tracker.advance(T0 + UNDELIVERED_MS)) == ["t2", "t3"]
+
+    def test_retention_evicts_finished_runs(self) -> None:
+        tracker = RunTracker()
+        for n in range(100):
+            feed(tracker, (started(run=f"r{n}"), T0), (finished(run=f"r{n}"), T0 + n), run=f"r{n}")
+        assert tracker.statistics().runs_retained == 100
+        tracker.advance(T0 + 49 + RETENTION_MS)
+        assert tracker.statistics().runs_retained == 50
+        tracker.advance(T0 + 99 + RETENTION_MS)
+        assert tracker.statistics().runs_retained == 0
+
+    def test_memory_per_in_flight_run_with_an_open_call_is_under_2_kb(self) -> None:
+        runs = 20_000
+        tracker = RunTracker()
+        gc.collect()
+        tracemalloc.start()
+        try:
+            before = tracemalloc.get_traced_memory()[0]
+            for n in range(runs):
+                thread, run = f"thread-{n:08d}", f"run-{n:08d}"
+                tracker.observe(stamped(started(thread, run), at=T0 + n, thread=thread, run=run))
+                tracker.observe(stamped(tool_start(f"call-{n:08d}"), at=T0 + n, thread=thread, run=run, seq=2))
+            gc.collect()
+            retained = tracemalloc.get_traced_memory()[0] - before
+        finally:
+            tracemalloc.stop()
+        assert tracker.statistics().runs_in_flight == runs
+        assert retained / runs < 2048
+
+
+class TestRebuild:
+    @staticmethod
+    def replay(*items: tuple[AgentEvent, int], thread: str = "t1", run: str = "r1") -> list[StampedEvent]:
+        return [
+            stamped(event, at=at, thread=thread, run=run, seq=seq) for seq, (event, at) in enumerate(items, start=1)
+        ]
+
+    def test_rebuild_restores_in_flight_state_silently(self) -> None:
+        tracker = RunTracker()
+        items = self.replay((started(), T0), (tool_start(), T0 + 1))
+        assert tracker.rebuild(items, now_ms=T0 + 2) == ()
+        assert tracker.statistics().runs_in_flight == 1
+        assert tracker.observe(stamped(ToolCallEnd(tool_call_id="c1"), at=T0 + 3, seq=3)) == ()
+        assert tracker.observe(stamped(finished(), at=T0 + 4, seq=4)) == ()
+
+    def test_rebuild_truncated_ring_is_not_a_missing_start(self) -> None:
+        tracker = RunTracker()
+        items = self.replay((text(), T0), (ToolCallEnd(tool_call_id="before-the-ring"), T0 + 1))
+        assert tracker.rebuild(items, now_ms=T0 + 2) == ()
+        assert tracker.observe(stamped(text(), at=T0 + 3, seq=3)) == ()
+
+    def test_rebuild_immediate_anomalies_of_the_replay_are_not_reported_again(self) -> None:
+        tracker = RunTracker()
+        items = self.replay(
+            (started(), T0), (text(timestamp=T0 - 10 * LATENCY_MS), T0 + 1), (finished(), T0 + 2), (finished(), T0 + 3)
+        )
+        assert tracker.rebuild(items, now_ms=T0 + 4) == ()
+        # The flags came back too: these would otherwise be reported now.
+        assert tracker.observe(stamped(finished(), at=T0 + 5, seq=5)) == ()
+
+    def test_rebuild_tool_stuck_before_the_crash_is_reported(self) -> None:
+        tracker = RunTracker()
+        items = self.replay((started(), T0), (tool_start(), T0 + 1))
+        found = tracker.rebuild(items, now_ms=T0 + 1 + STUCK_MS)
+        assert [(a.kind, a.tool_call_id) for a in found] == [(AnomalyKind.STUCK_TOOL, "c1")]
+        assert tracker.statistics().anomalies_by_kind == {AnomalyKind.STUCK_TOOL: 1}
+
+    def test_rebuild_tool_stuck_while_the_monitor_was_down_is_reported(self) -> None:
+        tracker = RunTracker()
+        items = self.replay((started(), T0), (tool_start(), T0), (ToolCallEnd(tool_call_id="c1"), T0 + 40_000))
+        found = tracker.rebuild(items, now_ms=T0 + 45_000)
+        assert [(a.kind, a.detected_at) for a in found] == [(AnomalyKind.STUCK_TOOL, T0 + 40_000)]
+
+    def test_rebuild_already_reported_keys_are_not_reported_twice(self) -> None:
+        first = RunTracker()
+        items = self.replay((started(), T0), (tool_start(), T0))
+        reported = ReportedKeys()
+        for anomaly in first.rebuild(items, now_ms=T0 + STUCK_MS):
+            assert reported.add(anomaly.key)
+        assert len(reported) == 1
+        second = RunTracker()
+        assert second.rebuild(items, now_ms=T0 + STALE_MS - 1, already_reported=reported) == ()
+        assert second.statistics().anomalies_by_kind == {}
+
+    def test_rebuild_stale_run_is_reported_and_finished_one_is_not(self) -> None:
+        tracker = RunTracker()
+        items = [
+            *self.replay((started(), T0), (text(), T0 + 5), run="quiet"),
+            *self.replay((started(), T0), (finished(), T0 + 5), run="done"),
+        ]
+        random.Random(3).shuffle(items)  # rings arrive thread by thread, not in time order
+        found = tracker.rebuild(items, now_ms=T0 + 5 + STALE_MS)
+        assert [(a.kind, a.run_id, a.detected_at) for a in found] == [
+            (AnomalyKind.STALE_THREAD, "quiet", T0 + 5 + STALE_MS)
+        ]
+
+    def test_rebuild_of_a_used_tracker_raises(self) -> None:
+        tracker = RunTracker()
+        tracker.observe(stamped(started(), at=T0))
+        with pytest.raises(ValueError, match=r"rebuild\(\) needs a fresh tracker"):
+            tracker.rebuild([], now_ms=T0)
+
+
+class TestStatistics:
+    def test_statistics_count_events_and_anomalies_by_kind(self) -> None:
+        tracker = RunTracker()
+        feed(tracker, (started(), T0), (tool_start(), T0), (finished(), T0 + 1), (finished(), T0 + 2))
+        tracker.advance(T0 + STUCK_MS)
+        tracker.expect_delivery("t1", 1, T0)
+        tracker.expect_delivery("t1", 2, T0)
+        stats = tracker.statistics()
+        assert stats.events_observed == 4
+        assert stats.anomalies_by_kind == {AnomalyKind.DUPLICATE_COMPLETION: 1, AnomalyKind.STUCK_TOOL: 1}
+        assert (stats.runs_in_flight, stats.runs_retained, stats.pending_deliveries) == (0, 1, 2)
+        assert stats.pending_deadlines == 2  # the retained run's expiry and the thread's delivery deadline
+
+    def test_statistics_snapshot_does_not_change_afterwards(self) -> None:
+        tracker = RunTracker()
+        stats = tracker.statistics()
+        feed(tracker, (text(), T0))
+        assert stats.anomalies_by_kind == {}
+        assert stats.events_observed == 0
+
+
+class TestAnomaly:
+    def test_anomaly_key_identifies_kind_subject_and_occurrence(self) -> None:
+        anomaly = Anomaly(
+            kind=AnomalyKind.STUCK_TOOL,
+            severity=Severity.CRITICAL,
+            thread_id="t1",
+            run_id="r1",
+            tool_call_id="c1",
+            detected_at=T0,
+            detail="stuck",
+        )
+        assert anomaly.key == (AnomalyKind.STUCK_TOOL, "t1", "r1", "c1", None, None)
+        later = msgspec.structs.replace(anomaly, detected_at=T0 + 1, detail="still stuck")
+        assert later.key == anomaly.key
+
+    def test_anomaly_encodes_with_camel_case_fields(self) -> None:
+        anomaly = Anomaly(
+            kind=AnomalyKind.UNDELIVERED_EVENT,
+            severity=Severity.CRITICAL,
+            thread_id="t1",
+            detected_at=T0,
+            detail="d",
+            seq=4,
+        )
+        wire = msgspec.json.decode(msgspec.json.encode(anomaly))
+        assert wire["kind"] == "undelivered_event"
+        assert (wire["threadId"], wire["detectedAt"], wire["seq"]) == ("t1", T0, 4)
+        assert msgspec.json.decode(msgspec.json.encode(anomaly), type=Anomaly) == anomaly
+
+    def test_anomaly_every_kind_has_a_default_severity(self) -> None:
+        assert {kind: kind.default_severity for kind in AnomalyKind}[AnomalyKind.STUCK_TOOL] is Severity.CRITICAL
+        assert all(isinstance(kind.default_severity, Severity) for kind in AnomalyKind)
+
+    def test_anomaly_kind_values_are_the_seed_names(self) -> None:
+        assert {kind.value for kind in AnomalyKind} >= {
+            "missing_agent_started",
+            "orphan_tool_completed",
+            "stuck_tool",
+            "stale_thread",
+            "high_latency",
+        }
+
+
+class TestReportedKeys:
+    def test_reported_keys_add_is_true_only_the_first_time(self) -> None:
+        keys = ReportedKeys()
+        key = (AnomalyKind.STALE_THREAD, "t1", "r1", None, None, None)
+        assert keys.add(key) is True
+        assert keys.add(key) is False
+        assert key in keys
+        assert len(keys) == 1
+
+    def test_reported_keys_forget_the_oldest_beyond_capacity(self) -> None:
+        keys = ReportedKeys(capacity=3)
+        for n in range(5):
+            keys.add(n)
+        assert list(keys) == [2, 3, 4]
+        assert 0 not in keys
+        assert keys.forgotten == 2
+        assert keys.add(0) is True
+
+    @pytest.mark.parametrize("capacity", [0, -1, 1.5, True])
+    def test_reported_keys_bad_capacity_raises(self, capacity: object) -> None:
+        with pytest.raises(ValueError, match="capacity must be a positive int"):
+            ReportedKeys(capacity)  # type: ignore[arg-type]
+
+
+def test_custom_events_are_plain_activity() -> None:
+    tracker = RunTracker()
+    assert feed(tracker, (started(), T0), (Custom(name="progress", value=None), T0 + 50_000)) == []
+    assert tracker.advance(T0 + STALE_MS) == ()

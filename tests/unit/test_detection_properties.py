@@ -1,0 +1,347 @@
+from __future__ import annotations
+
+import heapq
+import itertools
+import random
+from typing import TYPE_CHECKING, Final
+
+import msgspec
+from hypothesis import given, settings, strategies as st
+
+from actors.chat._anomaly import ALL_THREADS, Anomaly, AnomalyKey, AnomalyKind
+from actors.chat._detection import DetectionThresholds, RunTracker
+from actors.chat._events import (
+    AgentEvent,
+    Custom,
+    ReasoningEnd,
+    ReasoningStart,
+    RunError,
+    RunFinished,
+    RunStarted,
+    StampedEvent,
+    StepFinished,
+    StepStarted,
+    TextMessageContent,
+    TextMessageEnd,
+    TextMessageStart,
+    ToolCallArgs,
+    ToolCallEnd,
+    ToolCallResult,
+    ToolCallStart,
+)
+
+if TYPE_CHECKING:
+    from collections.abc import Iterator
+
+T0: Final = 1_700_000_000_000
+
+# A timeline action: (at, order, tiebreak, stamped event or None, (thread, seq) confirmed or None). At equal
+# times events (order 0) come before confirmations (order 1), so a confirmation never precedes its expectation.
+Action = tuple[int, int, int, StampedEvent | None, tuple[str, int] | None]
+Timed = list[tuple[int, AgentEvent]]
+
+
+class Limits:
+    """Threshold figures in ms, as the tracker rounds them."""
+
+    def __init__(self, thresholds: DetectionThresholds) -> None:
+        self.stuck = round(thresholds.stuck_tool_after * 1000)
+        self.stale = round(thresholds.stale_thread_after * 1000)
+        self.latency = round(thresholds.high_latency_after * 1000)
+        self.undelivered = round(thresholds.undelivered_after * 1000)
+        self.window = round(thresholds.error_burst_window * 1000)
+        self.burst = thresholds.error_burst_count
+        self.retention = round(thresholds.retention * 1000)
+
+
+def pick(rng: random.Random, limit: int) -> int:
+    """A duration in [0, limit]: usually short, sometimes exactly the limit (the boundary), sometimes anywhere."""
+    roll = rng.random()
+    if roll < 0.1:
+        return limit
+    if roll < 0.3:
+        return rng.randint(0, limit)
+    return rng.randint(0, min(limit, 2_000))
+
+
+def valid_run(rng: random.Random, limits: Limits, thread: str, run: str, start: int, *, error: bool) -> Timed:
+    """One well-formed run with every timing inside its threshold (deadline kinds: at most threshold - 1 ms)."""
+    gap = limits.stale - 1  # between consecutive events of a run
+    at = start
+    out: Timed = [(at, RunStarted(thread_id=thread, run_id=run))]
+
+    def emit(event: AgentEvent, after: int) -> None:
+        nonlocal at
+        at += after
+        out.append((at, event))
+
+    for block in range(rng.randint(0, 4)):
+        shape = rng.randrange(4)
+        if shape == 0:
+            call = f"{run}-call{block}"
+            # Two gaps split the call's duration, so each stays under the stale threshold as well.
+            duration = pick(rng, min(limits.stuck - 1, 2 * gap))
+            emit(ToolCallStart(tool_call_id=call, tool_call_name="search"), pick(rng, gap))
+            emit(ToolCallArgs(tool_call_id=call, delta="{}"), duration // 2)
+            emit(ToolCallEnd(tool_call_id=call), duration - duration // 2)
+            if rng.random() < 0.5:
+                emit(ToolCallResult(message_id=f"{call}-result", tool_call_id=call, content="ok"), pick(rng, gap))
+        elif shape == 1:
+            message = f"{run}-m{block}"
+            emit(TextMessageStart(message_id=message), pick(rng, gap))
+            for _ in range(rng.randint(0, 3)):
+                emit(TextMessageContent(message_id=message, delta="x"), pick(rng, gap))
+            emit(TextMessageEnd(message_id=message), pick(rng, gap))
+        elif shape == 2:
+            emit(ReasoningStart(message_id=f"{run}-r{block}"), pick(rng, gap))
+            emit(ReasoningEnd(message_id=f"{run}-r{block}"), pick(rng, gap))
+        else:
+            emit(StepStarted(step_name="plan"), pick(rng, gap))
+            emit(StepFinished(step_name="plan"), pick(rng, gap))
+    emit(RunError(message="tool failed") if error else RunFinished(thread_id=thread, run_id=run), pick(rng, gap))
+    return [(at, stamp_time(rng, limits, event, at)) for at, event in out]
+
+
+def stamp_time(rng: random.Random, limits: Limits, event: AgentEvent, at: int) -> AgentEvent:
+    """Give most events a producer timestamp no more than the latency threshold before ``at``."""
+    if rng.random() < 0.3:
+        return event
+    return msgspec.structs.replace(event, timestamp=at - pick(rng, limits.latency))
+
+
+def run_actions(
+    rng: random.Random,
+    limits: Limits,
+    thread: str,
+    run: str,
+    timed: Timed,
+    tiebreak: Iterator[int],
+    *,
+    drop_last_confirm: bool = False,
+) -> list[Action]:
+    """The bridge's view of a run on its own thread: each event accepted, routed, and confirmed in time."""
+    actions: list[Action] = []
+    for seq, (at, event) in enumerate(timed, start=1):
+        actions.append((at, 0, next(tiebreak), stamped(event, thread, run, seq, at), None))
+        if drop_last_confirm and seq == len(timed):
+            continue
+        actions.append((at + pick(rng, limits.undelivered - 1), 1, next(tiebreak), None, (thread, seq)))
+    return actions
+
+
+def stamped(event: AgentEvent, thread: str, run: str, seq: int, at: int) -> StampedEvent:
+    return StampedEvent(thread_id=thread, run_id=run, seq=seq, observed_at=at, event=event, frame=b"")
+
+
+def drive(tracker: RunTracker, actions: Iterator[Action]) -> list[Anomaly]:
+    """Play a timeline the way the monitor actor does: fire each deadline exactly when it comes due."""
+    found: list[Anomaly] = []
+    for at, _, _, item, confirmation in actions:
+        while (deadline := tracker.next_deadline()) is not None and deadline <= at:
+            found += tracker.advance(deadline)
+        if item is not None:
+            found += tracker.observe(item)
+            tracker.expect_delivery(item.thread_id, item.seq, item.observed_at)
+        else:
+            assert confirmation is not None
+            tracker.confirm_delivery(*confirmation)
+    while (deadline := tracker.next_deadline()) is not None:
+        found += tracker.advance(deadline)
+    return found
+
+
+# ---------------------------------------------------------------- injected faults
+
+Expected = tuple[AnomalyKey, int]  # the anomaly's key and when it must be detected
+
+
+def inject(
+    kind: AnomalyKind, rng: random.Random, limits: Limits, thread: str, run: str, start: int, tiebreak: Iterator[int]
+) -> tuple[list[Action], Expected]:
+    """A run on its own thread carrying exactly one fault of ``kind``; error bursts are injected separately."""
+    timed = valid_run(rng, limits, thread, run, start, error=False)
+    if kind is AnomalyKind.STUCK_TOOL:
+        while not any(isinstance(event, ToolCallStart) for _, event in timed):
+            timed = valid_run(rng, limits, thread, run, start, error=False)
+    filler = Custom(name="filler", value=None)
+    subject: tuple[str | None, int | None] = (None, None)  # (tool_call_id, seq)
+    drop_last_confirm = False
+    if kind is AnomalyKind.MISSING_AGENT_STARTED:
+        timed[0] = (timed[0][0], filler)  # same time, so no gap grows
+        detected = timed[0][0]
+    elif kind is AnomalyKind.ORPHAN_TOOL_COMPLETED:
+        index = rng.randrange(len(timed) - 1)
+        timed.insert(index + 1, (timed[index][0], ToolCallEnd(tool_call_id="ghost")))
+        detected, subject = timed[index][0], ("ghost", None)
+    elif kind is AnomalyKind.STUCK_TOOL:
+        index = next(n for n, (_, event) in enumerate(timed) if isinstance(event, ToolCallStart))
+        opening = timed[index][1]
+        assert isinstance(opening, ToolCallStart)
+        call = opening.tool_call_id
+        timed = [
+            (at, filler if isinstance(event, ToolCallEnd | ToolCallResult) and event.tool_call_id == call else event)
+            for at, event in timed
+        ]
+        detected, subject = timed[index][0] + limits.stuck, (call, None)
+    elif kind is AnomalyKind.STALE_THREAD:
+        timed.pop()  # no RUN_FINISHED
+        detected = timed[-1][0] + limits.stale
+    elif kind is AnomalyKind.HIGH_LATENCY:
+        index = rng.randrange(len(timed))
+        at, event = timed[index]
+        timed[index] = (at, msgspec.structs.replace(event, timestamp=at - limits.latency - 1))
+        detected = at
+    elif kind is AnomalyKind.DUPLICATE_COMPLETION:
+        timed.append((timed[-1][0], RunFinished(thread_id=thread, run_id=run)))
+        detected = timed[-1][0]
+    elif kind is AnomalyKind.EVENT_AFTER_COMPLETION:
+        # Still inside the retention: a later event would belong to a forgotten run.
+        timed.append((timed[-1][0] + pick(rng, min(60_000, limits.retention - 1)), filler))
+        detected = timed[-1][0]
+    elif kind is AnomalyKind.UNDELIVERED_EVENT:
+        drop_last_confirm = True
+        detected, subject = timed[-1][0] + limits.undelivered, (None, len(timed))
+    else:
+        raise AssertionError(f"no injection for {kind}")
+    actions = run_actions(rng, limits, thread, run, timed, tiebreak, drop_last_confirm=drop_last_confirm)
+    run_id = None if kind is AnomalyKind.UNDELIVERED_EVENT else run
+    return actions, ((kind, thread, run_id, subject[0], subject[1], None), detected)
+
+
+def inject_burst(
+    rng: random.Random, limits: Limits, after: int, tiebreak: Iterator[int]
+) -> tuple[list[Action], Expected]:
+    """``error_burst_count`` failing runs, the last one exactly inside the window: one burst, nothing else."""
+    actions: list[Action] = []
+    at = after
+    spacing = (limits.window - 1) // max(1, limits.burst - 1)
+    for n in range(limits.burst):
+        thread = run = f"burst-{n}"
+        timed: Timed = [(at, RunStarted(thread_id=thread, run_id=run)), (at, RunError(message="upstream down"))]
+        actions += run_actions(rng, limits, thread, run, timed, tiebreak)
+        if n < limits.burst - 1:
+            at += spacing
+    window_start = at - at % limits.window
+    return actions, ((AnomalyKind.ERROR_BURST, ALL_THREADS, None, None, None, window_start), at)
+
+
+INJECTABLE: Final = [
+    kind for kind in AnomalyKind if kind not in (AnomalyKind.ERROR_BURST, AnomalyKind.HEALTH_CLAIM_MISMATCH)
+]
+
+
+def timeline(actions: list[Action]) -> Iterator[Action]:
+    return iter(sorted(actions))
+
+
+def report(found: list[Anomaly]) -> list[Expected]:
+    return sorted((anomaly.key, anomaly.detected_at) for anomaly in found)
+
+
+# ---------------------------------------------------------------- hypothesis
+
+thresholds_strategy = st.builds(
+    DetectionThresholds,
+    stuck_tool_after=st.integers(2, 120_000).map(lambda ms: ms / 1000),
+    stale_thread_after=st.integers(2, 120_000).map(lambda ms: ms / 1000),
+    high_latency_after=st.integers(1, 10_000).map(lambda ms: ms / 1000),
+    error_burst_count=st.integers(1, 8),
+    error_burst_window=st.integers(1, 120_000).map(lambda ms: ms / 1000),
+    undelivered_after=st.integers(2, 20_000).map(lambda ms: ms / 1000),
+    retention=st.integers(1, 600_000).map(lambda ms: ms / 1000),
+)
+
+
+class TestValidRunsProperties:
+    @settings(max_examples=150, deadline=None)
+    @given(thresholds=thresholds_strategy, rng=st.randoms(use_true_random=False), runs=st.integers(1, 8))
+    def test_valid_runs_under_thresholds_report_nothing(
+        self, thresholds: DetectionThresholds, rng: random.Random, runs: int
+    ) -> None:
+        limits = Limits(thresholds)
+        tiebreak = itertools.count()
+        errors = rng.randint(0, limits.burst - 1)  # fewer than a burst, wherever they fall
+        actions: list[Action] = []
+        for n in range(runs):
+            start = T0 + rng.randint(0, 120_000)
+            timed = valid_run(rng, limits, f"t{n}", f"r{n}", start, error=n < errors)
+            actions += run_actions(rng, limits, f"t{n}", f"r{n}", timed, tiebreak)
+        tracker = RunTracker(thresholds)
+        assert drive(tracker, timeline(actions)) == []
+        stats = tracker.statistics()
+        assert (stats.runs_in_flight, stats.runs_retained, stats.pending_deadlines) == (0, 0, 0)
+
+    @settings(max_examples=150, deadline=None)
+    @given(
+        thresholds=thresholds_strategy,
+        rng=st.randoms(use_true_random=False),
+        runs=st.integers(0, 6),
+        kind=st.sampled_from([*INJECTABLE, AnomalyKind.ERROR_BURST]),
+    )
+    def test_injected_anomaly_is_detected_once_at_its_deadline(
+        self, thresholds: DetectionThresholds, rng: random.Random, runs: int, kind: AnomalyKind
+    ) -> None:
+        limits = Limits(thresholds)
+        tiebreak = itertools.count()
+        actions: list[Action] = []
+        latest = T0
+        for n in range(runs):
+            timed = valid_run(rng, limits, f"t{n}", f"r{n}", T0 + rng.randint(0, 120_000), error=False)
+            latest = max(latest, timed[-1][0])
+            actions += run_actions(rng, limits, f"t{n}", f"r{n}", timed, tiebreak)
+        if kind is AnomalyKind.ERROR_BURST:
+            faulty, expected = inject_burst(rng, limits, latest, tiebreak)
+        else:
+            faulty, expected = inject(kind, rng, limits, "faulty", "faulty-run", T0 + rng.randint(0, 120_000), tiebreak)
+        tracker = RunTracker(thresholds)
+        assert report(drive(tracker, timeline(actions + faulty))) == [expected]
+
+
+# ---------------------------------------------------------------- at scale, fixed seed
+
+
+def scaled_timeline(
+    rng: random.Random, limits: Limits, runs: int, faults: dict[int, AnomalyKind], expected: list[Expected]
+) -> Iterator[Action]:
+    """``runs`` runs starting 5 ms apart (thousands in flight at once), merged lazily in time order."""
+    tiebreak = itertools.count()
+    pending: list[Action] = []
+    for n in range(runs):
+        start = T0 + 5 * n
+        while pending and pending[0][0] < start:
+            yield heapq.heappop(pending)
+        thread, run = f"t{n}", f"r{n}"
+        fault = faults.get(n)
+        if fault is None:
+            # Four failed runs in all: fewer than a burst, wherever they end.
+            timed = valid_run(rng, limits, thread, run, start, error=n % 25_000 == 0)
+            actions = run_actions(rng, limits, thread, run, timed, tiebreak)
+        else:
+            actions, wanted = inject(fault, rng, limits, thread, run, start, tiebreak)
+            expected.append(wanted)
+        for action in actions:
+            heapq.heappush(pending, action)
+    latest = max(action[0] for action in pending) if pending else T0
+    burst, wanted = inject_burst(rng, limits, latest + limits.window, tiebreak)
+    expected.append(wanted)
+    for action in burst:
+        heapq.heappush(pending, action)
+    while pending:
+        yield heapq.heappop(pending)
+
+
+class TestAtScale:
+    def test_100k_valid_runs_report_only_the_injected_anomalies(self) -> None:
+        rng = random.Random(20250901)
+        thresholds = DetectionThresholds()
+        runs = 100_000
+        faulty = rng.sample(range(runs), len(INJECTABLE))
+        faults = dict(zip(faulty, INJECTABLE, strict=True))
+        expected: list[Expected] = []
+        tracker = RunTracker(thresholds)
+        found = drive(tracker, scaled_timeline(rng, Limits(thresholds), runs, faults, expected))
+        assert report(found) == sorted(expected)
+        assert len(expected) == len(INJECTABLE) + 1
+        stats = tracker.statistics()
+        assert stats.events_observed > 5 * runs
+        assert (stats.runs_in_flight, stats.runs_retained, stats.evictions) == (0, 0, 0)
