@@ -1,3 +1,5 @@
+import logging
+
 from ._actor import Actor
 from ._clock import Clock
 from ._deadletters import DeadLetter, DeadLetters, DeadLetterStatistics
@@ -14,10 +16,13 @@ from ._exceptions import (
 from ._incarnation import HandlerTimeout
 from ._mailbox import MailboxSpec, MailboxStatistics, Overflow
 from ._message import ExitKind, ExitReason, Message, Terminated
-from ._ref import ActorRef, ActorStatistics, RefState
+from ._ref import ActorRef, ActorStatistics, Interceptor, RefState
 from ._system import ActorSystem, open_actor_system
 from ._timers import Timer
 from ._virtual_time import VirtualTimeEventLoop, virtual_time_backend
+
+# Library logging: records go to whatever the application configures, never to stderr by default.
+logging.getLogger("agentwatch").addHandler(logging.NullHandler())
 
 __all__ = [
     "Actor",
@@ -38,6 +43,7 @@ __all__ = [
     "ExitKind",
     "ExitReason",
     "HandlerTimeout",
+    "Interceptor",
     "MailboxFull",
     "MailboxSpec",
     "MailboxStatistics",

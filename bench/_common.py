@@ -2,20 +2,24 @@ from __future__ import annotations
 
 import argparse
 import gc
+import importlib
 import importlib.metadata
+import importlib.util
 import json
 import os
 import platform
 import statistics
 import sys
-from collections.abc import Callable, Sequence
-from typing import Any
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from collections.abc import Callable, Sequence
 
 #: Every bench figure is measured on both backends.
 BACKENDS = ("asyncio", "trio")
 
 #: Default number of runs; each run measures every figure and its floor once, interleaved.
-FULL_RUNS = 5
+FULL_RUNS = 7
 QUICK_RUNS = 3
 
 
@@ -28,7 +32,9 @@ def parse_args(description: str, argv: Sequence[str] | None = None) -> argparse.
     """
     parser = argparse.ArgumentParser(description=description)
     parser.add_argument("--quick", action="store_true", help="smaller samples and fewer runs (whole run < 20 s)")
-    parser.add_argument("--runs", type=int, default=None, help=f"number of runs (default {FULL_RUNS}, quick {QUICK_RUNS})")
+    parser.add_argument(
+        "--runs", type=int, default=None, help=f"number of runs (default {FULL_RUNS}, with --quick {QUICK_RUNS})"
+    )
     args = parser.parse_args(argv)
     if args.runs is None:
         args.runs = QUICK_RUNS if args.quick else FULL_RUNS
@@ -122,6 +128,29 @@ def interleaved(runs: int, measurements: dict[str, Callable[[], float]]) -> dict
     return samples
 
 
+def optional_module(name: str) -> Any | None:
+    """Import an optional peer library for comparison, or return None when it is not installed.
+
+    Typed ``Any`` on purpose: peers are not dependencies, so their type information may be absent.
+    """
+    if importlib.util.find_spec(name) is None:
+        return None
+    return importlib.import_module(name)
+
+
+def peer(name: str, backend: str, unit: str, samples: Sequence[float], **context: Any) -> dict[str, Any]:
+    """Build the entry of an optional peer measured in the same run (context only: no floor, no goal)."""
+    return {
+        "name": name,
+        "backend": backend,
+        "value": round(median(samples), 3),
+        "unit": unit,
+        "samples": [round(sample, 3) for sample in samples],
+        "optional": True,
+        **context,
+    }
+
+
 def _version(package: str) -> str | None:
     try:
         return importlib.metadata.version(package)
@@ -136,6 +165,8 @@ def environment() -> dict[str, Any]:
         "implementation": platform.python_implementation(),
         "machine": platform.machine(),
         "cpus": os.cpu_count(),
+        # A shared machine: the 1-minute load when the result was printed says how busy it was meanwhile.
+        "load_average_1m": round(os.getloadavg()[0], 2),
         "packages": {name: _version(name) for name in ("anyio", "trio", "msgspec")},
     }
 

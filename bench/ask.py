@@ -1,14 +1,12 @@
 from __future__ import annotations
 
-import importlib.util
-import threading
 import time
 from functools import partial
 from typing import Any
 
 import anyio
 import anyio.lowlevel
-from _common import BACKENDS, emit, figure, interleaved, median, parse_args, progress
+from _common import BACKENDS, emit, figure, interleaved, optional_module, parse_args, peer, progress
 
 from actors import Actor, open_actor_system
 
@@ -72,11 +70,10 @@ async def event_round_trip(asks: int) -> float:
     return elapsed / asks * 1e6
 
 
-def pykka_ask(asks: int) -> float:
+def pykka_ask(pykka: Any, asks: int) -> float:
     """Sequential asks to a Pykka ThreadingActor that echoes; µs per ask."""
-    import pykka  # imported only when installed: an optional peer, not a dependency
 
-    class PykkaEcho(pykka.ThreadingActor):  # type: ignore[misc]  # pykka ships no type information
+    class PykkaEcho(pykka.ThreadingActor):  # type: ignore[misc]  # an optional peer, typed Any
         def on_receive(self, message: Any) -> Any:
             return message
 
@@ -89,20 +86,20 @@ def pykka_ask(asks: int) -> float:
         return (time.perf_counter() - start) / asks * 1e6
     finally:
         ref.stop()
-        assert threading.active_count() >= 1
 
 
 def main() -> None:
     args = parse_args("Actor ask round trip against two bare tasks handing a value over and back with Events.")
     asks = 5_000 if args.quick else 20_000
-    with_pykka = importlib.util.find_spec("pykka") is not None
+    pykka = optional_module("pykka")
+    with_pykka = pykka is not None
     measurements: dict[str, Any] = {}
     for backend in BACKENDS:
         measurements[f"ask/{backend}"] = partial(anyio.run, actor_ask, asks, backend=backend)
         measurements[f"ask floor/{backend}"] = partial(anyio.run, event_round_trip, asks, backend=backend)
     pykka_asks = asks // 4
     if with_pykka:
-        measurements["pykka"] = partial(pykka_ask, pykka_asks)
+        measurements["pykka"] = partial(pykka_ask, pykka, pykka_asks)
     progress(f"ask bench: {args.runs} runs, {asks} asks per sample, pykka={with_pykka}")
     samples = interleaved(args.runs, measurements)
     figures = [
@@ -111,18 +108,10 @@ def main() -> None:
     ]
     peers: list[dict[str, Any]] = []
     if with_pykka:
-        peers.append(
-            {
-                "name": "pykka ThreadingActor ask round trip",
-                "backend": "threads",
-                "value": round(median(samples["pykka"]), 3),
-                "unit": "µs",
-                "samples": [round(s, 3) for s in samples["pykka"]],
-                "asks": pykka_asks,
-                "optional": True,
-            }
-        )
-    emit("ask", figures, runs=args.runs, quick=args.quick, asks_per_sample=asks, peers=peers, pykka_available=with_pykka)
+        peers.append(peer("pykka ThreadingActor ask round trip", "threads", "µs", samples["pykka"], asks=pykka_asks))
+    emit(
+        "ask", figures, runs=args.runs, quick=args.quick, asks_per_sample=asks, peers=peers, pykka_available=with_pykka
+    )
 
 
 if __name__ == "__main__":

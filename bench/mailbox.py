@@ -1,7 +1,6 @@
 from __future__ import annotations
 
 import contextlib
-import importlib.util
 import threading
 import time
 from functools import partial
@@ -9,7 +8,7 @@ from typing import Any
 
 import anyio
 import anyio.lowlevel
-from _common import BACKENDS, emit, figure, interleaved, parse_args, progress
+from _common import BACKENDS, emit, figure, interleaved, optional_module, parse_args, peer, progress
 
 from actors import Actor, MailboxSpec, open_actor_system
 
@@ -102,9 +101,7 @@ async def actor_tell_cost(batches: int) -> float:
     """Median ns per ``tell`` over ``batches`` tight loops of COST_BATCH tells; the actor drains between batches."""
     done = anyio.Event()
     async with open_actor_system() as system:
-        ref = await system.start(
-            lambda: Counter(batches * COST_BATCH, done), mailbox=MailboxSpec(capacity=COST_BATCH)
-        )
+        ref = await system.start(lambda: Counter(batches * COST_BATCH, done), mailbox=MailboxSpec(capacity=COST_BATCH))
         tell = ref.tell
         messages = range(COST_BATCH)
         costs: list[float] = []
@@ -151,13 +148,11 @@ async def stream_send_cost(batches: int) -> float:
 # -- Pykka (optional peer) -----------------------------------------------------------------------------------------
 
 
-def pykka_throughput(total: int) -> float:
+def pykka_throughput(pykka: Any, total: int) -> float:
     """Tell ``total`` messages to a Pykka ThreadingActor that counts them; messages per second until all handled."""
-    import pykka  # imported only when installed: an optional peer, not a dependency
-
     finished = threading.Event()
 
-    class PykkaCounter(pykka.ThreadingActor):  # type: ignore[misc]  # pykka ships no type information
+    class PykkaCounter(pykka.ThreadingActor):  # type: ignore[misc]  # an optional peer, typed Any
         def __init__(self) -> None:
             super().__init__()
             self.count = 0
@@ -181,18 +176,19 @@ def pykka_throughput(total: int) -> float:
 
 def main() -> None:
     args = parse_args("Actor mailbox: tell -> receive throughput and the caller's cost of tell, against raw streams.")
-    total = CHUNK * (200 if args.quick else 800)  # whole chunks, so producer and floor tell exactly the same
+    total = CHUNK * (200 if args.quick else 4000)  # whole chunks, so producer and floor tell exactly the same
     batches = 5 if args.quick else 15
-    with_pykka = importlib.util.find_spec("pykka") is not None
+    pykka = optional_module("pykka")
+    with_pykka = pykka is not None
     measurements: dict[str, Any] = {}
     for backend in BACKENDS:
         measurements[f"throughput/{backend}"] = partial(anyio.run, actor_throughput, total, backend=backend)
         measurements[f"throughput floor/{backend}"] = partial(anyio.run, stream_throughput, total, backend=backend)
         measurements[f"cost/{backend}"] = partial(anyio.run, actor_tell_cost, batches, backend=backend)
         measurements[f"cost floor/{backend}"] = partial(anyio.run, stream_send_cost, batches, backend=backend)
-    pykka_total = total // 2
+    pykka_total = 20_000 if args.quick else 100_000
     if with_pykka:
-        measurements["pykka"] = partial(pykka_throughput, pykka_total)
+        measurements["pykka"] = partial(pykka_throughput, pykka, pykka_total)
     progress(f"mailbox bench: {args.runs} runs, {total} messages per throughput sample, pykka={with_pykka}")
     samples = interleaved(args.runs, measurements)
     figures = []
@@ -212,17 +208,8 @@ def main() -> None:
         )
     peers: list[dict[str, Any]] = []
     if with_pykka:
-        pykka_samples = samples["pykka"]
         peers.append(
-            {
-                "name": "pykka ThreadingActor tell throughput",
-                "backend": "threads",
-                "value": round(sorted(pykka_samples)[len(pykka_samples) // 2], 3),
-                "unit": "msg/s",
-                "samples": [round(s, 3) for s in pykka_samples],
-                "messages": pykka_total,
-                "optional": True,
-            }
+            peer("pykka ThreadingActor tell throughput", "threads", "msg/s", samples["pykka"], messages=pykka_total)
         )
     emit(
         "mailbox",

@@ -17,6 +17,7 @@ from actors import (
     ExitReason,
     MailboxSpec,
     Message,
+    RefState,
 )
 
 from ._backoff import BackoffState, CooldownPhase, CooldownState
@@ -94,6 +95,7 @@ class _ChildExited(Message, frozen=True, kw_only=True):
     child_id: str
     ref: ActorRef[Any]
     reason: ExitReason
+    launch: int  # which start of the child this instance was (_Child.launches when it was started)
 
 
 class _RestartDue(Message, frozen=True, kw_only=True):
@@ -161,6 +163,9 @@ class _Child:
     restarts: int = 0
     # Bumped whenever a scheduled restart/re-attach/probe for this child must be forgotten.
     generation: int = 0
+    # Bumped at every start attempt: an exit notice from an earlier attempt (a failed start, or an instance that
+    # exited while a restart plan was already replacing it) is stale and must not count as a new failure.
+    launches: int = 0
     window: RestartWindow | None = None
     backoff: BackoffState | None = None
     cooldown: CooldownState | None = None
@@ -184,7 +189,7 @@ class Supervisor(Actor[_SupervisorMsg]):
     marked ``critical=False`` spend their own budget and are detached (then re-attached after a cool-down)
     instead of escalating; handler deadlines and loop-blocking detection count as failures.
 
-    Usually created through :func:`spawn_supervisor` or nested with :func:`supervisor_spec`.
+    Usually created through :func:`start_supervisor` or nested with :func:`supervisor_spec`.
     """
 
     def __init__(
@@ -252,7 +257,7 @@ class Supervisor(Actor[_SupervisorMsg]):
             ref = child.ref
             if ref is not None and ref._incarnation is not None and not ref._incarnation.done.is_set():
                 ref._incarnation.kill(f"its supervisor {self.ref.name!r} was cancelled")
-            elif ref is not None and ref.is_alive:
+            elif ref is not None and ref.state != RefState.STOPPED:  # also a detached ref: its name must be freed
                 self.system.retire(ref, ExitReason(kind=ExitKind.KILLED, detail="supervisor cancelled"))
 
     # -- messages ------------------------------------------------------------------------------------------------
@@ -285,7 +290,12 @@ class Supervisor(Actor[_SupervisorMsg]):
 
     async def _on_child_exited(self, message: _ChildExited) -> None:
         child = self._children.get(message.child_id)
-        if child is None or child.ref is not message.ref or child.state is not ChildState.RUNNING:
+        if (
+            child is None
+            or child.ref is not message.ref
+            or child.launches != message.launch
+            or child.state is not ChildState.RUNNING
+        ):
             return  # stale: about an instance we already replaced or stopped
         reason = message.reason
         kind = SupervisorEventKind.FAILED if reason.is_error else SupervisorEventKind.SHUT_DOWN
@@ -327,9 +337,11 @@ class Supervisor(Actor[_SupervisorMsg]):
         else:
             if not self._window.add_restart(now):
                 await self._escalate(child_id, reason, now)
+            # A detached child is out of service until its own cool-down ends: a sibling's restart leaves it be.
+            in_service = [cid for cid in self._order if self._children[cid].state is not ChildState.DETACHED]
             plan = restart_plan(
                 self.strategy,
-                self._order,
+                in_service,
                 child_id,
                 restart_types={cid: c.spec.restart for cid, c in self._children.items()},
             )
@@ -369,7 +381,9 @@ class Supervisor(Actor[_SupervisorMsg]):
                 self._publish(SupervisorEventKind.FAILED, child_id, reason=str(reason))
                 child.state = ChildState.RUNNING  # so that _recover treats it as the failed, exited child
                 await self._recover(child, reason)
-                return
+                if child.spec.critical:
+                    return  # _recover re-planned the whole group (or escalated)
+                continue  # a non-critical child's failure is its own: the rest of the group still starts
             child.restarts += 1
             self._restarts += 1
             self._publish(SupervisorEventKind.RESTARTED, child_id)
@@ -433,6 +447,9 @@ class Supervisor(Actor[_SupervisorMsg]):
         await self.system.stop_incarnation(child.ref, timeout=0)
         reason = ExitReason(kind=ExitKind.ERROR, detail=detail)
         self._publish(SupervisorEventKind.FAILED, child.spec.id, reason=str(reason))
+        if not should_restart(child.spec.restart, reason.is_error):
+            self._finish(child, reason)  # a temporary child: removed, never restarted
+            return
         await self._recover(child, reason)
 
     async def _escalate(self, child_id: str, reason: ExitReason, now: float, detail: str = "") -> None:
@@ -474,11 +491,12 @@ class Supervisor(Actor[_SupervisorMsg]):
             mailbox = spec.mailbox if isinstance(spec.mailbox, MailboxSpec) else _DEFAULT_MAILBOX
             child.ref = system.create_ref(spec.start, name=f"{self.ref.name}/{spec.id}", mailbox=mailbox)
         ref = child.ref
+        child.launches += 1
         try:
             await system.start_incarnation(
                 ref,
                 self._factory(child),
-                on_exit=self._exit_notifier(spec.id),
+                on_exit=self._exit_notifier(spec.id, child.launches),
                 handler_timeout=spec.handler_timeout,
             )
         except ActorStartError as exc:
@@ -502,13 +520,13 @@ class Supervisor(Actor[_SupervisorMsg]):
 
         return build
 
-    def _exit_notifier(self, child_id: str) -> Callable[[ActorRef[Any], ExitReason], None]:
+    def _exit_notifier(self, child_id: str, launch: int) -> Callable[[ActorRef[Any], ExitReason], None]:
         def notify(ref: ActorRef[Any], reason: ExitReason) -> None:
             if self._dead:
                 self.system.retire(ref, reason)
                 return
             # A control message: never dropped, even when our mailbox is full of admin requests.
-            self.ref.tell_control(_ChildExited(child_id=child_id, ref=ref, reason=reason))
+            self.ref.tell_control(_ChildExited(child_id=child_id, ref=ref, reason=reason, launch=launch))
 
         return notify
 
@@ -517,10 +535,15 @@ class Supervisor(Actor[_SupervisorMsg]):
         child.generation += 1
         ref = child.ref
         if ref is not None:
-            await self.system.stop_incarnation(ref, timeout=_shutdown_timeout(child.spec.shutdown))
+            exited = await self.system.stop_incarnation(ref, timeout=_shutdown_timeout(child.spec.shutdown))
+            if exited is not None:
+                # The real reason: "cancelled after its shutdown timeout" must not read as a graceful stop.
+                self._publish(SupervisorEventKind.SHUT_DOWN, child.spec.id, reason=str(exited))
             if then is ChildState.STOPPED:
-                if ref.is_alive or ref.state == "detached":
-                    self.system.retire(ref, ExitReason(kind=ExitKind.SHUTDOWN, detail="terminated by its supervisor"))
+                if ref.state != RefState.STOPPED:
+                    if exited is None:
+                        exited = ExitReason(kind=ExitKind.SHUTDOWN, detail="terminated by its supervisor")
+                    self.system.retire(ref, exited)
                 child.ref = None
         child.state = then
 
@@ -545,7 +568,7 @@ class Supervisor(Actor[_SupervisorMsg]):
             return
         self._order.remove(child_id)
         child.generation += 1
-        if child.ref is not None and child.ref.state != "stopped":
+        if child.ref is not None and child.ref.state != RefState.STOPPED:
             incarnation = child.ref._incarnation
             if incarnation is None or incarnation.done.is_set():
                 self.system.retire(child.ref, ExitReason(kind=ExitKind.SHUTDOWN, detail="removed"))
@@ -585,7 +608,7 @@ class Supervisor(Actor[_SupervisorMsg]):
         try:
             await self._launch(child)
         except ChildStartError as exc:
-            child.state = ChildState.STOPPED
+            await self._stop_child(child, then=ChildState.STOPPED)  # retires the ref made for this attempt
             return _Refused(exc)
         return child.ref
 
@@ -724,6 +747,10 @@ def supervisor_spec(
     """A ChildSpec for a nested supervisor (shutdown ``INFINITY``, as OTP recommends for supervisors).
 
     Extra keyword arguments go to :class:`ChildSpec` (e.g. ``detach_cooldown`` for a non-critical branch).
+
+    :raises InvalidChildSpec: when a child spec, or the spec built here, breaks a rule
+    :raises DuplicateChild: when two children share an id
+    :raises ValueError: when ``intensity`` or ``period`` breaks its rule (``TypeError`` for a wrong type)
     """
 
     def start() -> Supervisor:
@@ -731,6 +758,7 @@ def supervisor_spec(
             strategy=strategy, intensity=intensity, period=period, children=children, auto_shutdown=auto_shutdown
         )
 
+    start()  # validates the arguments now, so a bad one raises here and not when the parent starts
     child_options.setdefault("shutdown", Shutdown.INFINITY)
     return ChildSpec(id, start, restart=restart, critical=critical, **child_options)
 
@@ -751,19 +779,26 @@ async def start_supervisor(
     """Start a top-level supervisor and its children (in order); return once all of them have started.
 
     :raises ActorStartError: when a child failed to start (the ones started are stopped again)
+    :raises InvalidChildSpec: when a child is not allowed under this supervisor (a significant child with
+        ``AutoShutdown.NEVER``)
+    :raises DuplicateChild: when two children share an id
+    :raises ValueError: when ``intensity`` or ``period`` breaks its rule (``TypeError`` for a wrong type)
     """
     stream = events if events is not None else SupervisionEventStream()
+    # Built here, not in the actor's start-up, so that a bad argument raises its own error (a ValueError) rather
+    # than an ActorStartError; a top-level supervisor runs exactly one instance.
+    supervisor = Supervisor(
+        strategy=strategy,
+        intensity=intensity,
+        period=period,
+        children=children,
+        auto_shutdown=auto_shutdown,
+        events=stream,
+        seed=seed,
+    )
 
     def build() -> Supervisor:
-        return Supervisor(
-            strategy=strategy,
-            intensity=intensity,
-            period=period,
-            children=children,
-            auto_shutdown=auto_shutdown,
-            events=stream,
-            seed=seed,
-        )
+        return supervisor
 
     ref = await system.start(build, name=name, mailbox=mailbox or MailboxSpec(capacity=10_000))
     return SupervisorRef(ref, stream)

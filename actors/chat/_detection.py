@@ -1,7 +1,5 @@
 from __future__ import annotations
 
-import heapq
-import itertools
 import math
 import operator
 from collections import OrderedDict, deque
@@ -10,6 +8,8 @@ from typing import TYPE_CHECKING, Final, cast
 import msgspec
 
 from actors.chat._anomaly import ALL_THREADS, Anomaly, AnomalyKey, AnomalyKind
+from actors.chat._deadlines import DeadlineHeap
+from actors.chat._delivery import DeliveryTracker, ThreadDeliveries
 from actors.chat._events import (
     AgentEvent,
     RunError,
@@ -76,7 +76,8 @@ class TrackerStatistics(msgspec.Struct, frozen=True, kw_only=True):
     :param runs_in_flight: runs started (or first seen) and not finished.
     :param runs_retained: finished runs still kept to catch duplicate and late events.
     :param runs_abandoned: runs reported stale that stayed silent for ``retention`` more and were forgotten.
-    :param evictions: runs and threads dropped because ``max_tracked_runs`` was reached.
+    :param evictions: runs, and threads with deliveries pending, dropped because ``max_tracked_runs`` was
+        reached.
     :param pending_deadlines: live deadlines (run checks, open tool calls, threads awaiting delivery).
     :param pending_deliveries: events expected for delivery and not yet confirmed.
     :param events_observed: events passed to ``observe`` (and ``rebuild``).
@@ -121,7 +122,6 @@ _TOOL_STUCK: Final = -1
 _TOOL_DONE: Final = -2
 
 _NOTHING: Final[tuple[Anomaly, ...]] = ()
-_MIN_COMPACT: Final = 1024
 _by_observed_at: Final = operator.attrgetter("observed_at")
 
 
@@ -140,23 +140,14 @@ class _Run:
         self.tools: dict[str, int] | None = None
         self.tracked = True
 
-
-class _Delivery:
-    """Per-thread delivery state: the highest confirmed seq and the expected seqs above it, oldest first."""
-
-    __slots__ = ("armed", "confirmed", "deadlines", "seqs", "thread_id", "tracked")
-
-    def __init__(self, thread_id: str, confirmed: int) -> None:
-        self.thread_id = thread_id
-        self.confirmed = confirmed
-        # Parallel deques rather than a deque of tuples: no allocation per expectation beyond the ints we are given.
-        self.seqs: deque[int] = deque()
-        self.deadlines: deque[int] = deque()
-        self.armed: int | None = None
-        self.tracked = True
-
-
-_Entry = tuple[int, int, _Run | _Delivery, str | None]
+    def is_current(self, due: int, tool_call_id: str | None) -> bool:
+        """Whether the heap entry (``due``, ``tool_call_id``) is still a deadline of this run."""
+        if not self.tracked:
+            return False
+        if tool_call_id is None:
+            return self.armed == due
+        tools = self.tools
+        return tools is not None and tools.get(tool_call_id) == due
 
 
 def _ms(seconds: float) -> int:
@@ -195,9 +186,9 @@ class RunTracker:
       ``observed_at`` rounded down to a multiple of the window), so a continuing burst reports once per window.
     - ``undelivered_event``: see :meth:`expect_delivery`.
 
-    Deadlines live in a heap with lazy invalidation (an entry whose target moved on is skipped when popped, and the
-    heap is compacted when stale entries outnumber live ones), so each event costs O(1) or O(log n) and nothing
-    ever scans all runs. Memory is bounded by ``retention`` and ``max_tracked_runs``.
+    Deadlines live in a :class:`DeadlineHeap` with lazy invalidation (an entry whose target moved on is skipped
+    when popped), so each event costs O(1) or O(log n) and nothing ever scans all runs. Memory is bounded by
+    ``retention`` and ``max_tracked_runs``.
 
     :param thresholds: the detection thresholds.
     """
@@ -208,19 +199,18 @@ class RunTracker:
         self._stale_ms = _ms(thresholds.stale_thread_after)
         self._latency_ms = _ms(thresholds.high_latency_after)
         self._burst_window_ms = max(1, _ms(thresholds.error_burst_window))
-        self._undelivered_ms = _ms(thresholds.undelivered_after)
         self._retention_ms = _ms(thresholds.retention)
         self._max_runs = thresholds.max_tracked_runs
         # Least recently active first (move_to_end on each event), so eviction pops the front in O(1).
         self._in_flight: OrderedDict[tuple[str, str], _Run] = OrderedDict()
         # Oldest finished first: retention expiry and the cap both remove from the front.
         self._finished: OrderedDict[tuple[str, str], _Run] = OrderedDict()
-        self._deliveries: OrderedDict[str, _Delivery] = OrderedDict()
-        self._heap: list[_Entry] = []
-        self._tiebreak = itertools.count()
-        self._compact_above = _MIN_COMPACT
+        self._deadlines = DeadlineHeap()
+        self._deliveries = DeliveryTracker(
+            self._deadlines, undelivered_ms=_ms(thresholds.undelivered_after), max_threads=thresholds.max_tracked_runs
+        )
+        # Open tool calls not yet reported stuck: each has one current heap entry.
         self._armed_tools = 0
-        self._armed_deliveries = 0
         self._errors: deque[int] = deque(maxlen=thresholds.error_burst_count)
         self._burst_window_reported: int | None = None
         self._events_observed = 0
@@ -357,7 +347,7 @@ class RunTracker:
         due = now + self._stuck_ms
         tools[tool_call_id] = due
         self._armed_tools += 1
-        self._push(due, run, tool_call_id)
+        self._deadlines.push(due, run, tool_call_id)
 
     def _close_tool(self, run: _Run, tool_call_id: str) -> bool:
         """Close a tool call; False when the run never started it (it is then remembered as closed)."""
@@ -416,49 +406,22 @@ class RunTracker:
         Expectation is explicit: the bridge calls this only for events it routed to a connection, so an event on
         a thread nobody subscribes to never counts as undelivered. Unless :meth:`confirm_delivery` covers ``seq``
         within ``undelivered_after`` of ``observed_at`` (``>=`` elapsed is late), :meth:`advance` reports
-        ``undelivered_event`` — once for each run of consecutive overdue seqs, keyed by the first one. Seqs of a
-        thread are expected in increasing order (the bridge numbers them).
+        ``undelivered_event``: once for each batch of seqs found overdue together, keyed by the first of them.
+        Seqs of a thread are expected in increasing order (the bridge numbers them).
 
         :param thread_id: the thread the event belongs to.
         :param seq: its per-thread sequence number.
         :param observed_at: ms when the bridge accepted it.
         """
-        deliveries = self._deliveries
-        delivery = deliveries.get(thread_id)
-        if delivery is None:
-            delivery = self._delivery(thread_id, seq - 1)
-        else:
-            deliveries.move_to_end(thread_id)
-            if seq <= delivery.confirmed:
-                return  # the confirmation overtook the expectation
-        due = observed_at + self._undelivered_ms
-        delivery.seqs.append(seq)
-        delivery.deadlines.append(due)
-        if delivery.armed is None:
-            delivery.armed = due
-            self._armed_deliveries += 1
-            self._push(due, delivery, None)
+        self._deliveries.expect(thread_id, seq, observed_at)
 
     def confirm_delivery(self, thread_id: str, seq: int) -> None:
         """Note that every event of ``thread_id`` up to ``seq`` reached every connection subscribed to it.
 
-        Confirmations may be batched: only the highest delivered seq matters, and a lower one is ignored.
+        Confirmations may be batched: only the highest delivered seq matters, and a lower one is ignored. One that
+        overtakes its expectation is remembered, so the expectation is not reported.
         """
-        delivery = self._deliveries.get(thread_id)
-        if delivery is None:
-            # Remember the mark anyway, so an expectation that arrives after its confirmation is not reported.
-            self._delivery(thread_id, seq)
-            return
-        if seq <= delivery.confirmed:
-            return
-        delivery.confirmed = seq
-        seqs, deadlines = delivery.seqs, delivery.deadlines
-        while seqs and seqs[0] <= seq:
-            seqs.popleft()
-            deadlines.popleft()
-        if not seqs and delivery.armed is not None:
-            delivery.armed = None  # its heap entry goes stale
-            self._armed_deliveries -= 1
+        self._deliveries.confirm(thread_id, seq)
 
     def thread_has_no_subscribers(self, thread_id: str) -> None:
         """Forget the delivery state of a thread whose last connection left.
@@ -466,24 +429,7 @@ class RunTracker:
         What that connection had not received is not undelivered: a client that reconnects gets it from the replay
         ring. Expectations resume with the next :meth:`expect_delivery` for the thread.
         """
-        delivery = self._deliveries.pop(thread_id, None)
-        if delivery is not None:
-            self._forget_delivery(delivery)
-
-    def _delivery(self, thread_id: str, confirmed: int) -> _Delivery:
-        deliveries = self._deliveries
-        delivery = deliveries[thread_id] = _Delivery(thread_id, confirmed)
-        if len(deliveries) > self._max_runs:
-            _, oldest = deliveries.popitem(last=False)
-            self._forget_delivery(oldest)
-            self._evictions += 1
-        return delivery
-
-    def _forget_delivery(self, delivery: _Delivery) -> None:
-        delivery.tracked = False
-        if delivery.armed is not None:
-            delivery.armed = None
-            self._armed_deliveries -= 1
+        self._deliveries.forget(thread_id)
 
     # ------------------------------------------------------------------ deadlines
 
@@ -492,9 +438,6 @@ class RunTracker:
 
         :return: the anomalies found; a shared empty tuple when there are none.
         """
-        heap = self._heap
-        if not heap or heap[0][0] > now_ms:
-            return _NOTHING
         found: list[Anomaly] = []
         self._advance(now_ms, found)
         if not found:
@@ -505,51 +448,24 @@ class RunTracker:
     def next_deadline(self) -> int | None:
         """When :meth:`advance` next has something to do (ms), or None when nothing is pending.
 
-        It may be early (a run that was active since is only re-armed then), never late.
+        It may be early (a run active since its check was armed is only re-armed then), never late.
         """
-        heap = self._heap
-        while heap:
-            entry = heap[0]
-            if self._is_live(entry):
-                return entry[0]
-            heapq.heappop(heap)
-        return None
+        return self._deadlines.next_deadline()
 
     def _advance(self, now: int, found: list[Anomaly]) -> None:
-        heap = self._heap
-        while heap and heap[0][0] <= now:
-            entry = heapq.heappop(heap)
-            if not self._is_live(entry):
-                continue
+        pop_due = self._deadlines.pop_due
+        while (entry := pop_due(now)) is not None:
             deadline, _, target, tool_call_id = entry
-            if isinstance(target, _Delivery):
-                self._fire_delivery(target, now, found)
+            if isinstance(target, ThreadDeliveries):
+                self._deliveries.fire(target, now, found)
             elif tool_call_id is not None:
-                self._fire_tool(target, tool_call_id, deadline, now, found)
+                self._fire_tool(cast("_Run", target), tool_call_id, deadline, now, found)
             else:
-                self._fire_run(target, now, found)
-
-    def _is_live(self, entry: _Entry) -> bool:
-        deadline, _, target, tool_call_id = entry
-        if not target.tracked:
-            return False
-        if tool_call_id is None:
-            return target.armed == deadline
-        tools = cast("_Run", target).tools  # only runs have tool entries
-        return tools is not None and tools.get(tool_call_id) == deadline
-
-    def _push(self, due: int, target: _Run | _Delivery, tool_call_id: str | None) -> None:
-        heap = self._heap
-        heapq.heappush(heap, (due, next(self._tiebreak), target, tool_call_id))
-        if len(heap) > self._compact_above:
-            # Amortised O(1): a compaction costs O(n) and the next one waits until the heap has doubled again.
-            heap[:] = [entry for entry in heap if self._is_live(entry)]
-            heapq.heapify(heap)
-            self._compact_above = max(_MIN_COMPACT, 2 * len(heap))
+                self._fire_run(cast("_Run", target), now, found)
 
     def _arm(self, run: _Run, due: int) -> None:
         run.armed = due
-        self._push(due, run, None)
+        self._deadlines.push(due, run)
 
     def _run_due(self, run: _Run) -> int:
         if run.finished_at is not None:
@@ -567,6 +483,11 @@ class RunTracker:
         if due > now:
             self._arm(run, due)  # activity since the entry was armed moved the deadline on
         elif run.finished_at is not None:
+            if run.tools:
+                # Its expiry waited for its open calls, but may share their ms and pop first: fire them now.
+                for tool_call_id, state in run.tools.items():
+                    if state >= 0:
+                        self._fire_tool(run, tool_call_id, state, now, found)
             del self._finished[run.key]
             self._drop(run)
         elif not run.flags & _STALE_REPORTED:
@@ -607,34 +528,6 @@ class RunTracker:
                 f"TOOL_CALL_END or TOOL_CALL_RESULT (threshold {self._stuck_ms} ms){where}",
             )
         )
-
-    def _fire_delivery(self, delivery: _Delivery, now: int, found: list[Anomaly]) -> None:
-        delivery.armed = None
-        self._armed_deliveries -= 1
-        seqs, deadlines = delivery.seqs, delivery.deadlines
-        first = last = overdue = 0
-        while deadlines and deadlines[0] <= now:
-            deadlines.popleft()
-            last = seqs.popleft()
-            if not overdue:
-                first = last
-            overdue += 1
-        if overdue:
-            found.append(
-                Anomaly(
-                    kind=AnomalyKind.UNDELIVERED_EVENT,
-                    severity=AnomalyKind.UNDELIVERED_EVENT.default_severity,
-                    thread_id=delivery.thread_id,
-                    seq=first,
-                    detected_at=now,
-                    detail=f"{overdue} event(s), seq {first}..{last}, routed to a connection and not confirmed "
-                    f"delivered within {self._undelivered_ms} ms (highest confirmed seq: {delivery.confirmed})",
-                )
-            )
-        if deadlines:
-            delivery.armed = deadlines[0]
-            self._armed_deliveries += 1
-            self._push(deadlines[0], delivery, None)
 
     def _drop(self, run: _Run) -> None:
         run.tracked = False  # every heap entry for it is now stale
@@ -680,9 +573,9 @@ class RunTracker:
             runs_in_flight=len(self._in_flight),
             runs_retained=len(self._finished),
             runs_abandoned=self._abandoned,
-            evictions=self._evictions,
-            pending_deadlines=len(self._in_flight) + len(self._finished) + self._armed_tools + self._armed_deliveries,
-            pending_deliveries=sum(len(delivery.seqs) for delivery in self._deliveries.values()),
+            evictions=self._evictions + self._deliveries.evictions,
+            pending_deadlines=len(self._in_flight) + len(self._finished) + self._armed_tools + self._deliveries.armed,
+            pending_deliveries=self._deliveries.pending(),
             events_observed=self._events_observed,
             anomalies_by_kind=dict(self._by_kind),
         )

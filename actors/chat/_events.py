@@ -500,6 +500,8 @@ class StampedEvent(msgspec.Struct, frozen=True, kw_only=True):
     :param observed_at: ms on the runtime clock when the bridge accepted the event.
     :param event: the accepted event with ``seq``, ``threadId`` and ``runId`` merged into its metadata.
     :param frame: the JSON wire frame, ``encode_event(event)``.
+    :param fan_out: how many connections the bridge routed the event to when it accepted it (0: nobody was
+        subscribed, so the event cannot be "undelivered").
     """
 
     thread_id: str
@@ -508,9 +510,12 @@ class StampedEvent(msgspec.Struct, frozen=True, kw_only=True):
     observed_at: int
     event: AgentEvent
     frame: bytes
+    fan_out: int = 0
 
 
-def stamp(event: AgentEvent, *, thread_id: str, run_id: str, seq: int, observed_at: int) -> StampedEvent:
+def stamp(
+    event: AgentEvent, *, thread_id: str, run_id: str, seq: int, observed_at: int, fan_out: int = 0
+) -> StampedEvent:
     """Number an accepted event and build its wire frame.
 
     The stamp's ``seq``, ``threadId`` and ``runId`` overwrite keys of the same name in the event's metadata (the
@@ -533,6 +538,7 @@ def stamp(event: AgentEvent, *, thread_id: str, run_id: str, seq: int, observed_
         observed_at=observed_at,
         event=stamped,
         frame=_encoder.encode(stamped),
+        fan_out=fan_out,
     )
 
 

@@ -138,7 +138,7 @@ def drive(tracker: RunTracker, actions: Iterator[Action]) -> list[Anomaly]:
     found: list[Anomaly] = []
     for at, _, _, item, confirmation in actions:
         while (deadline := tracker.next_deadline()) is not None and deadline <= at:
-            found += tracker.advance(deadline)
+            found += fire(tracker, deadline)
         if item is not None:
             found += tracker.observe(item)
             tracker.expect_delivery(item.thread_id, item.seq, item.observed_at)
@@ -146,11 +146,20 @@ def drive(tracker: RunTracker, actions: Iterator[Action]) -> list[Anomaly]:
             assert confirmation is not None
             tracker.confirm_delivery(*confirmation)
     while (deadline := tracker.next_deadline()) is not None:
-        found += tracker.advance(deadline)
+        found += fire(tracker, deadline)
+    return found
+
+
+def fire(tracker: RunTracker, deadline: int) -> tuple[Anomaly, ...]:
+    found = tracker.advance(deadline)
+    following = tracker.next_deadline()
+    assert following is None or following > deadline, "advance() left a deadline it was due to fire"
     return found
 
 
 # ---------------------------------------------------------------- injected faults
+# The tracker produces every kind but health_claim_mismatch (the audit's); error_burst spans runs, so it is
+# injected on its own.
 
 Expected = tuple[AnomalyKey, int]  # the anomaly's key and when it must be detected
 
@@ -225,7 +234,7 @@ def inject_burst(
     return actions, ((AnomalyKind.ERROR_BURST, ALL_THREADS, None, None, None, window_start), at)
 
 
-INJECTABLE: Final = [
+INJECTABLE: Final[list[AnomalyKind]] = [
     kind for kind in AnomalyKind if kind not in (AnomalyKind.ERROR_BURST, AnomalyKind.HEALTH_CLAIM_MISMATCH)
 ]
 
@@ -253,7 +262,7 @@ thresholds_strategy = st.builds(
 
 
 class TestValidRunsProperties:
-    @settings(max_examples=150, deadline=None)
+    @settings(max_examples=300, deadline=None)
     @given(thresholds=thresholds_strategy, rng=st.randoms(use_true_random=False), runs=st.integers(1, 8))
     def test_valid_runs_under_thresholds_report_nothing(
         self, thresholds: DetectionThresholds, rng: random.Random, runs: int
@@ -271,7 +280,7 @@ class TestValidRunsProperties:
         stats = tracker.statistics()
         assert (stats.runs_in_flight, stats.runs_retained, stats.pending_deadlines) == (0, 0, 0)
 
-    @settings(max_examples=150, deadline=None)
+    @settings(max_examples=300, deadline=None)
     @given(
         thresholds=thresholds_strategy,
         rng=st.randoms(use_true_random=False),

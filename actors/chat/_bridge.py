@@ -1,0 +1,808 @@
+from __future__ import annotations
+
+import inspect
+import logging
+from collections import Counter, OrderedDict, deque
+from typing import TYPE_CHECKING, Any, Final, assert_never
+
+from actors._actor import Actor
+from actors._exceptions import MailboxFull
+from actors._message import ExitKind, Terminated
+from actors._ref import ActorRef, RefState
+from actors.chat._bridge_messages import (
+    AttachMonitor,
+    BridgeConfig,
+    BridgeMessage,
+    BridgeMetrics,
+    Connect,
+    ConnectionStatistics,
+    DeliveryProgress,
+    Disconnect,
+    GetConnectionStatistics,
+    GetHealth,
+    GetMetrics,
+    GetReplaySnapshot,
+    Publish,
+    RegisterObserver,
+    Subscribe,
+    SubscribeOutcome,
+    SubscribeResult,
+    ThreadUnsubscribed,
+    Tick,
+    Unsubscribe,
+)
+from actors.chat._connection import (
+    Close,
+    CloseCode,
+    ConnectionProgress,
+    WriterDrained,
+)
+from actors.chat._events import EVENT_CLASSES, StampedEvent, stamp
+from actors.chat._health import (
+    ComponentHealth,
+    ComponentHealthChanged,
+    HealthSample,
+    HealthStatus,
+    HealthWindow,
+    LatencyHistogram,
+)
+from actors.chat._replay_ring import ReplayGap, ReplayRing
+
+if TYPE_CHECKING:
+    from actors._clock import Clock
+    from actors._message import ExitReason
+
+logger = logging.getLogger("agentwatch.chat.bridge")
+
+_EVENT_TYPES: Final = frozenset(EVENT_CLASSES.values())
+_TICK: Final = Tick()
+#: Threads looked at per tick when sweeping out idle ones (bounds the tick's cost, not the memory).
+_SWEEP_PER_TICK: Final = 1000
+
+
+class BridgeWiring:
+    """What a bridge keeps across restarts of its instance: the monitor's ref and the health observers' refs.
+
+    Created once with the bridge's ref and handed to every instance's constructor (as the mailbox outlives the
+    instance); only the running instance changes it, in its own handlers.
+    """
+
+    __slots__ = ("monitor", "monitor_set", "observers")
+
+    def __init__(self) -> None:
+        #: The monitor set by AttachMonitor (it overrides ``BridgeConfig.monitor`` once set, even to None).
+        self.monitor: ActorRef[Any] | None = None
+        self.monitor_set = False
+        self.observers: list[ActorRef[Any]] = []
+
+
+class _Thread:
+    __slots__ = ("last_active", "last_seq", "reported_seq", "ring", "routed_seq", "routes", "thread_id")
+
+    def __init__(self, thread_id: str, ring: ReplayRing) -> None:
+        self.thread_id = thread_id
+        self.ring = ring
+        self.last_seq = 0
+        #: Highest seq routed to at least one connection, and the highest reported delivered to all of them.
+        self.routed_seq = 0
+        self.reported_seq = 0
+        self.last_active = 0
+        self.routes: dict[str, _Route] = {}
+
+
+class _Route:
+    """One connection's subscription to one thread."""
+
+    __slots__ = ("connection", "deferred", "lagging", "subscribed_at", "thread", "told_seq")
+
+    def __init__(self, connection: _Connection, thread: _Thread, told_seq: int) -> None:
+        self.connection = connection
+        self.thread = thread
+        #: The thread's last seq when the subscription took effect: later events are routed here live.
+        self.subscribed_at = thread.last_seq
+        #: While lagging, the highest seq handed to the writer (it catches up from the ring after it). A route
+        #: that is not lagging has been handed every event up to the thread's last seq, so the hot path does not
+        #: keep this up to date then.
+        self.told_seq = told_seq
+        self.lagging = False
+        #: Live events routed here while lagging and not yet handed to the writer.
+        self.deferred = 0
+
+
+class _Connection:
+    __slots__ = (
+        "caught_up",
+        "close_code",
+        "closing",
+        "connection_id",
+        "full_since",
+        "lagging_routes",
+        "principal",
+        "progress",
+        "replayed",
+        "routes",
+        "told",
+        "writer",
+    )
+
+    def __init__(self, connection_id: str, writer: ActorRef[Any], principal: str, progress: ConnectionProgress) -> None:
+        self.connection_id = connection_id
+        self.writer = writer
+        self.principal = principal
+        self.progress = progress
+        self.routes: dict[str, _Route] = {}
+        #: Events handed to the writer: live, caught up from the ring, or replayed on resume.
+        self.told = 0
+        self.caught_up = 0
+        self.replayed = 0
+        self.lagging_routes = 0
+        #: Loop time since which the connection has had events it could not take (None: it takes everything).
+        self.full_since: float | None = None
+        self.closing = False
+        self.close_code: int | None = None
+
+
+class AgentWebSocketBridge(Actor[BridgeMessage]):
+    """Routes agent events to the WebSocket connections subscribed to their thread, and taps them to the monitor.
+
+    One actor owns every thread's numbering, replay ring and routes, so per-thread order and sequence numbers
+    need no lock. Each connection has its own :class:`ConnectionWriter` actor with a bounded queue: a slow client
+    only ever delays itself. A connection whose queue is full lags: its live events wait in the replay ring and
+    are handed over as it drains; one that lags for ``slow_consumer_after`` is closed with 4001. Every accepted
+    event is tapped to the monitor with one non-blocking ``tell``. See ``docs/bridge.md``.
+
+    :param config: routing, buffering and health settings
+    :param wiring: the monitor and observers, kept across restarts of this actor (one per ref)
+    """
+
+    def __init__(self, config: BridgeConfig | None = None, wiring: BridgeWiring | None = None) -> None:
+        self._config = config = config if config is not None else BridgeConfig()
+        self._wiring = wiring if wiring is not None else BridgeWiring()
+        self._capacity = config.writer_queue_capacity
+        self._threads: OrderedDict[str, _Thread] = OrderedDict()
+        self._connections: dict[str, _Connection] = {}
+        self._by_writer: dict[ActorRef[Any], _Connection] = {}
+        self._lagging: dict[_Connection, None] = {}  # an ordered set
+        self._unconfirmed: dict[_Thread, None] = {}  # threads with routed events not yet reported delivered
+        self._closed: deque[ConnectionStatistics] = deque(maxlen=config.closed_connections_kept)
+        self._clock: Clock | None = None
+        self._self: ActorRef[BridgeMessage] | None = None
+        # Taps go to _monitor; _monitor_ref is the configured monitor even while it is detached.
+        self._monitor: ActorRef[Any] | None = None
+        self._monitor_ref: ActorRef[Any] | None = None
+        self._tap_lost_before = 0  # tap losses counted on monitor refs replaced since
+        self._taps = 0
+        self._taps_skipped = 0
+        self._health: ComponentHealth | None = None
+        self._health_window = HealthWindow(config.thresholds, config.health_window)
+        # Counters (see BridgeMetrics for the identities they obey).
+        self._received = 0
+        self._invalid = 0
+        self._unrouted = 0
+        self._fan_out_total = 0
+        self._fan_out_sent = 0
+        self._deferred = 0
+        self._caught_up = 0
+        self._deferred_on_close = 0
+        self._replayed = 0
+        self._opened = 0
+        self._refused = 0
+        self._resumes = 0
+        self._resume_gaps = 0
+        self._slow_closes = 0
+        self._closed_by_code: Counter[int] = Counter()
+        # Totals of connections already closed and forgotten.
+        self._closed_delivered = 0
+        self._closed_coalesced = 0
+        self._closed_discarded = 0
+        self._closed_send_errors = 0
+        self._closed_latency = LatencyHistogram()
+        self._evicted_rings = 0
+
+    # ------------------------------------------------------------------ lifecycle
+
+    async def on_start(self) -> None:
+        self._clock = self.clock
+        self._self = self.ref
+        wiring = self._wiring
+        self._set_monitor(wiring.monitor if wiring.monitor_set else self._config.monitor)
+        # A baseline, so that whatever happens before the first tick counts in the health window.
+        self._health_window.record(self._sample())
+        self.send_every(self._config.tick_interval, _TICK)
+
+    async def on_stop(self, reason: ExitReason) -> None:
+        failed = reason.kind is ExitKind.ERROR
+        self._close_all(
+            CloseCode.SERVICE_RESTART if failed else CloseCode.GOING_AWAY,
+            "bridge restarting: resume with afterSeq" if failed else "server shutting down",
+        )
+
+    def on_kill(self) -> None:
+        self._close_all(CloseCode.GOING_AWAY, "server shutting down")
+
+    def _close_all(self, code: int, reason: str) -> None:
+        for connection in list(self._connections.values()):
+            self._close_connection(connection, code, reason)
+
+    # ------------------------------------------------------------------ dispatch
+
+    async def receive(self, message: BridgeMessage) -> Any:
+        match message:
+            case Publish():
+                self._publish(message)
+            case WriterDrained(connection_id=connection_id):
+                self._on_writer_drained(connection_id)
+            case Tick():
+                self._on_tick()
+            case Connect():
+                return self._connect(message)
+            case Subscribe():
+                return self._subscribe(message)
+            case Unsubscribe(connection_id=connection_id, thread_id=thread_id):
+                self._unsubscribe(connection_id, thread_id)
+            case Disconnect(connection_id=connection_id, code=code, reason=reason):
+                connection = self._connections.get(connection_id)
+                if connection is not None:
+                    self._close_connection(connection, code, reason)
+            case Terminated(ref=ref):
+                self._on_writer_stopped(ref)
+            case AttachMonitor(monitor=monitor):
+                self._wiring.monitor = monitor
+                self._wiring.monitor_set = True
+                self._set_monitor(monitor)
+            case RegisterObserver(observer=observer):
+                if observer not in self._wiring.observers:
+                    self._wiring.observers.append(observer)
+            case GetHealth():
+                return self._evaluate_health(record=False)
+            case GetMetrics():
+                return self._metrics()
+            case GetConnectionStatistics(connection_id=connection_id):
+                return self._connection_statistics(connection_id)
+            case GetReplaySnapshot(thread_id=thread_id):
+                return self._replay_snapshot(thread_id)
+            case _:
+                assert_never(message)
+        return None
+
+    # ------------------------------------------------------------------ the critical path
+
+    def _publish(self, message: Publish) -> None:
+        self._received += 1
+        event = message.event
+        thread_id = message.thread_id
+        run_id = message.run_id
+        if type(event) not in _EVENT_TYPES or type(thread_id) is not str or type(run_id) is not str:
+            # Agent code is trusted, but a bad Publish must cost one counter, never the bridge.
+            self._invalid += 1
+            logger.warning("rejected a Publish that is not an event for a str thread and run: %r", message)
+            return
+        thread = self._threads.get(thread_id)
+        if thread is None:
+            thread = self._open_thread(thread_id)
+        else:
+            self._threads.move_to_end(thread_id)
+        seq = thread.last_seq + 1
+        thread.last_seq = seq
+        routes = thread.routes
+        fan_out = len(routes)
+        assert self._clock is not None
+        observed_at = self._clock.now_ms()
+        stamped = stamp(event, thread_id=thread_id, run_id=run_id, seq=seq, observed_at=observed_at, fan_out=fan_out)
+        thread.ring.append(stamped)
+        thread.last_active = observed_at
+        if fan_out:
+            self._fan_out_total += fan_out
+            thread.routed_seq = seq
+            capacity = self._capacity
+            sent = 0
+            for route in routes.values():
+                connection = route.connection
+                if route.lagging or connection.told - connection.progress.settled >= capacity:
+                    self._defer(route)
+                    continue
+                try:
+                    connection.writer.tell(stamped)
+                except MailboxFull:  # the bound above keeps this from happening; if it does, nothing is lost
+                    self._defer(route)
+                    continue
+                connection.told += 1
+                sent += 1
+            self._fan_out_sent += sent
+        else:
+            self._unrouted += 1
+        monitor = self._monitor
+        if monitor is not None:
+            monitor.tell(stamped)
+            self._taps += 1
+            if fan_out:
+                self._unconfirmed[thread] = None  # its delivery is reported to the monitor on a tick
+        elif self._monitor_ref is not None:
+            self._taps_skipped += 1
+
+    def _open_thread(self, thread_id: str) -> _Thread:
+        config = self._config
+        thread = _Thread(thread_id, ReplayRing(config.replay_capacity, config.replay_max_age))
+        self._threads[thread_id] = thread
+        return thread
+
+    def _defer(self, route: _Route) -> None:
+        """Hold a routed event back for a connection that cannot take it now (it is in the thread's ring)."""
+        # No catch-up from here: it may close the connection, and this runs inside the loop over the thread's
+        # routes. The writer reports when it has drained (WriterDrained), and the tick catches up as well.
+        route.deferred += 1
+        self._deferred += 1
+        if route.lagging:
+            return
+        # It was not lagging, so it had been handed everything before the event now being routed.
+        route.told_seq = route.thread.last_seq - 1
+        route.lagging = True
+        connection = route.connection
+        connection.lagging_routes += 1
+        if connection.full_since is None:
+            assert self._clock is not None
+            connection.full_since = self._clock.now()
+            self._lagging[connection] = None
+
+    def _catch_up(self, route: _Route) -> None:
+        """Hand a lagging route's missed events from the ring to its writer, as far as its queue has room."""
+        connection = route.connection
+        room = self._capacity - (connection.told - connection.progress.settled)
+        if room <= 0 or connection.closing:
+            return
+        thread = route.thread
+        assert self._clock is not None
+        try:
+            missed = thread.ring.since(route.told_seq, self._clock.now_ms())
+        except ReplayGap as gap:
+            self._resume_gaps += 1
+            self._close_connection(
+                connection,
+                CloseCode.REPLAY_GAP,
+                f"fell behind the replay ring on thread {thread.thread_id!r} ({gap}): refetch a snapshot",
+            )
+            return
+        writer = connection.writer
+        subscribed_at = route.subscribed_at
+        for item in missed[:room]:
+            try:
+                writer.tell(item)
+            except MailboxFull:
+                return
+            connection.told += 1
+            route.told_seq = item.seq
+            if item.seq > subscribed_at:
+                route.deferred -= 1
+                connection.caught_up += 1
+                self._caught_up += 1
+            else:
+                connection.replayed += 1
+                self._replayed += 1
+        if route.told_seq == thread.last_seq:
+            route.lagging = False
+            connection.lagging_routes -= 1
+            if connection.lagging_routes == 0:
+                connection.full_since = None
+                self._lagging.pop(connection, None)
+
+    # ------------------------------------------------------------------ connections and subscriptions
+
+    def _connect(self, message: Connect) -> bool:
+        if message.connection_id in self._connections:
+            return False
+        connection = _Connection(message.connection_id, message.writer, message.principal, message.progress)
+        self._connections[message.connection_id] = connection
+        self._by_writer[message.writer] = connection
+        self._opened += 1
+        self.watch(message.writer)
+        return True
+
+    def _authorized(self, principal: str, thread_id: str) -> bool:
+        try:
+            verdict = self._config.authorize(principal, thread_id)
+        except Exception:
+            logger.exception("authorize(%r, %r) raised: refused", principal, thread_id)
+            return False
+        # Only a real True admits: a coroutine (an async hook by mistake) or any other truthy object refuses.
+        if verdict is not True and verdict is not False:
+            if inspect.iscoroutine(verdict):
+                verdict.close()  # never awaited, on purpose: the hook must decide synchronously
+            logger.error("authorize(%r, %r) returned %r, not a bool: refused", principal, thread_id, verdict)
+        return verdict is True
+
+    def _subscribe(self, message: Subscribe) -> SubscribeResult:
+        connection = self._connections.get(message.connection_id)
+        if connection is None or connection.closing:
+            return SubscribeResult(outcome=SubscribeOutcome.UNKNOWN_CONNECTION)
+        thread_id = message.thread_id
+        existing = connection.routes.get(thread_id)
+        if existing is not None:
+            return SubscribeResult(outcome=SubscribeOutcome.ALREADY_SUBSCRIBED, last_seq=existing.thread.last_seq)
+        if not self._authorized(connection.principal, thread_id):
+            self._refused += 1
+            self._close_connection(connection, CloseCode.POLICY_VIOLATION, f"not authorised for thread {thread_id!r}")
+            return SubscribeResult(outcome=SubscribeOutcome.REFUSED, close_code=CloseCode.POLICY_VIOLATION)
+        thread = self._threads.get(thread_id)
+        if thread is None:
+            thread = self._open_thread(thread_id)
+        after_seq = message.after_seq
+        if after_seq is not None:
+            self._resumes += 1
+            problem: str | None = None
+            if isinstance(after_seq, bool) or not isinstance(after_seq, int):
+                problem = f"afterSeq must be an int, got {type(after_seq).__name__}"
+            elif not 0 <= after_seq <= thread.last_seq:
+                problem = f"afterSeq {after_seq} is not a seq of thread {thread_id!r} (last seq {thread.last_seq})"
+            else:
+                assert self._clock is not None
+                try:
+                    thread.ring.since(after_seq, self._clock.now_ms())
+                except ReplayGap as gap:
+                    problem = str(gap)
+            if problem is not None:
+                self._resume_gaps += 1
+                self._close_connection(connection, CloseCode.REPLAY_GAP, f"{problem}: refetch a snapshot")
+                return SubscribeResult(
+                    outcome=SubscribeOutcome.REPLAY_GAP, last_seq=thread.last_seq, close_code=CloseCode.REPLAY_GAP
+                )
+        told_seq = thread.last_seq if after_seq is None else after_seq
+        route = _Route(connection, thread, told_seq)
+        thread.routes[connection.connection_id] = route
+        connection.routes[thread_id] = route
+        pending = thread.last_seq - told_seq
+        if pending:
+            # A resume: the replay goes through the same path as a lagging connection's catch-up, so it is
+            # handed over in order, before any live event, as fast as the writer's queue allows.
+            route.lagging = True
+            connection.lagging_routes += 1
+            self._catch_up(route)
+            if route.lagging and connection.full_since is None and not connection.closing:
+                assert self._clock is not None
+                connection.full_since = self._clock.now()
+                self._lagging[connection] = None
+        return SubscribeResult(outcome=SubscribeOutcome.SUBSCRIBED, last_seq=thread.last_seq, replay_pending=pending)
+
+    def _unsubscribe(self, connection_id: str, thread_id: str) -> None:
+        connection = self._connections.get(connection_id)
+        if connection is None:
+            return
+        route = connection.routes.get(thread_id)
+        if route is not None:
+            self._remove_route(route)
+            if connection.lagging_routes == 0 and connection.full_since is not None:
+                connection.full_since = None
+                self._lagging.pop(connection, None)
+
+    def _remove_route(self, route: _Route) -> None:
+        connection = route.connection
+        thread = route.thread
+        del thread.routes[connection.connection_id]
+        del connection.routes[thread.thread_id]
+        if route.lagging:
+            route.lagging = False
+            connection.lagging_routes -= 1
+        self._deferred_on_close += route.deferred
+        route.deferred = 0
+        if not thread.routes:
+            # Nobody is owed anything on this thread any more: a client that comes back resumes from the ring.
+            self._unconfirmed.pop(thread, None)
+            thread.reported_seq = thread.routed_seq = thread.last_seq
+            if self._monitor is not None:
+                self._monitor.tell(ThreadUnsubscribed(thread_id=thread.thread_id))
+
+    def _close_connection(self, connection: _Connection, code: int, reason: str, *, tell_writer: bool = True) -> None:
+        """Stop routing to a connection and have its writer close it; it is forgotten once the writer stops."""
+        if connection.closing:
+            return
+        connection.closing = True
+        connection.close_code = code
+        for route in list(connection.routes.values()):
+            self._remove_route(route)
+        connection.full_since = None
+        self._lagging.pop(connection, None)
+        if tell_writer:
+            # Past the bound: a close must never be dropped, and there is only one per connection.
+            connection.writer.tell_control(Close(code=code, reason=reason))
+
+    def _on_writer_drained(self, connection_id: str) -> None:
+        connection = self._connections.get(connection_id)
+        if connection is None or not connection.lagging_routes:
+            return
+        for route in list(connection.routes.values()):
+            if route.lagging:
+                self._catch_up(route)
+
+    def _on_writer_stopped(self, writer: ActorRef[Any]) -> None:
+        connection = self._by_writer.pop(writer, None)
+        if connection is None:
+            return
+        if not connection.closing:
+            # The writer closed on its own (the client stopped reading, or a send failed): stop routing to it.
+            self._close_connection(connection, CloseCode.ABNORMAL, "writer stopped", tell_writer=False)
+        del self._connections[connection.connection_id]
+        final = self._statistics_of(connection, finished=True)
+        progress = connection.progress
+        self._closed_delivered += progress.delivered
+        self._closed_coalesced += progress.coalesced
+        self._closed_discarded += final.discarded_on_close
+        self._closed_send_errors += progress.send_errors
+        self._closed_latency.merge(progress.latency)
+        assert final.close_code is not None
+        self._closed_by_code[final.close_code] += 1
+        if final.close_code == CloseCode.SLOW_CONSUMER:
+            self._slow_closes += 1
+        self._closed.append(final)
+
+    # ------------------------------------------------------------------ the tick
+
+    def _on_tick(self) -> None:
+        assert self._clock is not None
+        now = self._clock.now()
+        if self._lagging:
+            deadline = self._config.slow_consumer_after
+            for connection in list(self._lagging):
+                for route in list(connection.routes.values()):
+                    if route.lagging:
+                        self._catch_up(route)
+                since = connection.full_since
+                if since is not None and now - since >= deadline:
+                    self._close_connection(
+                        connection,
+                        CloseCode.SLOW_CONSUMER,
+                        f"slow consumer: queue full for {now - since:.3g} s; resume with afterSeq",
+                    )
+        self._refresh_monitor()
+        if self._monitor is not None and self._unconfirmed:
+            self._report_delivery(self._monitor)
+        self._sweep_idle_threads()
+        self._evaluate_health(record=True)
+
+    def _set_monitor(self, monitor: ActorRef[Any] | None) -> None:
+        previous = self._monitor_ref
+        if previous is not None and previous is not monitor:
+            stats = previous.statistics()
+            self._tap_lost_before += stats.dropped_total + stats.dead_lettered
+        self._monitor_ref = monitor
+        self._refresh_monitor()
+
+    def _refresh_monitor(self) -> None:
+        # Checked on the tick rather than per event: a tell to a detached ref costs a dead-letter record, so while
+        # the monitor is out of service the taps are skipped (and counted) instead.
+        monitor = self._monitor_ref
+        self._monitor = monitor if monitor is not None and monitor.is_alive else None
+
+    def _report_delivery(self, monitor: ActorRef[Any]) -> None:
+        delivered: dict[str, int] = {}
+        done: list[_Thread] = []
+        for thread in self._unconfirmed:
+            thread_id = thread.thread_id
+            low = min(
+                max(route.subscribed_at, route.connection.progress.delivered_seq.get(thread_id, 0))
+                for route in thread.routes.values()
+            )
+            if low > thread.reported_seq:
+                thread.reported_seq = low
+                delivered[thread_id] = low
+            if thread.reported_seq >= thread.routed_seq:
+                done.append(thread)
+        for thread in done:
+            del self._unconfirmed[thread]
+        if delivered:
+            monitor.tell(DeliveryProgress(delivered=delivered))
+
+    def _sweep_idle_threads(self) -> None:
+        # A thread nobody listens to whose ring has aged out holds nothing anyone can replay: forget it (a client
+        # resuming on it later gets 4002 and refetches). Threads are kept least recently published first.
+        threads = self._threads
+        if not threads:
+            return
+        assert self._clock is not None
+        cutoff = self._clock.now_ms() - self._config.replay_max_age * 1000.0
+        for _ in range(min(len(threads), _SWEEP_PER_TICK)):
+            thread = next(iter(threads.values()))
+            if thread.last_active >= cutoff:
+                return
+            threads.move_to_end(thread.thread_id)
+            if not thread.routes:
+                del threads[thread.thread_id]
+                self._unconfirmed.pop(thread, None)
+                self._evicted_rings += len(thread.ring)
+
+    # ------------------------------------------------------------------ health
+
+    def _sample(self) -> HealthSample:
+        assert self._clock is not None
+        delivered = self._closed_delivered
+        errors = self._closed_send_errors
+        queued = fullest = connections = 0
+        for connection in self._connections.values():
+            progress = connection.progress
+            delivered += progress.delivered
+            errors += progress.send_errors
+            if not connection.closing:
+                connections += 1
+                depth = connection.told - progress.settled
+                queued += depth
+                fullest = max(fullest, depth)
+        monitor = self._monitor_ref
+        problem = None
+        if monitor is not None and self._monitor is None:
+            problem = f"monitor {monitor.name!r} is {monitor.state}: events are not being monitored"
+        return HealthSample(
+            at=self._clock.now(),
+            attempts=delivered + errors,
+            errors=errors,
+            delivered=delivered,
+            tap_lost=self._tap_lost(),
+            inbox_dropped=self._self.statistics().dropped_total if self._self is not None else 0,
+            queued=queued,
+            fullest=fullest,
+            capacity=self._capacity,
+            connections=connections,
+            lagging=len(self._lagging),
+            monitor_problem=problem,
+        )
+
+    def _tap_lost(self) -> int:
+        lost = self._tap_lost_before + self._taps_skipped
+        if self._monitor_ref is not None:
+            stats = self._monitor_ref.statistics()
+            lost += stats.dropped_total + stats.dead_lettered
+        return lost
+
+    def _evaluate_health(self, *, record: bool) -> ComponentHealth:
+        """Judge the health now; tell every observer when it changed (the first judgement only if not healthy)."""
+        assert self._clock is not None
+        sample = self._sample()
+        if record:
+            self._health_window.record(sample)
+        health = self._health_window.judge(sample, self._clock.now_ms())
+        if not health.same_state(self._health):
+            if self._health is not None or health.status is not HealthStatus.HEALTHY:
+                self._broadcast(health)
+            self._health = health
+        return health
+
+    def _broadcast(self, health: ComponentHealth) -> None:
+        change = ComponentHealthChanged(component_id=self._config.component_id, health=health)
+        observers = self._wiring.observers
+        for observer in list(observers):
+            if observer.state == RefState.STOPPED:
+                observers.remove(observer)
+                continue
+            try:
+                observer.tell(change)
+            except MailboxFull:
+                logger.warning("health observer %s refused a health change (mailbox full)", observer.name)
+
+    # ------------------------------------------------------------------ queries
+
+    def _statistics_of(self, connection: _Connection, *, finished: bool = False) -> ConnectionStatistics:
+        progress = connection.progress
+        # Handed to the writer but not yet taken out of its mailbox; once the writer has stopped, these were
+        # dead-lettered by the runtime, i.e. discarded when the connection closed.
+        in_mailbox = connection.told - progress.taken
+        if finished:
+            # A writer that failed (rather than closed) leaves its own queue behind: discarded as well.
+            state = "closed"
+            discarded = progress.discarded + progress.pending + in_mailbox
+            queued = 0
+        else:
+            state = "closing" if connection.closing else "lagging" if connection.lagging_routes else "open"
+            discarded = progress.discarded
+            queued = progress.pending + in_mailbox
+        close_code = progress.close_code if progress.closed else connection.close_code
+        if finished and close_code is None:
+            close_code = CloseCode.ABNORMAL
+        return ConnectionStatistics(
+            connection_id=connection.connection_id,
+            principal=connection.principal,
+            state=state,
+            threads=tuple(connection.routes),
+            received=connection.told,
+            delivered=progress.delivered,
+            coalesced=progress.coalesced,
+            discarded_on_close=discarded,
+            queued=queued,
+            replayed=connection.replayed,
+            caught_up=connection.caught_up,
+            deferred=sum(route.deferred for route in connection.routes.values()),
+            send_errors=progress.send_errors,
+            delivered_seq=dict(progress.delivered_seq),
+            close_code=close_code,
+            close_reason=progress.close_reason,
+        )
+
+    def _connection_statistics(self, connection_id: str | None) -> tuple[ConnectionStatistics, ...]:
+        if connection_id is None:
+            return tuple(self._statistics_of(c) for c in self._connections.values())
+        connection = self._connections.get(connection_id)
+        if connection is not None:
+            return (self._statistics_of(connection),)
+        return tuple(s for s in self._closed if s.connection_id == connection_id)[-1:]
+
+    def _replay_snapshot(self, thread_id: str | None) -> tuple[StampedEvent, ...]:
+        assert self._clock is not None
+        now_ms = self._clock.now_ms()
+        if thread_id is not None:
+            thread = self._threads.get(thread_id)
+            return tuple(thread.ring.snapshot(now_ms)) if thread is not None else ()
+        return tuple(item for thread in self._threads.values() for item in thread.ring.snapshot(now_ms))
+
+    def _metrics(self) -> BridgeMetrics:
+        latency = LatencyHistogram()
+        latency.merge(self._closed_latency)
+        delivered = self._closed_delivered
+        coalesced = self._closed_coalesced
+        discarded = self._closed_discarded
+        send_errors = self._closed_send_errors
+        queued = 0
+        deepest = 0
+        deferred_pending = 0
+        subscriptions = 0
+        open_connections = 0
+        for connection in self._connections.values():
+            progress = connection.progress
+            latency.merge(progress.latency)
+            delivered += progress.delivered
+            coalesced += progress.coalesced
+            discarded += progress.discarded
+            send_errors += progress.send_errors
+            depth = connection.told - progress.settled
+            queued += depth
+            deepest = max(deepest, depth)
+            subscriptions += len(connection.routes)
+            deferred_pending += sum(route.deferred for route in connection.routes.values())
+            open_connections += not connection.closing
+        retained = evicted = 0
+        for thread in self._threads.values():
+            ring_stats = thread.ring.statistics()
+            retained += ring_stats.retained
+            evicted += ring_stats.evicted_by_count + ring_stats.evicted_by_age
+        dropped = {
+            reason: count
+            for reason, count in (
+                ("invalid_event", self._invalid),
+                ("inbox_full", self._self.statistics().dropped_total if self._self is not None else 0),
+                ("discarded_on_close", discarded),
+                ("deferred_on_close", self._deferred_on_close),
+                ("monitor_tap", self._tap_lost()),
+            )
+            if count
+        }
+        accepted = self._received - self._invalid
+        return BridgeMetrics(
+            events_received=self._received,
+            events_accepted=accepted,
+            events_routed=accepted - self._unrouted,
+            events_unrouted=self._unrouted,
+            fan_out_total=self._fan_out_total,
+            fan_out_sent=self._fan_out_sent,
+            events_deferred=self._deferred,
+            events_caught_up=self._caught_up,
+            deferred_pending=deferred_pending,
+            events_replayed=self._replayed,
+            events_delivered=delivered,
+            events_coalesced=coalesced,
+            dropped=dropped,
+            connections_open=open_connections,
+            connections_opened=self._opened,
+            connections_lagging=len(self._lagging),
+            connections_closed={str(code): n for code, n in sorted(self._closed_by_code.items())},
+            subscriptions=subscriptions,
+            subscriptions_refused=self._refused,
+            resumes=self._resumes,
+            resume_gaps=self._resume_gaps,
+            slow_consumer_closes=self._slow_closes,
+            send_errors=send_errors,
+            queued=queued,
+            max_queue_depth=deepest,
+            threads=len(self._threads),
+            replay_retained=retained,
+            replay_evicted=evicted + self._evicted_rings,
+            latency_p50_ms=latency.quantile(0.5),
+            latency_p99_ms=latency.quantile(0.99),
+            latency_samples=latency.count,
+            monitor_attached=self._monitor is not None,
+            taps=self._taps,
+        )

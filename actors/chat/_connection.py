@@ -1,0 +1,471 @@
+from __future__ import annotations
+
+import contextlib
+import enum
+import logging
+from collections import deque
+from typing import TYPE_CHECKING, Any, Final, Literal, Protocol, assert_never
+
+import anyio
+import msgspec
+
+from actors._actor import Actor
+from actors._exceptions import MailboxFull
+from actors._message import Message
+from actors.chat._events import (
+    AgentEvent,
+    ReasoningMessageContent,
+    StampedEvent,
+    TextMessageContent,
+    ToolCallArgs,
+    decode_event,
+    encode_event,
+)
+from actors.chat._health import LatencyHistogram
+
+if TYPE_CHECKING:
+    from actors._clock import Clock
+    from actors._message import ExitReason
+    from actors._ref import ActorRef
+
+logger = logging.getLogger("agentwatch.chat.connection")
+
+#: Frames a writer sends per turn before it lets a queued Close (or anything else) in.
+FRAMES_PER_FLUSH: Final = 64
+
+
+class CloseCode(enum.IntEnum):
+    """Every WebSocket close code the bridge uses (see ``docs/bridge.md`` for what a client does on each)."""
+
+    #: The client or the application ended the connection (``disconnect``).
+    NORMAL = 1000
+    #: The server is shutting down; reconnect elsewhere or later and resume with afterSeq.
+    GOING_AWAY = 1001
+    #: Reported in metrics only, never sent: the connection ended without a close (its writer was killed).
+    ABNORMAL = 1006
+    #: The principal is not authorised for a thread it subscribed to; do not retry with the same credentials.
+    POLICY_VIOLATION = 1008
+    #: Writing to the client failed (it most likely went away); best-effort close frame.
+    INTERNAL_ERROR = 1011
+    #: The bridge failed and is being restarted; reconnect and resume with afterSeq.
+    SERVICE_RESTART = 1012
+    #: Slow consumer: the client fell too far behind; reconnect and resume with afterSeq (lossless).
+    SLOW_CONSUMER = 4001
+    #: The events after the client's afterSeq are gone from the replay ring; refetch a snapshot.
+    REPLAY_GAP = 4002
+    #: A frame from the client was not a valid request (for front ends that parse client frames).
+    BAD_FRAME = 4003
+
+
+class ConnectionSink(Protocol):
+    """Where a connection's frames go: a Starlette ``WebSocket``, a test double or a simulated client.
+
+    ``send_text`` / ``send_bytes`` may wait (backpressure from the client) and may raise when the client is gone;
+    ``close`` ends the connection with a WebSocket close code.
+    """
+
+    async def send_text(self, data: str) -> None:
+        """Send one text frame."""
+        ...
+
+    async def send_bytes(self, data: bytes) -> None:
+        """Send one binary frame."""
+        ...
+
+    async def close(self, code: int = 1000, reason: str = "") -> None:
+        """Close the connection with ``code`` and a short ``reason``."""
+        ...
+
+
+class SinkClosed(anyio.BrokenResourceError):
+    """A :class:`MemorySink` was written to after it closed, or was told to fail."""
+
+
+class MemorySink:
+    """An in-memory :class:`ConnectionSink` for tests, simulations and benchmarks: records frames and the close.
+
+    :param delay: seconds each send waits (a slow client); may be changed at any time
+    :param fail_after: raise :class:`SinkClosed` on every send after this many successful ones (a client that
+        vanished); ``None`` never fails
+    :param keep_frames: keep the frames in :attr:`frames` (turn off for long benchmarks; :attr:`sent` still counts)
+    """
+
+    def __init__(self, *, delay: float = 0.0, fail_after: int | None = None, keep_frames: bool = True) -> None:
+        self.delay = delay
+        self.fail_after = fail_after
+        self.keep_frames = keep_frames
+        self.frames: list[str | bytes] = []
+        self.sent = 0
+        self.close_code: int | None = None
+        self.close_reason: str | None = None
+        self._gate: anyio.Event | None = None
+
+    @property
+    def closed(self) -> bool:
+        """Whether :meth:`close` was called."""
+        return self.close_code is not None
+
+    def stall(self) -> None:
+        """Make every send wait until :meth:`release` (a client that stopped reading)."""
+        if self._gate is None:
+            self._gate = anyio.Event()
+
+    def release(self) -> None:
+        """Let sends through again after :meth:`stall`."""
+        gate, self._gate = self._gate, None
+        if gate is not None:
+            gate.set()
+
+    async def send_text(self, data: str) -> None:
+        """Record a text frame (after the configured delay)."""
+        await self._send(data)
+
+    async def send_bytes(self, data: bytes) -> None:
+        """Record a binary frame (after the configured delay)."""
+        await self._send(data)
+
+    async def _send(self, data: str | bytes) -> None:
+        if self.close_code is not None:
+            raise SinkClosed(f"sink closed with {self.close_code}")
+        if self.fail_after is not None and self.sent >= self.fail_after:
+            raise SinkClosed(f"sink failed after {self.fail_after} frames")
+        while self._gate is not None:
+            await self._gate.wait()
+        if self.delay > 0:
+            await anyio.sleep(self.delay)
+        if self.keep_frames:
+            self.frames.append(data)
+        self.sent += 1
+
+    async def close(self, code: int = 1000, reason: str = "") -> None:
+        """Record the close; later sends raise :class:`SinkClosed`."""
+        if self.close_code is None:
+            self.close_code = code
+            self.close_reason = reason
+
+    def events(self) -> list[AgentEvent]:
+        """Decode every recorded frame, in order."""
+        return [decode_event(frame) for frame in self.frames]
+
+
+class ConnectionProgress:
+    """What one connection's writer has done so far: written only by that writer, read by the bridge.
+
+    This is the one sanctioned cross-actor read in the system. The bridge and the writers run on one event loop,
+    so a read between two of the writer's statements always sees consistent integers; the bridge never writes
+    here. It reads ``settled`` on every routed event (to keep the writer's queue bounded without a message per
+    frame) and the rest on its tick (delivery progress for the monitor) and for metrics.
+
+    Conservation, kept by the writer at every instant: ``taken == delivered + coalesced + discarded + pending``
+    where ``pending`` is the writer's own queue; ``settled == delivered + coalesced + discarded``.
+    """
+
+    __slots__ = (
+        "close_code",
+        "close_reason",
+        "closed",
+        "coalesced",
+        "delivered",
+        "delivered_seq",
+        "discarded",
+        "latency",
+        "pending",
+        "send_errors",
+        "settled",
+        "taken",
+    )
+
+    def __init__(self) -> None:
+        #: Events the writer took out of its mailbox.
+        self.taken = 0
+        #: Events sent as a frame of their own, or as the last event of a coalesced frame.
+        self.delivered = 0
+        #: Events merged into a later event's frame (their content travels in it).
+        self.coalesced = 0
+        #: Events thrown away because the connection closed before they were sent.
+        self.discarded = 0
+        #: ``delivered + coalesced + discarded``: what left the writer's queue.
+        self.settled = 0
+        #: Events in the writer's own queue (taken, not yet settled).
+        self.pending = 0
+        self.send_errors = 0
+        #: Per thread, the highest seq whose frame was sent (the delivered-seq cursor).
+        self.delivered_seq: dict[str, int] = {}
+        #: Latency from acceptance (``observed_at``) to the completed send, one sample per frame, in ms.
+        self.latency = LatencyHistogram()
+        self.closed = False
+        self.close_code: int | None = None
+        self.close_reason: str | None = None
+
+
+class Flush(Message, frozen=True, kw_only=True):
+    """A writer's note to itself: everything queued before this is in its batch; write it."""
+
+
+class Close(Message, frozen=True, kw_only=True):
+    """Close the connection with ``code`` and ``reason``: queued frames are discarded (and counted).
+
+    Sent past the mailbox bound (``tell_control``), so it is never dropped.
+    """
+
+    code: int
+    reason: str
+
+
+class WriterDrained(Message, frozen=True, kw_only=True):
+    """Told by a writer to the bridge when a backlog (half its capacity) has drained to a quarter: the bridge
+    refills it from the replay ring if it held events back meanwhile."""
+
+    connection_id: str
+
+
+WriterMessage = StampedEvent | Flush | Close
+"""Everything a :class:`ConnectionWriter` accepts."""
+
+_FLUSH: Final = Flush()
+_DELTA_TYPES: Final = (TextMessageContent, ReasoningMessageContent, ToolCallArgs)
+
+
+def _delta_key(item: StampedEvent) -> tuple[str, type[Any], str] | None:
+    """What identifies the stream a delta belongs to (thread, event type, message or tool call); None if no delta."""
+    event = item.event
+    kind = type(event)
+    if kind is TextMessageContent or kind is ReasoningMessageContent:
+        return (item.thread_id, kind, event.message_id)  # type: ignore[union-attr]
+    if kind is ToolCallArgs:
+        return (item.thread_id, kind, event.tool_call_id)  # type: ignore[union-attr]
+    return None
+
+
+def _merge(run: list[StampedEvent]) -> StampedEvent:
+    """One stamped event carrying the concatenated deltas of ``run`` (consecutive deltas of one stream).
+
+    It keeps the last event's ``seq`` (the client resumes after it) and adds ``metadata.firstSeq``, the first seq
+    it covers, so a client can check that its stream has no gap; ``observed_at`` is the oldest event's, so the
+    frame's latency is that of its oldest content.
+    """
+    first, last = run[0], run[-1]
+    last_event: Any = last.event
+    first_meta = first.event.metadata or {}
+    first_seq = first_meta.get("firstSeq", first.seq)
+    delta = "".join(item.event.delta for item in run)  # type: ignore[union-attr]
+    event: AgentEvent = msgspec.structs.replace(
+        last_event, delta=delta, metadata={**(last_event.metadata or {}), "firstSeq": first_seq}
+    )
+    return StampedEvent(
+        thread_id=last.thread_id,
+        run_id=last.run_id,
+        seq=last.seq,
+        observed_at=first.observed_at,
+        event=event,
+        frame=encode_event(event),
+        fan_out=last.fan_out,
+    )
+
+
+def coalesce(items: deque[StampedEvent]) -> tuple[deque[StampedEvent], int]:
+    """Merge each run of consecutive deltas of the same message or tool call (same thread) into one event.
+
+    Nothing else is touched: lifecycle and boundary events keep their place, so per-thread order is unchanged.
+
+    :return: the merged queue and how many events were folded into another (``len(items) - len(result)``)
+    """
+    merged: deque[StampedEvent] = deque()
+    run: list[StampedEvent] = []
+    run_key: tuple[str, type[Any], str] | None = None
+    folded = 0
+    for item in items:
+        key = _delta_key(item)
+        if key is not None and key == run_key:
+            run.append(item)
+            continue
+        if run:
+            merged.append(run[0] if len(run) == 1 else _merge(run))
+            folded += len(run) - 1
+        run = [item]
+        run_key = key
+    if run:
+        merged.append(run[0] if len(run) == 1 else _merge(run))
+        folded += len(run) - 1
+    return merged, folded
+
+
+class ConnectionWriter(Actor[WriterMessage]):
+    """Writes one connection's frames to its sink, in order, so that a slow client only ever delays itself.
+
+    The bridge tells it stamped events and keeps at most ``queue_capacity`` of them unsettled (it reads
+    :class:`ConnectionProgress`); the writer moves them from its mailbox into its own queue, then writes them in
+    turns of up to 64 frames. Under backlog (``coalesce_at`` or more queued) consecutive deltas of one message
+    or tool call are merged into one frame first. A turn that cannot finish within ``send_deadline`` means the
+    client stopped reading: the writer closes with 4001. A send that raises closes with 1011. Closing discards
+    what is still queued (counted) and stops the writer; the bridge watches it and learns the outcome.
+
+    :param connection_id: the bridge's id for this connection
+    :param sink: where frames go
+    :param progress: the writer's counters, shared read-only with the bridge
+    :param queue_capacity: the bound the bridge keeps; a queue half this full makes the writer report when it has
+        drained to a quarter (:class:`WriterDrained`)
+    :param coalesce_at: queue length from which deltas are merged; ``None`` never merges
+    :param send_deadline: seconds one turn of sends may take before the client counts as stuck
+    :param close_timeout: seconds the sink's ``close`` may take before it is abandoned
+    :param frame_kind: send frames as WebSocket ``"text"`` (AG-UI clients expect it) or ``"bytes"``
+    :param bridge: told :class:`WriterDrained` when a backlog has drained
+    """
+
+    def __init__(
+        self,
+        connection_id: str,
+        sink: ConnectionSink,
+        progress: ConnectionProgress,
+        *,
+        queue_capacity: int,
+        coalesce_at: int | None,
+        send_deadline: float,
+        close_timeout: float,
+        frame_kind: Literal["text", "bytes"] = "text",
+        bridge: ActorRef[Any] | None = None,
+    ) -> None:
+        self._connection_id = connection_id
+        self._sink = sink
+        self._progress = progress
+        # A queue that filled to half reports to the bridge when it is down to a quarter: the bridge may have
+        # held events back meanwhile (it only knows the writer has room when told, or on its tick).
+        self._refill_above = max(1, queue_capacity // 2)
+        self._refill_below = queue_capacity // 4
+        self._coalesce_at = coalesce_at
+        self._send_deadline = send_deadline
+        self._close_timeout = close_timeout
+        self._text = frame_kind == "text"
+        self._bridge = bridge
+        self._pending: deque[StampedEvent] = deque()
+        self._flush_scheduled = False
+        self._was_full = False
+        self._closed = False
+        self._self: ActorRef[WriterMessage] | None = None
+        self._clock: Clock | None = None
+
+    async def on_start(self) -> None:
+        self._self = self.ref
+        self._clock = self.clock
+
+    async def receive(self, message: WriterMessage) -> None:
+        match message:
+            case StampedEvent():
+                self._accept(message)
+            case Flush():
+                self._flush_scheduled = False
+                await self._flush()
+            case Close(code=code, reason=reason):
+                await self._close(code, reason)
+            case _:
+                assert_never(message)
+
+    async def on_stop(self, reason: ExitReason) -> None:
+        # Stopped from outside (system shutdown, or a supervisor): the client is told the server is going away.
+        await self._close(CloseCode.GOING_AWAY, "server shutting down", stop=False)
+
+    def on_kill(self) -> None:
+        if not self._closed:
+            self._discard_pending()
+            self._mark_closed(CloseCode.ABNORMAL, "writer killed before the connection was closed")
+
+    def _accept(self, item: StampedEvent) -> None:
+        progress = self._progress
+        progress.taken += 1
+        if self._closed:
+            progress.discarded += 1
+            progress.settled += 1
+            return
+        pending = self._pending
+        pending.append(item)
+        progress.pending += 1
+        if len(pending) >= self._refill_above:
+            self._was_full = True
+        if not self._flush_scheduled:
+            # Past the bound, so it is never refused: there is at most one Flush queued at a time.
+            self._flush_scheduled = True
+            assert self._self is not None
+            self._self.tell_control(_FLUSH)
+
+    async def _flush(self) -> None:
+        pending = self._pending
+        if self._closed or not pending:
+            return
+        progress = self._progress
+        if self._coalesce_at is not None and len(pending) >= self._coalesce_at:
+            pending, folded = coalesce(pending)
+            self._pending = pending
+            progress.coalesced += folded
+            progress.settled += folded
+            progress.pending -= folded
+        sink = self._sink
+        text = self._text
+        clock = self._clock
+        assert clock is not None
+        delivered_seq = progress.delivered_seq
+        record_latency = progress.latency.record
+        failure: Exception | None = None
+        with anyio.CancelScope(deadline=anyio.current_time() + self._send_deadline) as turn:
+            try:
+                for _ in range(min(len(pending), FRAMES_PER_FLUSH)):
+                    item = pending[0]
+                    if text:
+                        await sink.send_text(item.frame.decode())
+                    else:
+                        await sink.send_bytes(item.frame)
+                    pending.popleft()
+                    progress.delivered += 1
+                    progress.settled += 1
+                    progress.pending -= 1
+                    delivered_seq[item.thread_id] = item.seq
+                    record_latency(clock.now_ms() - item.observed_at)
+            except Exception as exc:  # the sink is foreign I/O: any failure means the client is gone
+                failure = exc
+        if failure is not None:
+            progress.send_errors += 1
+            logger.info("connection %s: send failed, closing: %r", self._connection_id, failure)
+            await self._close(CloseCode.INTERNAL_ERROR, f"send failed: {type(failure).__name__}")
+            return
+        if turn.cancelled_caught:
+            logger.info("connection %s: client stopped reading for %s s", self._connection_id, self._send_deadline)
+            await self._close(CloseCode.SLOW_CONSUMER, "slow consumer: resume with afterSeq")
+            return
+        if pending and not self._flush_scheduled:
+            self._flush_scheduled = True
+            assert self._self is not None
+            self._self.tell_control(_FLUSH)
+        if self._was_full and len(pending) <= self._refill_below:
+            self._was_full = False
+            if self._bridge is not None:
+                # A hint only: if the bridge's mailbox refuses it, the bridge's next tick catches up instead.
+                with contextlib.suppress(MailboxFull):
+                    self._bridge.tell(WriterDrained(connection_id=self._connection_id))
+
+    def _discard_pending(self) -> None:
+        progress = self._progress
+        count = len(self._pending)
+        self._pending.clear()
+        progress.discarded += count
+        progress.settled += count
+        progress.pending -= count
+
+    def _mark_closed(self, code: int, reason: str) -> None:
+        self._closed = True
+        progress = self._progress
+        progress.closed = True
+        progress.close_code = code
+        progress.close_reason = reason
+
+    async def _close(self, code: int, reason: str, *, stop: bool = True) -> None:
+        if self._closed:
+            return
+        # Marked before the await below, so the bridge never routes to (or waits on) a connection being closed.
+        self._discard_pending()
+        self._mark_closed(code, reason)
+        with anyio.move_on_after(self._close_timeout):
+            try:
+                await self._sink.close(code, reason)
+            except Exception as exc:  # a client that already vanished cannot be closed politely
+                logger.debug("connection %s: close(%s) failed: %r", self._connection_id, code, exc)
+        if stop:
+            self.stop()

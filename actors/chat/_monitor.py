@@ -1,0 +1,768 @@
+from __future__ import annotations
+
+import inspect
+import logging
+import operator
+from collections import Counter, deque
+from collections.abc import Awaitable, Callable, Sequence
+from typing import Any
+
+import anyio
+import msgspec
+
+from actors import Actor, ActorError, ActorRef, ActorStopped, AskTimeout, Message
+
+from ._anomaly import Anomaly, AnomalyKind, ReportedKeys
+from ._audit import AuditPolicy, AuditResult, AuditVerdict, FlowWindow, cross_validate
+from ._components import ComponentHealthChanged, ComponentProxy, ComponentReport, ProbeComponent
+from ._detection import DetectionThresholds, RunTracker, TrackerStatistics
+from ._events import AgentEvent, StampedEvent, stamp
+from ._tap import DeliveryProgress, ReplaySnapshot
+
+logger = logging.getLogger("agentwatch.monitor")
+
+_by_observed_at = operator.attrgetter("observed_at")
+
+AlertSink = Callable[[Anomaly], Awaitable[None] | None]
+"""Called once per anomaly (sync or async). A sink that raises or hangs never stops detection."""
+
+
+class MonitorConfig(msgspec.Struct, frozen=True, kw_only=True):
+    """The ChatEventMonitor's settings (durations in seconds).
+
+    :param thresholds: the detectors' thresholds
+    :param check_interval: how often pending deadlines (stuck tools, stale threads, undelivered events) are checked;
+        an anomaly is reported at most this long after its threshold passed
+    :param audit_interval: how often every registered component is audited (0 disables periodic audits)
+    :param audit_timeout: how long reading a component's health may take before it counts as unresponsive
+    :param audit: when a claim of health is called a lie
+    :param reported_keys: how many anomaly keys are remembered to report each anomaly once, across restarts
+    :param alert_history: how many recent anomalies ``check_health()`` and the summary keep
+    :param rebuild_timeout: how long a (re)starting monitor waits for the bridge's replay snapshot
+    :param direct_replay: how many events reported directly (``record_event``) are kept in :class:`MonitorMemory`
+        so that a restarted monitor rebuilds their runs too (the bridge's rings only hold tapped events)
+    """
+
+    thresholds: DetectionThresholds = DetectionThresholds()
+    check_interval: float = 1.0
+    audit_interval: float = 10.0
+    audit_timeout: float = 2.0
+    audit: AuditPolicy = AuditPolicy()
+    reported_keys: int = 100_000
+    alert_history: int = 1000
+    rebuild_timeout: float = 5.0
+    direct_replay: int = 10_000
+
+    def __post_init__(self) -> None:
+        for name in ("check_interval", "audit_timeout", "rebuild_timeout"):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, int | float) or not value > 0:
+                raise ValueError(f"MonitorConfig.{name} must be > 0 seconds, got {value!r}")
+        if isinstance(self.audit_interval, bool) or not self.audit_interval >= 0:
+            raise ValueError(f"MonitorConfig.audit_interval must be >= 0 seconds, got {self.audit_interval!r}")
+        for name in ("reported_keys", "alert_history", "direct_replay"):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+                raise ValueError(f"MonitorConfig.{name} must be an int >= 1, got {value!r}")
+
+
+class RegisteredComponent(msgspec.Struct, frozen=True, kw_only=True):
+    """A component under audit: its proxy and whether the monitor's tap observes its event flow (the bridge)."""
+
+    component_id: str
+    proxy: ActorRef[Any]
+    observes_flow: bool
+
+
+class MonitorMemory:
+    """What outlives a monitor instance: reported anomaly keys, recent alerts, registrations, audit results.
+
+    The application tree creates it once and hands it to every monitor instance it starts, so an anomaly reported
+    before a crash is never reported again after the restart, and registered components stay registered.
+    """
+
+    def __init__(self, config: MonitorConfig | None = None) -> None:
+        config = config or MonitorConfig()
+        self.reported = ReportedKeys(config.reported_keys)
+        self.alerts: deque[Anomaly] = deque(maxlen=config.alert_history)
+        self.by_kind: Counter[str] = Counter()
+        self.components: dict[str, RegisteredComponent] = {}
+        self.audits: dict[str, AuditResult] = {}
+        self.mismatch_since: dict[str, int] = {}
+        self.claims: dict[str, str] = {}
+        self.instances = 0
+        self.rebuilt_events = 0
+        # Anomalies found while monitoring was paused, and so not reported.
+        self.suppressed = 0
+        # The newest tapped event any instance observed. The tap is one FIFO mailbox fed by one bridge that stamps
+        # observed_at from a monotonic clock, so a replayed event stamped after it was never seen: a restarted
+        # instance observes those as new (reporting what they reveal) instead of replaying them silently.
+        self.last_tapped: StampedEvent | None = None
+        # Events reported directly are in no replay ring: the memory keeps the most recent ones for the rebuild.
+        self.direct: deque[StampedEvent] = deque(maxlen=config.direct_replay)
+
+
+# -- messages -------------------------------------------------------------------------------------------------
+
+
+class RecordEvent(Message, frozen=True, kw_only=True):
+    """An event reported to the monitor directly (the seed's ``record_event``), not through the bridge's tap."""
+
+    thread_id: str
+    run_id: str
+    event: AgentEvent
+    observed_at: int | None = None
+
+
+class SetMonitoring(Message, frozen=True, kw_only=True):
+    enabled: bool
+
+
+class CheckHealth(Message, frozen=True, kw_only=True):
+    pass
+
+
+class RegisterComponent(Message, frozen=True, kw_only=True):
+    component: RegisteredComponent
+
+
+class UnregisterComponent(Message, frozen=True, kw_only=True):
+    component_id: str
+
+
+class JudgeReport(Message, frozen=True, kw_only=True):
+    """Cross-validate a report read on demand (``audit_component``); the reply is the AuditResult."""
+
+    report: ComponentReport | None
+    component_id: str
+    unresponsive: bool = False
+
+
+class GetAuditSummary(Message, frozen=True, kw_only=True):
+    pass
+
+
+class GetAlerts(Message, frozen=True, kw_only=True):
+    pass
+
+
+class _Tick(Message, frozen=True, kw_only=True):
+    pass
+
+
+class _AuditRound(Message, frozen=True, kw_only=True):
+    pass
+
+
+MonitorMessage = (
+    StampedEvent
+    | DeliveryProgress
+    | RecordEvent
+    | SetMonitoring
+    | CheckHealth
+    | RegisterComponent
+    | UnregisterComponent
+    | JudgeReport
+    | ComponentReport
+    | ComponentHealthChanged
+    | GetAuditSummary
+    | GetAlerts
+    | _Tick
+    | _AuditRound
+)
+
+
+class MonitorHealth(msgspec.Struct, frozen=True, kw_only=True, rename="camel"):
+    """The monitor's own health (``check_health()``).
+
+    ``status`` is ``degraded`` when its mailbox is more than half full, tapped events were dropped, or monitoring
+    is paused (``reasons`` says which); ``components`` maps each audited component to its last verdict;
+    ``suppressed_while_paused`` counts anomalies found while monitoring was paused.
+    """
+
+    status: str
+    reasons: tuple[str, ...]
+    monitoring: bool
+    backlog: int
+    tap_drops: int
+    events_observed: int
+    runs_in_flight: int
+    anomalies_by_kind: dict[str, int]
+    components: dict[str, str]
+    instance: int
+    tracker: TrackerStatistics
+    suppressed_while_paused: int = 0
+
+
+class AuditSummary(msgspec.Struct, frozen=True, kw_only=True, rename="camel"):
+    """``get_component_audit_summary()``: every registered component's last claim and audit verdict.
+
+    ``components`` maps each registered component to its last audit (None before the first); ``claims`` holds the
+    latest status each one claimed, pushed through its observer or read by an audit.
+    """
+
+    total_components: int
+    healthy: int
+    mismatched: tuple[str, ...]
+    unresponsive: tuple[str, ...]
+    components: dict[str, AuditResult | None]
+    claims: dict[str, str] = {}
+
+
+# -- the actor ----------------------------------------------------------------------------------------------------
+
+
+class ChatEventMonitor(Actor[MonitorMessage]):
+    """Watches the bridge's tap for the failures that raise no exception, and audits registered components.
+
+    Fed by the bridge with one non-blocking ``tell`` per event (the very same StampedEvent the connections get).
+    Per-run state machines and deadline heaps live in :class:`RunTracker`; this actor adds time (a tick every
+    ``check_interval``), alert delivery, audits, and recovery: a restarted instance rebuilds in-flight state from
+    the bridge's replay rings and never reports an anomaly twice (``memory`` outlives instances).
+    """
+
+    def __init__(
+        self,
+        config: MonitorConfig | None = None,
+        *,
+        memory: MonitorMemory | None = None,
+        bridge: ActorRef[Any] | None = None,
+        sinks: Sequence[AlertSink] = (),
+        dispatcher: ActorRef[Any] | None = None,
+    ) -> None:
+        self.config = config or MonitorConfig()
+        self.memory = memory if memory is not None else MonitorMemory(self.config)
+        self.bridge = bridge
+        self.sinks = tuple(sinks)
+        self.dispatcher = dispatcher
+        self.tracker = RunTracker(self.config.thresholds)
+        self.flow = FlowWindow()
+        self.enabled = True
+        # After a rebuild, events of these threads up to this seq were already replayed from the rings: events
+        # queued in our mailbox during the restart are skipped instead of being observed twice.
+        self._replayed_through: dict[str, int] = {}
+        self._confirmed: dict[str, int] = {}
+        self._pending_audits: dict[int, tuple[str, int]] = {}
+        self._audit_ids = 0
+        self._direct_seq: dict[str, int] = {}
+
+    async def on_start(self) -> None:
+        self.memory.instances += 1
+        snapshot: list[StampedEvent] = []
+        if self.bridge is not None:
+            try:
+                snapshot = list(await self.bridge.ask(ReplaySnapshot(), timeout=self.config.rebuild_timeout))
+            except (ActorError, TimeoutError) as exc:
+                logger.warning("monitor: no replay snapshot from the bridge (%s); rebuilding without it", exc)
+        if snapshot or self.memory.direct:
+            self._rebuild(snapshot)
+        self.send_every(self.config.check_interval, _Tick())
+        if self.config.audit_interval > 0:
+            self.send_every(self.config.audit_interval, _AuditRound())
+
+    def _rebuild(self, snapshot: list[StampedEvent]) -> None:
+        """Restore in-flight state from the replay rings (and the memory's direct records) after a (re)start.
+
+        What the previous instance saw is replayed silently: it already reported what those events revealed at
+        once, and a run whose head the ring dropped must not look like a missing start. Deadlines that passed are
+        reported (unless reported before). Replayed events the previous instance never saw (tapped while it was
+        down) are observed as new, in time order, so an orphan or duplicate completion sent during the restart is
+        still reported, once.
+        """
+        memory = self.memory
+        tracker = self.tracker
+        last = memory.last_tapped
+        seen: list[StampedEvent] = list(memory.direct)
+        unseen: list[StampedEvent] = []
+        for stamped in snapshot:
+            if last is not None and (
+                stamped.observed_at > last.observed_at
+                or (stamped.thread_id == last.thread_id and stamped.seq > last.seq)
+            ):
+                unseen.append(stamped)
+            else:
+                seen.append(stamped)  # an event stamped in the same ms on another thread counts as seen
+        now = self.clock.now_ms()
+        unseen.sort(key=_by_observed_at)
+        found = list(tracker.rebuild(seen, unseen[0].observed_at if unseen else now, already_reported=memory.reported))
+        if unseen:
+            # A thread's oldest replayed event with seq > 1 may not be the first of its run (the ring is bounded):
+            # its run cannot be called a missing start.
+            heads: dict[str, StampedEvent] = {}
+            for stamped in snapshot:
+                head = heads.get(stamped.thread_id)
+                if head is None or stamped.seq < head.seq:
+                    heads[stamped.thread_id] = stamped
+            truncated = {(head.thread_id, head.run_id) for head in heads.values() if head.seq > 1}
+            flow = self.flow
+            for stamped in unseen:
+                found.extend(tracker.advance(stamped.observed_at))
+                found.extend(
+                    anomaly
+                    for anomaly in tracker.observe(stamped)
+                    if anomaly.kind is not AnomalyKind.MISSING_AGENT_STARTED
+                    or (anomaly.thread_id, anomaly.run_id) not in truncated
+                )
+                flow.tapped += 1
+                if stamped.fan_out:
+                    flow.routed += 1
+                    tracker.expect_delivery(stamped.thread_id, stamped.seq, stamped.observed_at)
+            found.extend(tracker.advance(now))
+        through = self._replayed_through
+        for stamped in snapshot:
+            if stamped.seq > through.get(stamped.thread_id, 0):
+                through[stamped.thread_id] = stamped.seq
+        if snapshot:
+            newest = max(snapshot, key=_by_observed_at)
+            if last is None or newest.observed_at >= last.observed_at:
+                memory.last_tapped = newest
+        for stamped in memory.direct:
+            self._direct_seq[stamped.thread_id] = max(stamped.seq, self._direct_seq.get(stamped.thread_id, 0))
+        memory.rebuilt_events += len(snapshot) + len(memory.direct)
+        if memory.instances > 1:
+            logger.info(
+                "monitor: rebuilt from %d replayed events (%d unseen before the restart), %d runs in flight",
+                len(snapshot),
+                len(unseen),
+                tracker.statistics().runs_in_flight,
+            )
+        self._report(found)
+
+    async def receive(self, message: MonitorMessage) -> Any:
+        # The tap is the hot path: test for it before the general dispatch (a match on Structs costs ~0.3 µs).
+        if type(message) is StampedEvent:
+            self._ingest(message)
+            return None
+        match message:
+            case DeliveryProgress():
+                self._on_progress(message)
+            case RecordEvent():
+                self._record(message)
+            case _Tick():
+                self._on_tick()
+            case _AuditRound():
+                self._start_audit_round()
+            case ComponentReport():
+                self._on_report(message)
+            case ComponentHealthChanged():
+                self.memory.claims[message.component_id] = message.status
+            case JudgeReport():
+                return self._judge(message)
+            case SetMonitoring():
+                self.enabled = message.enabled
+            case CheckHealth():
+                return self._health()
+            case RegisterComponent():
+                self.memory.components[message.component.component_id] = message.component
+            case UnregisterComponent():
+                self.memory.components.pop(message.component_id, None)
+                self.memory.audits.pop(message.component_id, None)
+                self.memory.claims.pop(message.component_id, None)
+                self.memory.mismatch_since.pop(message.component_id, None)
+            case GetAuditSummary():
+                return self._summary()
+            case GetAlerts():
+                return list(self.memory.alerts)
+            case StampedEvent():  # handled above; here only so the match is exhaustive for the type checker
+                return None
+            case _:
+                logger.warning("monitor: ignoring unknown message %r", type(message).__name__)
+        return None
+
+    # -- detection ------------------------------------------------------------------------------------------------
+
+    def _ingest(self, stamped: StampedEvent) -> None:
+        # Observed even while monitoring is paused (only reports are held back): a resumed monitor whose runs
+        # moved on unseen would raise false stale threads and missing starts.
+        replayed = self._replayed_through
+        if replayed:
+            through = replayed.get(stamped.thread_id)
+            if through is not None:
+                if stamped.seq <= through:
+                    return
+                del replayed[stamped.thread_id]
+        self.memory.last_tapped = stamped
+        flow = self.flow
+        flow.tapped += 1
+        tracker = self.tracker
+        # Deadlines that passed before this event was accepted fire first, so a tool call that ends after its
+        # threshold is reported even when no tick ran in between (the boundary is exact, not tick-aligned).
+        due = tracker.advance(stamped.observed_at)
+        if due:
+            self._report(due)
+        found = tracker.observe(stamped)
+        if stamped.fan_out:
+            flow.routed += 1
+            tracker.expect_delivery(stamped.thread_id, stamped.seq, stamped.observed_at)
+        if found:
+            self._report(found)
+
+    def _on_progress(self, progress: DeliveryProgress) -> None:
+        tracker = self.tracker
+        # A confirmation that comes after the delivery deadline is late even if no tick ran in between.
+        due = tracker.advance(self.clock.now_ms())
+        if due:
+            self._report(due)
+        confirmed = self._confirmed
+        flow = self.flow
+        for thread_id, seq in progress.confirmed.items():
+            previous = confirmed.get(thread_id, 0)
+            if seq > previous:
+                flow.delivered += seq - previous
+                confirmed[thread_id] = seq
+            tracker.confirm_delivery(thread_id, seq)
+        for thread_id in progress.unsubscribed:
+            tracker.thread_has_no_subscribers(thread_id)
+
+    def _record(self, message: RecordEvent) -> None:
+        # Direct records get their own per-thread numbering; they are never routed, so never "undelivered".
+        seq = self._direct_seq.get(message.thread_id, 0) + 1
+        self._direct_seq[message.thread_id] = seq
+        observed = message.observed_at if message.observed_at is not None else self.clock.now_ms()
+        stamped = stamp(
+            message.event, thread_id=message.thread_id, run_id=message.run_id, seq=seq, observed_at=observed
+        )
+        self.memory.direct.append(stamped)
+        due = self.tracker.advance(observed)
+        if due:
+            self._report(due)
+        found = self.tracker.observe(stamped)
+        if found:
+            self._report(found)
+
+    def _on_tick(self) -> None:
+        now = self.clock.now_ms()
+        found = self.tracker.advance(now)
+        if found:
+            self._report(found)
+        expired = [audit_id for audit_id, (_, deadline) in self._pending_audits.items() if deadline <= now]
+        for audit_id in expired:
+            component_id, _ = self._pending_audits.pop(audit_id)
+            if component_id in self.memory.components:  # not unregistered while its audit was pending
+                self._conclude(self._unresponsive(component_id, audit_id, now))
+
+    def _report(self, anomalies: Sequence[Anomaly]) -> None:
+        memory = self.memory
+        for anomaly in anomalies:
+            if anomaly.kind is AnomalyKind.UNDELIVERED_EVENT:
+                self.flow.overdue += 1  # evidence for the next audit of the component the tap comes from
+            if not self.enabled:
+                memory.suppressed += 1
+                continue
+            if not memory.reported.add(anomaly.key):
+                continue
+            memory.alerts.append(anomaly)
+            memory.by_kind[anomaly.kind.value] += 1
+            logger.warning(
+                "anomaly %s severity=%s thread=%s run=%s tool_call=%s: %s",
+                anomaly.kind.value,
+                anomaly.severity.value,
+                anomaly.thread_id,
+                anomaly.run_id,
+                anomaly.tool_call_id,
+                anomaly.detail,
+            )
+            if self.dispatcher is not None:
+                self.dispatcher.tell(anomaly)
+            else:
+                for sink in self.sinks:
+                    _call_sync_sink(sink, anomaly)
+
+    # -- audits ---------------------------------------------------------------------------------------------------
+
+    def _start_audit_round(self) -> None:
+        now = self.clock.now_ms()
+        timeout_ms = int(self.config.audit_timeout * 1000)
+        for component in self.memory.components.values():
+            self._audit_ids += 1
+            self._pending_audits[self._audit_ids] = (component.component_id, now + timeout_ms)
+            component.proxy.tell(ProbeComponent(reply_to=self.ref, audit_id=self._audit_ids))
+
+    def _on_report(self, report: ComponentReport) -> None:
+        if self._pending_audits.pop(report.audit_id, None) is None:
+            return  # a late report for an audit already concluded as unresponsive
+        if report.error is None:
+            self.memory.claims[report.component_id] = report.status
+        component = self.memory.components.get(report.component_id)
+        flow = self.flow if component is not None and component.observes_flow else None
+        self._conclude(cross_validate(report, flow=flow, policy=self.config.audit, at=self.clock.now_ms()))
+        if flow is not None:
+            flow.reset()
+
+    def _judge(self, message: JudgeReport) -> AuditResult:
+        now = self.clock.now_ms()
+        if message.unresponsive or message.report is None:
+            result = self._unresponsive(message.component_id, 0, now)
+        else:
+            if message.report.error is None:
+                self.memory.claims[message.component_id] = message.report.status
+            component = self.memory.components.get(message.component_id)
+            flow = self.flow if component is not None and component.observes_flow else None
+            result = cross_validate(message.report, flow=flow, policy=self.config.audit, at=now)
+        self._conclude(result)
+        return result
+
+    def _unresponsive(self, component_id: str, audit_id: int, now: int) -> AuditResult:
+        return AuditResult(
+            component_id=component_id,
+            audit_id=audit_id,
+            at=now,
+            claimed=self.memory.claims.get(component_id, "unknown"),
+            verdict=AuditVerdict.UNRESPONSIVE,
+            findings=(f"did not report its health within {self.config.audit_timeout} s",),
+        )
+
+    def _conclude(self, result: AuditResult) -> None:
+        memory = self.memory
+        memory.audits[result.component_id] = result
+        if result.verdict is not AuditVerdict.MISMATCH:
+            memory.mismatch_since.pop(result.component_id, None)
+            return
+        # One anomaly per episode of lying: a component that keeps lying is reported once, and again only after
+        # it has been seen honest in between.
+        since = memory.mismatch_since.setdefault(result.component_id, result.at)
+        self._report(
+            [
+                Anomaly(
+                    kind=AnomalyKind.HEALTH_CLAIM_MISMATCH,
+                    severity=AnomalyKind.HEALTH_CLAIM_MISMATCH.default_severity,
+                    # Not about one thread: the key names the component, so each component lies "once per episode".
+                    thread_id=f"component:{result.component_id}",
+                    run_id=None,
+                    detected_at=result.at,
+                    detail=f"{result.component_id}: " + "; ".join(result.findings),
+                    window_start=since,
+                )
+            ]
+        )
+
+    # -- reports --------------------------------------------------------------------------------------------------
+
+    def _health(self) -> MonitorHealth:
+        stats = self.ref.statistics()
+        reasons: list[str] = []
+        capacity = stats.mailbox.capacity
+        if stats.queued > capacity // 2:
+            reasons.append(f"backlog {stats.queued} of {capacity}")
+        if stats.dropped_total:
+            reasons.append(f"{stats.dropped_total} tapped events dropped by a full mailbox")
+        if not self.enabled:
+            reasons.append("monitoring is stopped")
+        return MonitorHealth(
+            status="degraded" if reasons else "healthy",
+            reasons=tuple(reasons),
+            monitoring=self.enabled,
+            backlog=stats.queued,
+            tap_drops=stats.dropped_total,
+            events_observed=self.tracker.statistics().events_observed,
+            runs_in_flight=self.tracker.statistics().runs_in_flight,
+            anomalies_by_kind=dict(self.memory.by_kind),
+            components={cid: r.verdict.value for cid, r in self.memory.audits.items()},
+            instance=self.memory.instances,
+            tracker=self.tracker.statistics(),
+            suppressed_while_paused=self.memory.suppressed,
+        )
+
+    def _summary(self) -> AuditSummary:
+        memory = self.memory
+        audits = {cid: memory.audits.get(cid) for cid in memory.components}
+        return AuditSummary(
+            total_components=len(audits),
+            healthy=sum(1 for r in audits.values() if r is not None and r.verdict is AuditVerdict.CONSISTENT),
+            mismatched=tuple(cid for cid, r in audits.items() if r is not None and r.verdict is AuditVerdict.MISMATCH),
+            unresponsive=tuple(
+                cid for cid, r in audits.items() if r is not None and r.verdict is AuditVerdict.UNRESPONSIVE
+            ),
+            components=audits,
+            claims={cid: memory.claims[cid] for cid in memory.components if cid in memory.claims},
+        )
+
+
+def _call_sync_sink(sink: AlertSink, anomaly: Anomaly) -> None:
+    try:
+        result = sink(anomaly)
+    except Exception:
+        logger.exception("alert sink %r raised; detection goes on", sink)
+        return
+    if inspect.isawaitable(result):
+        # Without a dispatcher actor nobody can await it: close it so no "never awaited" warning leaks.
+        close = getattr(result, "close", None)
+        if callable(close):
+            close()
+        logger.error("alert sink %r is async but the monitor has no AlertDispatcher; the alert was not sent", sink)
+
+
+class AlertDispatcher(Actor[Anomaly]):
+    """Delivers anomalies to the alert sinks, away from the monitor: a sink that hangs or raises delays only this.
+
+    Each sink call is bounded by ``sink_timeout``; a flood of alerts fills this actor's bounded mailbox (drops
+    counted) and never the monitor's.
+    """
+
+    def __init__(self, sinks: Sequence[AlertSink], *, sink_timeout: float = 5.0) -> None:
+        self.sinks = tuple(sinks)
+        self.sink_timeout = sink_timeout
+        self.failures: Counter[str] = Counter()
+
+    async def receive(self, message: Anomaly) -> None:
+        for sink in self.sinks:
+            name = getattr(sink, "__name__", type(sink).__name__)
+            try:
+                with anyio.move_on_after(self.sink_timeout) as scope:
+                    result = sink(message)
+                    if inspect.isawaitable(result):
+                        await result
+                if scope.cancelled_caught:
+                    self.failures[name] += 1
+                    logger.error("alert sink %s timed out after %s s", name, self.sink_timeout)
+            except Exception:
+                self.failures[name] += 1
+                logger.exception("alert sink %s raised; the next sinks still get the alert", name)
+
+
+# -- the seed API -----------------------------------------------------------------------------------------------
+
+
+ProxyStarter = Callable[[str, Callable[[], Actor[Any]]], Awaitable[ActorRef[Any]]]
+ProxyStopper = Callable[[str], Awaitable[None]]
+
+
+class ChatEventMonitorHandle:
+    """The seed's ChatEventMonitor API, on top of the monitor actor's ref.
+
+    Method names are the production system's. Calls that read the monitor's state are asks, hence async (the
+    seed's ``get_component_audit_summary()`` was sync; here it is awaited).
+
+    :param proxy_starter: starts a component proxy actor (in the application tree: a dynamic child of the
+        monitoring branch) and returns its ref
+    """
+
+    def __init__(
+        self,
+        ref: ActorRef[MonitorMessage],
+        *,
+        proxy_starter: ProxyStarter,
+        proxy_stopper: ProxyStopper | None = None,
+        config: MonitorConfig | None = None,
+        flow_component_types: tuple[type, ...] = (),
+    ) -> None:
+        self.ref = ref
+        self.config = config or MonitorConfig()
+        self._proxy_starter = proxy_starter
+        self._proxy_stopper = proxy_stopper
+        self._proxies: dict[str, RegisteredComponent] = {}
+        self._flow_types = flow_component_types
+
+    async def start_monitoring(self) -> None:
+        """(Re)enable detection (the monitor starts enabled)."""
+        self.ref.tell(SetMonitoring(enabled=True))
+
+    async def stop_monitoring(self) -> None:
+        """Pause alerting. Events are still tracked, so resuming raises no false alarm about runs that moved on
+        meanwhile; anomalies found while paused are not reported (``check_health().suppressed_while_paused``)."""
+        self.ref.tell(SetMonitoring(enabled=False))
+
+    def record_event(self, event: AgentEvent, *, thread_id: str, run_id: str, observed_at: int | None = None) -> None:
+        """Report an event directly, not through the bridge. Never blocks; dropped (counted) if the monitor is full."""
+        self.ref.tell(RecordEvent(thread_id=thread_id, run_id=run_id, event=event, observed_at=observed_at))
+
+    async def check_health(self, *, timeout: float = 5.0) -> MonitorHealth:
+        """The monitor's own health: backlog, tap drops, detections, component verdicts."""
+        health: MonitorHealth = await self.ref.ask(CheckHealth(), timeout=timeout)
+        return health
+
+    async def register_component_for_monitoring(
+        self, component_id: str, component: Any, *, observes_flow: bool | None = None
+    ) -> None:
+        """Wrap ``component`` in a proxy actor and audit it periodically and on demand.
+
+        :param observes_flow: whether the monitor's tap comes from this component (cross-validate its claims
+            against delivery); by default true for the bridge
+        :raises ValueError: when ``component_id`` is already registered
+        """
+        if not component_id or not isinstance(component_id, str):
+            raise ValueError(f"component_id must be a non-empty str, got {component_id!r}")
+        if component_id in self._proxies:
+            raise ValueError(f"a component named {component_id!r} is already registered")
+        missing = [
+            name for name in ("get_health_status", "get_metrics") if not callable(getattr(component, name, None))
+        ]
+        if missing:
+            raise TypeError(f"component {component_id!r} does not implement MonitorableComponent: missing {missing}")
+        if observes_flow is None:
+            observes_flow = isinstance(component, self._flow_types) if self._flow_types else False
+        monitor = self.ref
+        proxy = await self._proxy_starter(component_id, lambda: ComponentProxy(component_id, component, monitor))
+        registered = RegisteredComponent(component_id=component_id, proxy=proxy, observes_flow=observes_flow)
+        self._proxies[component_id] = registered
+        self.ref.tell(RegisterComponent(component=registered))
+
+    async def unregister_component(self, component_id: str) -> None:
+        """Stop auditing a component and stop its proxy."""
+        if self._proxies.pop(component_id, None) is None:
+            raise KeyError(component_id)
+        self.ref.tell(UnregisterComponent(component_id=component_id))
+        if self._proxy_stopper is not None:
+            await self._proxy_stopper(component_id)
+
+    async def audit_component(self, component_id: str) -> AuditResult:
+        """Audit one component now: read its claim through its proxy (bounded by ``audit_timeout``), cross-validate.
+
+        Works while the monitor is detached too (without the flow check): an audit never fails because of it.
+        """
+        registered = self._proxies.get(component_id)
+        if registered is None:
+            raise KeyError(f"no component registered as {component_id!r}")
+        report: ComponentReport | None = None
+        unresponsive = False
+        try:
+            reply = await registered.proxy.ask(
+                ProbeComponent(reply_to=_NOWHERE, audit_id=0), timeout=self.config.audit_timeout
+            )
+            report = reply if isinstance(reply, ComponentReport) else None
+        except (AskTimeout, ActorError):
+            unresponsive = True
+        try:
+            result: AuditResult = await self.ref.ask(
+                JudgeReport(report=report, component_id=component_id, unresponsive=unresponsive),
+                timeout=self.config.audit_timeout,
+            )
+        except (ActorStopped, AskTimeout):
+            if report is None:
+                return AuditResult(
+                    component_id=component_id,
+                    audit_id=0,
+                    at=self._now_ms(),
+                    claimed="unknown",
+                    verdict=AuditVerdict.UNRESPONSIVE,
+                    findings=("its proxy did not answer and the monitor is unavailable",),
+                )
+            return cross_validate(report, flow=None, policy=self.config.audit, at=self._now_ms())
+        return result
+
+    def _now_ms(self) -> int:
+        return self.ref._system.clock.now_ms()
+
+    async def audit_bridge_health(self, component_id: str = "agent_websocket_bridge") -> AuditResult:
+        """The seed's name for auditing the bridge."""
+        return await self.audit_component(component_id)
+
+    async def get_component_audit_summary(self, *, timeout: float = 5.0) -> AuditSummary:
+        """Every registered component's last audit."""
+        summary: AuditSummary = await self.ref.ask(GetAuditSummary(), timeout=timeout)
+        return summary
+
+    async def get_alerts(self, *, timeout: float = 5.0) -> list[Anomaly]:
+        """The most recent anomalies (bounded history), oldest first."""
+        alerts: list[Anomaly] = await self.ref.ask(GetAlerts(), timeout=timeout)
+        return alerts
+
+
+class _Nowhere:
+    """A reply_to for on-demand probes: the proxy's ask reply carries the report, nothing else needs it."""
+
+    def tell(self, message: object) -> None:
+        return None
+
+
+_NOWHERE: Any = _Nowhere()
