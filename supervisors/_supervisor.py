@@ -239,7 +239,7 @@ class Supervisor(Actor[_SupervisorMsg]):
     async def on_start(self) -> None:
         for spec in self._initial:
             try:
-                await self._add_and_start(spec, dynamic=False)
+                await self._add_and_start(spec, dynamic=False, detach_on_failure=not spec.critical)
             except ChildStartError:
                 # OTP: a supervisor whose static child fails to start stops the ones it started and fails.
                 await self._stop_all_children()
@@ -465,7 +465,7 @@ class Supervisor(Actor[_SupervisorMsg]):
 
     # -- starting and stopping children --------------------------------------------------------------------------
 
-    async def _add_and_start(self, spec: ChildSpec, *, dynamic: bool) -> _Child:
+    async def _add_and_start(self, spec: ChildSpec, *, dynamic: bool, detach_on_failure: bool = False) -> _Child:
         if spec.id in self._children:
             raise DuplicateChild(spec.id)
         child = _Child(spec=spec, dynamic=dynamic)
@@ -478,7 +478,12 @@ class Supervisor(Actor[_SupervisorMsg]):
         self._order.append(spec.id)
         try:
             await self._launch(child)
-        except ChildStartError:
+        except ChildStartError as exc:
+            if detach_on_failure and child.ref is not None:
+                # Graceful degradation: a non-critical child that cannot start does not stop its supervisor from
+                # starting; it starts detached and is retried after its cool-down.
+                self._detach(child, self.clock.now(), ExitReason.error(exc.cause, f"start failed: {exc.cause!r}"))
+                return child
             self._forget(spec.id)
             raise
         return child

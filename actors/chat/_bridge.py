@@ -5,6 +5,8 @@ import logging
 from collections import Counter, OrderedDict, deque
 from typing import TYPE_CHECKING, Any, Final, assert_never
 
+import msgspec
+
 from actors._actor import Actor
 from actors._exceptions import MailboxFull
 from actors._message import ExitKind, Terminated
@@ -16,21 +18,19 @@ from actors.chat._bridge_messages import (
     BridgeMetrics,
     Connect,
     ConnectionStatistics,
-    DeliveryProgress,
     Disconnect,
     GetConnectionStatistics,
     GetHealth,
     GetMetrics,
-    GetReplaySnapshot,
     Publish,
     RegisterObserver,
     Subscribe,
     SubscribeOutcome,
     SubscribeResult,
-    ThreadUnsubscribed,
     Tick,
     Unsubscribe,
 )
+from actors.chat._components import ComponentHealthChanged
 from actors.chat._connection import (
     Close,
     CloseCode,
@@ -40,13 +40,13 @@ from actors.chat._connection import (
 from actors.chat._events import EVENT_CLASSES, StampedEvent, stamp
 from actors.chat._health import (
     ComponentHealth,
-    ComponentHealthChanged,
     HealthSample,
     HealthStatus,
     HealthWindow,
     LatencyHistogram,
 )
 from actors.chat._replay_ring import ReplayGap, ReplayRing
+from actors.chat._tap import DeliveryProgress, ReplaySnapshot
 
 if TYPE_CHECKING:
     from actors._clock import Clock
@@ -164,6 +164,7 @@ class AgentWebSocketBridge(Actor[BridgeMessage]):
         self._by_writer: dict[ActorRef[Any], _Connection] = {}
         self._lagging: dict[_Connection, None] = {}  # an ordered set
         self._unconfirmed: dict[_Thread, None] = {}  # threads with routed events not yet reported delivered
+        self._unsubscribed: dict[str, None] = {}  # threads whose last connection left, not yet reported
         self._closed: deque[ConnectionStatistics] = deque(maxlen=config.closed_connections_kept)
         self._clock: Clock | None = None
         self._self: ActorRef[BridgeMessage] | None = None
@@ -259,8 +260,8 @@ class AgentWebSocketBridge(Actor[BridgeMessage]):
                 return self._metrics()
             case GetConnectionStatistics(connection_id=connection_id):
                 return self._connection_statistics(connection_id)
-            case GetReplaySnapshot(thread_id=thread_id):
-                return self._replay_snapshot(thread_id)
+            case ReplaySnapshot():
+                return self._replay_snapshot()
             case _:
                 assert_never(message)
         return None
@@ -487,8 +488,8 @@ class AgentWebSocketBridge(Actor[BridgeMessage]):
             # Nobody is owed anything on this thread any more: a client that comes back resumes from the ring.
             self._unconfirmed.pop(thread, None)
             thread.reported_seq = thread.routed_seq = thread.last_seq
-            if self._monitor is not None:
-                self._monitor.tell(ThreadUnsubscribed(thread_id=thread.thread_id))
+            if self._monitor_ref is not None:
+                self._unsubscribed[thread.thread_id] = None
 
     def _close_connection(self, connection: _Connection, code: int, reason: str, *, tell_writer: bool = True) -> None:
         """Stop routing to a connection and have its writer close it; it is forgotten once the writer stops."""
@@ -552,7 +553,7 @@ class AgentWebSocketBridge(Actor[BridgeMessage]):
                         f"slow consumer: queue full for {now - since:.3g} s; resume with afterSeq",
                     )
         self._refresh_monitor()
-        if self._monitor is not None and self._unconfirmed:
+        if self._monitor is not None and (self._unconfirmed or self._unsubscribed):
             self._report_delivery(self._monitor)
         self._sweep_idle_threads()
         self._evaluate_health(record=True)
@@ -572,8 +573,8 @@ class AgentWebSocketBridge(Actor[BridgeMessage]):
         self._monitor = monitor if monitor is not None and monitor.is_alive else None
 
     def _report_delivery(self, monitor: ActorRef[Any]) -> None:
-        delivered: dict[str, int] = {}
-        done: list[_Thread] = []
+        """Tell the monitor how far delivery got per thread, and which threads lost their last connection."""
+        confirmed: dict[str, int] = {}
         for thread in self._unconfirmed:
             thread_id = thread.thread_id
             low = min(
@@ -581,14 +582,22 @@ class AgentWebSocketBridge(Actor[BridgeMessage]):
                 for route in thread.routes.values()
             )
             if low > thread.reported_seq:
-                thread.reported_seq = low
-                delivered[thread_id] = low
-            if thread.reported_seq >= thread.routed_seq:
-                done.append(thread)
-        for thread in done:
-            del self._unconfirmed[thread]
-        if delivered:
-            monitor.tell(DeliveryProgress(delivered=delivered))
+                confirmed[thread_id] = low
+        if not confirmed and not self._unsubscribed:
+            return
+        # The report goes through the monitor's drop-on-full mailbox like the taps; one that is dropped is kept
+        # and sent again on the next tick (confirmations are cumulative, so a late one is as good).
+        dropped = monitor.statistics().dropped_total
+        monitor.tell(DeliveryProgress(confirmed=confirmed, unsubscribed=tuple(self._unsubscribed)))
+        if monitor.statistics().dropped_total != dropped:
+            return
+        self._unsubscribed.clear()
+        threads = self._threads
+        for thread_id, seq in confirmed.items():
+            thread = threads[thread_id]
+            thread.reported_seq = seq
+            if seq >= thread.routed_seq:
+                del self._unconfirmed[thread]
 
     def _sweep_idle_threads(self) -> None:
         # A thread nobody listens to whose ring has aged out holds nothing anyone can replay: forget it (a client
@@ -664,7 +673,9 @@ class AgentWebSocketBridge(Actor[BridgeMessage]):
         return health
 
     def _broadcast(self, health: ComponentHealth) -> None:
-        change = ComponentHealthChanged(component_id=self._config.component_id, health=health)
+        change = ComponentHealthChanged(
+            component_id=self._config.component_id, status=health.status.value, health=msgspec.to_builtins(health)
+        )
         observers = self._wiring.observers
         for observer in list(observers):
             if observer.state == RefState.STOPPED:
@@ -721,13 +732,11 @@ class AgentWebSocketBridge(Actor[BridgeMessage]):
             return (self._statistics_of(connection),)
         return tuple(s for s in self._closed if s.connection_id == connection_id)[-1:]
 
-    def _replay_snapshot(self, thread_id: str | None) -> tuple[StampedEvent, ...]:
+    def _replay_snapshot(self) -> list[StampedEvent]:
+        # The very objects the rings hold, oldest first per thread: what a restarted monitor rebuilds from.
         assert self._clock is not None
         now_ms = self._clock.now_ms()
-        if thread_id is not None:
-            thread = self._threads.get(thread_id)
-            return tuple(thread.ring.snapshot(now_ms)) if thread is not None else ()
-        return tuple(item for thread in self._threads.values() for item in thread.ring.snapshot(now_ms))
+        return [item for thread in self._threads.values() for item in thread.ring.snapshot(now_ms)]
 
     def _metrics(self) -> BridgeMetrics:
         latency = LatencyHistogram()

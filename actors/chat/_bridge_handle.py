@@ -18,7 +18,6 @@ from actors.chat._bridge_messages import (
     GetConnectionStatistics,
     GetHealth,
     GetMetrics,
-    GetReplaySnapshot,
     Publish,
     RegisterObserver,
     Subscribe,
@@ -28,6 +27,7 @@ from actors.chat._bridge_messages import (
 from actors.chat._connection import Close, CloseCode, ConnectionProgress, ConnectionSink, ConnectionWriter
 from actors.chat._events import EVENT_CLASSES, AgentEvent, StampedEvent, ToolCallResult
 from actors.chat._health import ComponentHealth, HealthObserver, HealthObserverProxy
+from actors.chat._tap import ReplaySnapshot
 
 if TYPE_CHECKING:
     from actors._system import ActorSystem
@@ -251,9 +251,12 @@ class BridgeHandle:
         """Tap every accepted event to ``monitor`` from now on (``None`` detaches)."""
         self._ref.tell_control(AttachMonitor(monitor=monitor))
 
-    async def register_monitor_observer(self, observer: ActorRef[Any] | HealthObserver) -> None:
-        """Have ``observer`` told of every health change: an ActorRef gets ``ComponentHealthChanged``; an object's
-        ``on_component_health_change(component_id, health)`` is called in a proxy actor of its own.
+    def register_monitor_observer(self, observer: ActorRef[Any] | HealthObserver) -> None:
+        """Have ``observer`` told of every health change (the seed's method; it does not wait).
+
+        An ActorRef is told ``ComponentHealthChanged`` (``actors.chat._components``); an object's
+        ``on_component_health_change(component_id, health)`` is called, with a :class:`ComponentHealth`, from a
+        proxy actor of its own, so that it can neither block nor fail the bridge.
 
         :raises TypeError: when ``observer`` is neither
         """
@@ -270,7 +273,8 @@ class BridgeHandle:
             raise TypeError(
                 f"observer must be an ActorRef or have on_component_health_change(), got {type(observer).__name__}"
             )
-        await self._ref.ask(RegisterObserver(observer=ref))
+        # Past the bound: a registration must not be lost to a flooded mailbox (there are a handful at most).
+        self._ref.tell_control(RegisterObserver(observer=ref))
 
     async def get_health_status(self) -> ComponentHealth:
         """The bridge's health now: healthy, degraded or unhealthy, with a reason per failing check."""
@@ -289,10 +293,10 @@ class BridgeHandle:
         )
         return stats
 
-    async def replay_snapshot(self, thread_id: str | None = None) -> tuple[StampedEvent, ...]:
+    async def replay_snapshot(self, thread_id: str | None = None) -> list[StampedEvent]:
         """Every event the replay rings hold (one thread's, or all), oldest first per thread."""
-        items: tuple[StampedEvent, ...] = await self._ref.ask(GetReplaySnapshot(thread_id=thread_id))
-        return items
+        items: list[StampedEvent] = await self._ref.ask(ReplaySnapshot())
+        return items if thread_id is None else [item for item in items if item.thread_id == thread_id]
 
 
 def spawn_bridge(

@@ -12,6 +12,7 @@ from actors._ref import ActorRef
 from actors.chat._connection import ConnectionProgress, WriterDrained
 from actors.chat._events import AgentEvent
 from actors.chat._health import HealthThresholds, require_int, require_number
+from actors.chat._tap import ReplaySnapshot
 
 
 def allow_all(principal: str, thread_id: str) -> bool:
@@ -139,7 +140,8 @@ class AttachMonitor(Message, frozen=True, kw_only=True):
 
 
 class RegisterObserver(Message, frozen=True, kw_only=True):
-    """Tell ``observer`` a ``ComponentHealthChanged`` whenever the bridge's health changes."""
+    """Tell ``observer`` a ``ComponentHealthChanged`` (``actors.chat._components``) whenever the bridge's health
+    changes."""
 
     observer: ActorRef[Any]
 
@@ -158,13 +160,6 @@ class GetConnectionStatistics(Message, frozen=True, kw_only=True):
     connection_id: str | None = None
 
 
-class GetReplaySnapshot(Message, frozen=True, kw_only=True):
-    """Reply the replay rings' events (one thread, or all), oldest first per thread: what a restarted monitor
-    rebuilds in-flight state from."""
-
-    thread_id: str | None = None
-
-
 class Tick(Message, frozen=True, kw_only=True):
     """The bridge's periodic tick (sent by its own timer)."""
 
@@ -180,31 +175,12 @@ BridgeMessage = (
     | GetHealth
     | GetMetrics
     | GetConnectionStatistics
-    | GetReplaySnapshot
+    | ReplaySnapshot
     | Tick
     | WriterDrained
     | Terminated
 )
 """Everything an :class:`AgentWebSocketBridge` accepts."""
-
-
-# ---------------------------------------------------------------- to the monitor
-
-
-class DeliveryProgress(Message, frozen=True, kw_only=True):
-    """Told to the monitor on a tick: per thread, the highest seq sent to every connection subscribed to it.
-
-    Only threads whose figure rose since the last report appear. The monitor's ``confirm_delivery(thread, seq)``.
-    """
-
-    delivered: dict[str, int]
-
-
-class ThreadUnsubscribed(Message, frozen=True, kw_only=True):
-    """Told to the monitor when a thread's last connection leaves: what it had not received is not undelivered
-    (a client that comes back gets it from the replay ring). The monitor's ``thread_has_no_subscribers``."""
-
-    thread_id: str
 
 
 # ---------------------------------------------------------------- replies

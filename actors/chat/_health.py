@@ -11,7 +11,7 @@ from typing import Any, Final, Protocol, runtime_checkable
 import msgspec
 
 from actors._actor import Actor
-from actors._message import Message
+from actors.chat._components import ComponentHealthChanged
 
 logger = logging.getLogger("agentwatch.chat.health")
 
@@ -68,17 +68,6 @@ class ComponentHealth(msgspec.Struct, frozen=True, kw_only=True):
         return {(r.check, r.status) for r in self.reasons} == {(r.check, r.status) for r in other.reasons}
 
 
-class ComponentHealthChanged(Message, frozen=True, kw_only=True):
-    """Told to each registered observer ref when a component's health changes.
-
-    :param component_id: the component's registered id (the bridge's is ``agent_websocket_bridge``).
-    :param health: its new health.
-    """
-
-    component_id: str
-    health: ComponentHealth
-
-
 @runtime_checkable
 class HealthObserver(Protocol):
     """The seed's observer interface: an object told about health changes (``ComponentMonitor`` implements it)."""
@@ -101,7 +90,9 @@ class HealthObserverProxy(Actor[ComponentHealthChanged]):
 
     async def receive(self, message: ComponentHealthChanged) -> None:
         try:
-            result = self._observer.on_component_health_change(message.component_id, message.health)
+            # The observer gets what ``get_health_status()`` returns, not the message's plain copy of it.
+            health = msgspec.convert(message.health, ComponentHealth)
+            result = self._observer.on_component_health_change(message.component_id, health)
             if inspect.isawaitable(result):
                 await result
         except Exception:

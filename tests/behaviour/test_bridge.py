@@ -9,13 +9,7 @@ import pytest
 from actors import ActorStopped, ExitKind, open_actor_system
 from actors.chat._bridge import AgentWebSocketBridge, BridgeWiring
 from actors.chat._bridge_handle import BridgeHandle
-from actors.chat._bridge_messages import (
-    BridgeConfig,
-    DeliveryProgress,
-    Publish,
-    SubscribeOutcome,
-    ThreadUnsubscribed,
-)
+from actors.chat._bridge_messages import BridgeConfig, Publish, SubscribeOutcome
 from actors.chat._connection import CloseCode, MemorySink
 from actors.chat._events import (
     ReasoningStart,
@@ -26,6 +20,7 @@ from actors.chat._events import (
     ToolCallResult,
     ToolCallStart,
 )
+from actors.chat._tap import DeliveryProgress
 from tests.behaviour.test_bridge_support import (
     assert_connection_conserved,
     frames,
@@ -424,14 +419,24 @@ class TestMonitorTap:
             await anyio.sleep(0.5)
             reports = [m for m in log if isinstance(m, DeliveryProgress)]
             # The slow client has its first frame in flight: nothing reached every connection yet.
-            assert all(r.delivered.get("t", 0) == 0 for r in reports)
+            assert all(r.confirmed.get("t", 0) == 0 for r in reports)
             await anyio.sleep(3.5)
             reports = [m for m in log if isinstance(m, DeliveryProgress)]
-            assert max(r.delivered["t"] for r in reports) == 3
+            assert [r.confirmed["t"] for r in reports if "t" in r.confirmed] == [1, 2, 3]
             bridge.unsubscribe(cid_fast, "t")
             bridge.unsubscribe(cid_slow, "t")
             await anyio.sleep(0.2)
-            assert [m.thread_id for m in log if isinstance(m, ThreadUnsubscribed)] == ["t"]
+            assert [m.unsubscribed for m in log if isinstance(m, DeliveryProgress) and m.unsubscribed] == [("t",)]
+
+    @virtual_time
+    async def test_replay_snapshot_returns_ring_contents_for_a_restarting_monitor(self) -> None:
+        async with open_bridge(BridgeConfig(replay_capacity=3)) as (_, bridge):
+            for i in range(5):
+                bridge.publish("a", "r", text(i))
+            bridge.publish("b", "r", text(9))
+            snapshot = await bridge.replay_snapshot()
+            assert [(s.thread_id, s.seq) for s in snapshot] == [("a", 3), ("a", 4), ("a", 5), ("b", 1)]
+            assert [s.seq for s in await bridge.replay_snapshot("b")] == [1]
 
 
 class RecordingObserver:
@@ -470,7 +475,7 @@ class TestHealth:
             ref_observer, log = spawn_recorder(system)
             plain, raising, coroutine = RecordingObserver(), RaisingObserver(), AsyncObserver()
             for observer in (ref_observer, plain, raising, coroutine):
-                await bridge.register_monitor_observer(observer)
+                bridge.register_monitor_observer(observer)
             sink = MemorySink()
             await bridge.subscribe(await bridge.connect(sink, principal="p"), "t")
             await anyio.sleep(1.0)
@@ -481,7 +486,8 @@ class TestHealth:
             await anyio.sleep(0.5)
             sink.release()
             await anyio.sleep(2.0)
-            statuses = [m.health.status for m in log]
+            statuses = [m.status for m in log]
+            assert [m.health["status"] for m in log] == statuses
             assert statuses[0] == "unhealthy"  # the only connection lags: lagging share 100%
             assert statuses[-1] == "healthy"
             assert [m.component_id for m in log] == ["agent_websocket_bridge"] * len(log)
@@ -529,7 +535,7 @@ class TestHealth:
     async def test_register_observer_rejects_non_observer(self) -> None:
         async with open_bridge() as (_, bridge):
             with pytest.raises(TypeError, match="on_component_health_change"):
-                await bridge.register_monitor_observer(object())  # type: ignore[arg-type]
+                bridge.register_monitor_observer(object())  # type: ignore[arg-type]
 
 
 class TestConservationSmall:

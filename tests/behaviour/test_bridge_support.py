@@ -5,7 +5,6 @@ from contextlib import asynccontextmanager
 from typing import TYPE_CHECKING, Any
 
 import anyio
-import anyio.lowlevel
 
 from actors import Actor, ActorSystem, MailboxSpec, open_actor_system
 from actors.chat._bridge_handle import BridgeHandle, spawn_bridge
@@ -108,8 +107,3 @@ def spawn_recorder(system: ActorSystem, *, capacity: int = 100_000) -> tuple[Any
 
 def stamped_events(log: list[Any]) -> list[StampedEvent]:
     return [m for m in log if isinstance(m, StampedEvent)]
-
-
-async def checkpoint_many(n: int = 50) -> None:
-    for _ in range(n):
-        await anyio.lowlevel.checkpoint()
