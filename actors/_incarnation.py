@@ -64,8 +64,9 @@ class Incarnation:
         self.handler_timeout = handler_timeout
         self.actor: Actor[Any] | None = None
         self.done = anyio.Event()
-        #: Set once ``on_start`` completed, or once the instance ended without getting there (``start_failure``).
-        self.started = anyio.Event()
+        #: Given by a starter that waits (:meth:`ActorSystem.start_incarnation`), which drops it once set: set
+        #: when ``on_start`` completed, or when the instance ended without getting there (``start_failure``).
+        self.started: anyio.Event | None = None
         self.start_failure: BaseException | None = None
         self.exit_reason: ExitReason | None = None
         self._stop_reason: ExitReason | None = None
@@ -146,7 +147,8 @@ class Incarnation:
                         return
                     ref._state = RefState.RUNNING
                     started = True
-                    self.started.set()
+                    if self.started is not None:
+                        self.started.set()
                     reason = await self._drain(actor)
                     if self._timers_used:
                         timers.cancel_scope.cancel()
@@ -177,7 +179,8 @@ class Incarnation:
             ref._system._incarnation_ended(self, reason)
             if not started:
                 self.start_failure = start_failure if start_failure is not None else ActorStartError(ref.name, reason)
-                self.started.set()
+                if self.started is not None:
+                    self.started.set()
 
     async def _drain(self, actor: Actor[Any]) -> ExitReason:
         ref = self.ref

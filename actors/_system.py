@@ -163,15 +163,18 @@ class ActorSystem:
         if ref._incarnation is not None and not ref._incarnation.done.is_set():
             raise RuntimeError(f"{ref.name!r} already has a running instance")
         incarnation = self._new_incarnation(ref, on_exit=on_exit, handler_timeout=handler_timeout)
+        started = incarnation.started = anyio.Event()
         self._task_group.start_soon(incarnation.run, factory, name=f"actor:{ref.name}")
         try:
-            await incarnation.started.wait()
+            await started.wait()
         except anyio.get_cancelled_exc_class():
             # As TaskGroup.start would: an instance whose starter was cancelled must not outlive its start.
             incarnation.kill("its starter was cancelled while it started")
             with anyio.CancelScope(shield=True):
                 await incarnation.done.wait()
             raise
+        finally:
+            incarnation.started = None  # not kept for the instance's lifetime: fewer objects for the GC to scan
         failure = incarnation.start_failure
         if failure is not None:
             raise ActorStartError(ref.name, failure) from failure

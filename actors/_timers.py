@@ -1,9 +1,11 @@
 from __future__ import annotations
 
+import contextlib
 from typing import TYPE_CHECKING, Any
 
 import anyio
 
+from ._exceptions import MailboxFull
 from ._ref import TimerFire
 
 if TYPE_CHECKING:
@@ -40,7 +42,7 @@ class Timer:
         with self._scope:
             deadline = anyio.current_time() + delay
             await anyio.sleep_until(deadline)
-            ref.tell(TimerFire(incarnation, message))
+            _fire(ref, TimerFire(incarnation, message))
             self._fired += 1
             interval = self.interval
             if interval is None:
@@ -49,5 +51,12 @@ class Timer:
             while True:
                 deadline += interval
                 await anyio.sleep_until(deadline)
-                ref.tell(TimerFire(incarnation, message))
+                _fire(ref, TimerFire(incarnation, message))
                 self._fired += 1
+
+
+def _fire(ref: Any, fire: TimerFire) -> None:
+    # A timer must never raise into the runtime's task group: under Overflow.REJECT a full mailbox refuses the
+    # tick, which the mailbox has already counted as rejected; the timer simply fires again next time.
+    with contextlib.suppress(MailboxFull):
+        ref.tell(fire)

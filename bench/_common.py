@@ -80,8 +80,9 @@ def figure(
 ) -> dict[str, Any]:
     """Build one figure of the bench contract from per-run samples of the figure and of its floor.
 
-    ``value`` and ``floor`` are the medians over the runs and ``ratio = value / floor``; ``run_ratios`` gives the
-    ratio within each run (figure and floor were measured back to back, so their noise is shared).
+    ``value`` and ``floor`` are the medians over the runs and ``ratio = value / floor`` (``met`` is decided on it);
+    ``run_ratios`` gives the ratio within each run, where figure and floor were measured back to back and so shared
+    the machine's noise, and ``run_ratio_median`` their median: on a busy machine it is the steadier of the two.
 
     :param values: one sample of the figure per run
     :param floors: one sample of the floor per run, measured in the same runs
@@ -93,6 +94,7 @@ def figure(
     value = median(values)
     floor = median(floors)
     ratio = value / floor
+    run_ratios = [v / f for v, f in zip(values, floors, strict=True)]
     return {
         "name": name,
         "backend": backend,
@@ -102,7 +104,8 @@ def figure(
         "ratio": round(ratio, 3),
         "goal": goal,
         "met": goal_met(ratio, goal),
-        "run_ratios": [round(v / f, 3) for v, f in zip(values, floors, strict=True)],
+        "run_ratio_median": round(median(run_ratios), 3),
+        "run_ratios": [round(r, 3) for r in run_ratios],
         "samples": [round(v, 3) for v in values],
         "floor_samples": [round(f, 3) for f in floors],
     }
@@ -111,8 +114,9 @@ def figure(
 def interleaved(runs: int, measurements: dict[str, Callable[[], float]]) -> dict[str, list[float]]:
     """Run every measurement once per run, alternating their order, and collect one sample each per run.
 
-    Figures and floors run back to back in the same process so that machine noise hits both; the order is
-    reversed on every other run so that neither always goes first (warm caches, CPU frequency).
+    One warm-up pass comes first and is discarded (imports, caches, the allocator's first growth). Figures and
+    floors run back to back in the same process so that machine noise hits both; the order is reversed on every
+    other run so that neither always goes first (warm caches, CPU frequency).
 
     :param runs: how many samples to take of each measurement
     :param measurements: name -> a callable that measures once and returns the sample
@@ -120,6 +124,9 @@ def interleaved(runs: int, measurements: dict[str, Callable[[], float]]) -> dict
     """
     samples: dict[str, list[float]] = {name: [] for name in measurements}
     order = list(measurements)
+    progress("warm-up: every measurement once, discarded")
+    for name in order:
+        measurements[name]()
     for run in range(runs):
         for name in order if run % 2 == 0 else reversed(order):
             gc.collect()

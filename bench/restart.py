@@ -137,9 +137,10 @@ async def bare_restart(restarts: int) -> float:
 def main() -> None:
     args = parse_args("Restart latency of a supervised child against a bare task group child raising.")
     restarts = 300 if args.quick else 2_000
-    # As an application would run it: the library's records are created (every restart is logged at WARNING)
-    # and handled by whatever is configured, here nothing but the library's own NullHandler.
-    logging.getLogger("agentwatch").propagate = False
+    # As an application runs it: every restart's log records are created (the library logs each failure at
+    # WARNING) and handled by whatever is configured; here only the library's own NullHandler.
+    if not logging.getLogger("agentwatch").handlers:
+        logging.getLogger("agentwatch").addHandler(logging.NullHandler())
     measurements: dict[str, Any] = {}
     for backend in BACKENDS:
         measurements[f"restart/{backend}"] = partial(anyio.run, supervised_restart, restarts, backend=backend)

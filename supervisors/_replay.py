@@ -1,5 +1,7 @@
 from __future__ import annotations
 
+import datetime
+import re
 from collections import OrderedDict
 from typing import IO, TYPE_CHECKING, Annotated, Any, Final
 
@@ -45,6 +47,9 @@ class _Envelope(msgspec.Struct, frozen=True, kw_only=True, rename="camel", forbi
 
 
 _envelope_decoder: Final = msgspec.json.Decoder(_Envelope)
+_ENVELOPE_FIELDS: Final = ", ".join(field.encode_name for field in msgspec.structs.fields(_Envelope))
+_UNKNOWN_FIELD: Final = re.compile(r"^Object contains unknown field `(?P<name>[^`]*)`$")
+_JSON_TYPES: Final[dict[type, str]] = {dict: "object", list: "array", bool: "bool", int: "int", float: "float"}
 
 
 class InvalidTraceLine(ValueError):
@@ -412,7 +417,11 @@ def _decode_envelope(body: bytes) -> _Envelope | None:
     try:
         return _envelope_decoder.decode(body)
     except msgspec.ValidationError as exc:
-        envelope_error = _invalid_event_from(exc)
+        unknown = _UNKNOWN_FIELD.match(str(exc))
+        if unknown is None:
+            envelope_error = _invalid_event_from(exc)
+        else:
+            envelope_error = InvalidEvent(f"$.{unknown['name']}", f"unknown envelope field (known: {_ENVELOPE_FIELDS})")
     except msgspec.DecodeError as exc:
         raise InvalidEvent(None, f"malformed JSON: {exc}") from None
     # Cold path: an event that happens to contain the key "event" somewhere, or a broken envelope.
@@ -458,7 +467,7 @@ def _missing_id(event: AgentEvent, name: str, *, in_envelope: bool) -> InvalidEv
     metadata: Any = event.metadata
     value = metadata.get(name) if metadata is not None else None
     if value is not None:
-        return InvalidEvent(field, f"expected str, got {type(value).__name__}")
+        return InvalidEvent(field, f"expected str, got {_JSON_TYPES.get(type(value), type(value).__name__)}")
     noun = "thread" if name == "threadId" else "run"
     if in_envelope:
         return InvalidEvent(
@@ -504,7 +513,20 @@ class JsonReportWriter:
 _encoder: Final = msgspec.json.Encoder()
 # Fixed widths so rows can be written as they are detected; a longer id shifts the rest of its row only.
 _ROW: Final = "{:>10}  {:<22}  {:<8}  {:<12}  {:<12}  {:<12}  {}"
+_EPOCH_MS_FROM: Final = 10**12  # 2001-09-09: smaller clocks are read as relative, not as dates
 _HEADER: Final = _ROW.format("AT", "KIND", "SEVERITY", "THREAD", "RUN", "TOOL CALL", "DETAIL")
+
+
+def _count(number: int, noun: str) -> str:
+    return f"{number} {noun}" if number == 1 else f"{number} {noun}s"
+
+
+def _instant(ms: int) -> str:
+    # Traces recorded from a live system carry epoch ms; hand-made ones often count from 0, where a date is noise.
+    if ms < _EPOCH_MS_FROM:
+        return f"{ms} ms"
+    moment = datetime.datetime.fromtimestamp(ms / 1000, tz=datetime.UTC)
+    return f"{ms} ms ({moment.isoformat(timespec='milliseconds').replace('+00:00', 'Z')})"
 
 
 def _since(ms: int, origin: int) -> str:
@@ -551,11 +573,11 @@ class TableReportWriter:
             head = "No anomalies"
         blank = stats.lines - stats.events - stats.invalid
         lines = [
-            f"{head} in {stats.lines} lines: {stats.events} events, {stats.invalid} invalid, {blank} blank, "
-            f"{stats.out_of_order} out of order; {stats.runs} runs."
+            f"{head} in {_count(stats.lines, 'line')}: {_count(stats.events, 'event')}, {stats.invalid} invalid, "
+            f"{blank} blank, {stats.out_of_order} out of order; {_count(stats.runs, 'run')}."
         ]
         if self._origin is not None:
-            lines.append(f"AT is the time since the first timed line, {self._origin} ms on the replay clock.")
+            lines.append(f"AT is the time since the first timed line, {_instant(self._origin)} on the replay clock.")
         if stopped is not None:
             lines.append(f"Stopped early: {stopped}.")
         elif not drained:

@@ -131,6 +131,8 @@ def _replay(args: argparse.Namespace) -> int:
                 writer.anomaly(item, replay.origin or 0)
         except KeyboardInterrupt:
             stopped, status = "interrupted", EXIT_INTERRUPTED
+        except BrokenPipeError:
+            raise  # stdout is gone, not the input: main() ends quietly
         except OSError as exc:
             print(f"{PROG} replay: error reading {args.trace}: {exc.strerror or exc}", file=sys.stderr)
             stopped, status = f"read error: {exc.strerror or exc}", EXIT_FAILED

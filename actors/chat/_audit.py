@@ -81,6 +81,18 @@ class FlowWindow:
         self.overdue = 0
 
 
+def flow_judgeable(flow: FlowWindow, policy: AuditPolicy) -> bool:
+    """Whether the flow since the last audit is enough to judge a claim of health, either way.
+
+    It is when at least ``policy.min_routed`` events were routed and either enough of them were confirmed delivered
+    (honest) or some are overdue (a lie, if too few were delivered). Too few events, or events merely in flight,
+    prove nothing.
+    """
+    if flow.routed < policy.min_routed:
+        return False
+    return flow.overdue > 0 or flow.delivered >= policy.min_delivery_ratio * flow.routed
+
+
 def cross_validate(report: ComponentReport, *, flow: FlowWindow | None, policy: AuditPolicy, at: int) -> AuditResult:
     """Compare what a component claims with what it is seen to do.
 

@@ -501,7 +501,7 @@ class AgentWebSocketBridge(Actor[BridgeMessage]):
             self._remove_route(route)
         connection.full_since = None
         self._lagging.pop(connection, None)
-        if tell_writer:
+        if tell_writer and connection.writer.is_alive:
             # Past the bound: a close must never be dropped, and there is only one per connection.
             connection.writer.tell_control(Close(code=code, reason=reason))
 

@@ -261,9 +261,10 @@ class BridgeMetrics(msgspec.Struct, frozen=True, kw_only=True):
 
     ``dropped`` reasons: ``invalid_event`` (a Publish that is not an event: rejected, not numbered),
     ``inbox_full`` (Publishes the bridge's own mailbox refused: never numbered, the producer's loss),
-    ``discarded_on_close`` and ``deferred_on_close`` (queued for, or held back for, a connection when it closed:
-    the client gets them by resuming), ``monitor_tap`` (taps the monitor's mailbox dropped or dead-lettered,
-    plus taps skipped while the monitor was detached). Lifecycle events are never dropped any other way.
+    ``discarded_on_close`` (queued for a connection when it closed) and ``deferred_on_close`` (held back in the
+    ring for a lagging connection when it closed or left the thread) -- a client that resumes gets both --, and
+    ``monitor_tap`` (taps the monitor's mailbox dropped or dead-lettered, plus taps skipped while the monitor was
+    detached). Lifecycle events are never dropped any other way.
 
     Latencies run from acceptance to the completed send, per frame, in whole ms (the resolution of
     ``observed_at``), so a sub-millisecond delivery reads 0 or 1.

@@ -339,7 +339,7 @@ class ConnectionWriter(Actor[WriterMessage]):
         self._bridge = bridge
         self._pending: deque[StampedEvent] = deque()
         self._flush_scheduled = False
-        self._was_full = False
+        self._backlogged = False
         self._closed = False
         self._self: ActorRef[WriterMessage] | None = None
         self._clock: Clock | None = None
@@ -380,7 +380,7 @@ class ConnectionWriter(Actor[WriterMessage]):
         pending.append(item)
         progress.pending += 1
         if len(pending) >= self._refill_above:
-            self._was_full = True
+            self._backlogged = True
         if not self._flush_scheduled:
             # Past the bound, so it is never refused: there is at most one Flush queued at a time.
             self._flush_scheduled = True
@@ -434,8 +434,8 @@ class ConnectionWriter(Actor[WriterMessage]):
             self._flush_scheduled = True
             assert self._self is not None
             self._self.tell_control(_FLUSH)
-        if self._was_full and len(pending) <= self._refill_below:
-            self._was_full = False
+        if self._backlogged and len(pending) <= self._refill_below:
+            self._backlogged = False
             if self._bridge is not None:
                 # A hint only: if the bridge's mailbox refuses it, the bridge's next tick catches up instead.
                 with contextlib.suppress(MailboxFull):

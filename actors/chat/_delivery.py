@@ -21,7 +21,7 @@ class ThreadDeliveries:
         # caller already holds. Deadlines are non-decreasing because seqs arrive in acceptance order.
         self.seqs: deque[int] = deque()
         self.deadlines: deque[int] = deque()
-        # Deadline of this thread's one current heap entry (that of its oldest pending seq, or earlier).
+        # Deadline of this thread's one current heap entry: at or before its oldest pending deadline, if any.
         self.armed: int | None = None
         self.tracked = True
 
@@ -33,8 +33,10 @@ class ThreadDeliveries:
 class DeliveryTracker:
     """Detects ``undelivered_event``: events the bridge routed to a connection and never confirmed delivered.
 
-    Per thread it keeps the highest confirmed seq and a queue of pending (seq, deadline); one heap entry per thread
-    (its oldest pending deadline) makes each expectation O(1) and each confirmation O(seqs it covers).
+    Per thread it keeps the highest confirmed seq and a queue of pending (seq, deadline), and at most one heap
+    entry, which a confirmation does not cancel: when it comes due it reports what is overdue and re-arms at the
+    oldest deadline still pending. A busy thread whose events are delivered promptly so costs one heap entry per
+    ``undelivered_after`` rather than one per event; an expectation is O(1), a confirmation O(seqs it covers).
 
     :param deadlines: the heap shared with the run tracker.
     :param undelivered_ms: how long a seq may stay unconfirmed (``>=`` elapsed is late).
@@ -59,7 +61,7 @@ class DeliveryTracker:
 
     @property
     def armed(self) -> int:
-        """Threads with a current deadline in the heap."""
+        """Threads with a current entry in the heap (possibly early: confirmations leave it in place)."""
         return self._armed
 
     def pending(self) -> int:
@@ -96,9 +98,6 @@ class DeliveryTracker:
         while seqs and seqs[0] <= seq:
             seqs.popleft()
             deadlines.popleft()
-        if not seqs and thread.armed is not None:
-            thread.armed = None  # its heap entry goes stale
-            self._armed -= 1
 
     def forget(self, thread_id: str) -> None:
         """Drop a thread's state and pending expectations (its last connection left)."""
@@ -107,7 +106,7 @@ class DeliveryTracker:
             self._forget(thread)
 
     def fire(self, thread: ThreadDeliveries, now: int, found: list[Anomaly]) -> None:
-        """Handle the thread's current heap entry coming due: report the overdue seqs as one anomaly, re-arm."""
+        """Handle the thread's heap entry coming due: report the overdue seqs as one anomaly, re-arm if any remain."""
         thread.armed = None
         self._armed -= 1
         seqs, deadlines = thread.seqs, thread.deadlines

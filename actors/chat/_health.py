@@ -164,6 +164,11 @@ class LatencyHistogram:
 
 
 def require_number(owner: str, name: str, value: object, *, positive: bool = True) -> float:
+    """Check a config field holding seconds (or another positive number) and return it as a float.
+
+    :raises TypeError: when it is not a number
+    :raises ValueError: when it is NaN, or not > 0 (``positive``) / not >= 0
+    """
     if isinstance(value, bool) or not isinstance(value, int | float):
         raise TypeError(f"{owner}.{name} must be a number of seconds, got {type(value).__name__}")
     if math.isnan(value) or (value <= 0 if positive else value < 0):
@@ -172,6 +177,11 @@ def require_number(owner: str, name: str, value: object, *, positive: bool = Tru
 
 
 def require_int(owner: str, name: str, value: object, minimum: int) -> int:
+    """Check a config field holding an int of at least ``minimum`` and return it.
+
+    :raises TypeError: when it is not an int (a bool is not)
+    :raises ValueError: when it is below ``minimum``
+    """
     if isinstance(value, bool) or not isinstance(value, int):
         raise TypeError(f"{owner}.{name} must be an int, got {type(value).__name__}")
     if value < minimum:

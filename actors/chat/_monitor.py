@@ -13,7 +13,7 @@ import msgspec
 from actors import Actor, ActorError, ActorRef, ActorStopped, AskTimeout, Message
 
 from ._anomaly import Anomaly, AnomalyKind, ReportedKeys
-from ._audit import AuditPolicy, AuditResult, AuditVerdict, FlowWindow, cross_validate
+from ._audit import AuditPolicy, AuditResult, AuditVerdict, FlowWindow, cross_validate, flow_judgeable
 from ._components import ComponentHealthChanged, ComponentProxy, ComponentReport, ProbeComponent
 from ._detection import DetectionThresholds, RunTracker, TrackerStatistics
 from ._events import AgentEvent, StampedEvent, stamp
@@ -245,6 +245,8 @@ class ChatEventMonitor(Actor[MonitorMessage]):
         self._pending_audits: dict[int, tuple[str, int]] = {}
         self._audit_ids = 0
         self._direct_seq: dict[str, int] = {}
+        # The time (ms) the tracker's deadlines were last advanced to.
+        self._advanced_to = 0
 
     async def on_start(self) -> None:
         self.memory.instances += 1
@@ -386,10 +388,14 @@ class ChatEventMonitor(Actor[MonitorMessage]):
         flow.tapped += 1
         tracker = self.tracker
         # Deadlines that passed before this event was accepted fire first, so a tool call that ends after its
-        # threshold is reported even when no tick ran in between (the boundary is exact, not tick-aligned).
-        due = tracker.advance(stamped.observed_at)
-        if due:
-            self._report(due)
+        # threshold is reported even when no tick ran in between (the boundary is exact, not tick-aligned). Once
+        # per ms is enough: every deadline set since is at least one threshold later.
+        at = stamped.observed_at
+        if at > self._advanced_to:
+            self._advanced_to = at
+            due = tracker.advance(at)
+            if due:
+                self._report(due)
         found = tracker.observe(stamped)
         if stamped.fan_out:
             flow.routed += 1
@@ -432,6 +438,7 @@ class ChatEventMonitor(Actor[MonitorMessage]):
 
     def _on_tick(self) -> None:
         now = self.clock.now_ms()
+        self._advanced_to = max(self._advanced_to, now)
         found = self.tracker.advance(now)
         if found:
             self._report(found)
@@ -481,25 +488,40 @@ class ChatEventMonitor(Actor[MonitorMessage]):
     def _on_report(self, report: ComponentReport) -> None:
         if self._pending_audits.pop(report.audit_id, None) is None:
             return  # a late report for an audit already concluded as unresponsive
-        if report.error is None:
-            self.memory.claims[report.component_id] = report.status
-        component = self.memory.components.get(report.component_id)
-        flow = self.flow if component is not None and component.observes_flow else None
-        self._conclude(cross_validate(report, flow=flow, policy=self.config.audit, at=self.clock.now_ms()))
-        if flow is not None:
-            flow.reset()
+        self._judge_report(report, periodic=True)
 
     def _judge(self, message: JudgeReport) -> AuditResult:
-        now = self.clock.now_ms()
         if message.unresponsive or message.report is None:
-            result = self._unresponsive(message.component_id, 0, now)
-        else:
-            if message.report.error is None:
-                self.memory.claims[message.component_id] = message.report.status
-            component = self.memory.components.get(message.component_id)
-            flow = self.flow if component is not None and component.observes_flow else None
-            result = cross_validate(message.report, flow=flow, policy=self.config.audit, at=now)
+            result = self._unresponsive(message.component_id, 0, self.clock.now_ms())
+            self._conclude(result)
+            return result
+        return self._judge_report(message.report, periodic=False)
+
+    def _judge_report(self, report: ComponentReport, *, periodic: bool) -> AuditResult:
+        """Cross-validate a report; return the verdict that stands (see ``conclusive`` below)."""
+        memory = self.memory
+        policy = self.config.audit
+        if report.error is None:
+            memory.claims[report.component_id] = report.status
+        component = memory.components.get(report.component_id)
+        flow = self.flow if component is not None and component.observes_flow else None
+        result = cross_validate(report, flow=flow, policy=policy, at=self.clock.now_ms())
+        # A "consistent" verdict for a healthy claim proves honesty only if the flow was enough to judge: with too
+        # few events routed, or the routed ones still in flight, the window neither ends a lying episode (that
+        # would report the same lie again after every quiet spell) nor is it discarded (its evidence carries over).
+        conclusive = (
+            flow is None
+            or result.verdict is not AuditVerdict.CONSISTENT
+            or report.status != "healthy"
+            or flow_judgeable(flow, policy)
+        )
+        if not conclusive and report.component_id in memory.mismatch_since:
+            standing = memory.audits.get(report.component_id)
+            if standing is not None:
+                return standing
         self._conclude(result)
+        if periodic and flow is not None and conclusive:
+            flow.reset()
         return result
 
     def _unresponsive(self, component_id: str, audit_id: int, now: int) -> AuditResult:

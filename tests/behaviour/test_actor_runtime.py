@@ -489,3 +489,24 @@ class TestLifecycle:
 
         with pytest.raises(KeyError):
             await body()
+
+
+class TestTimerOverflow:
+    @virtual_time
+    async def test_timer_into_full_reject_mailbox_counted_not_fatal(self) -> None:
+        # Regression: a timer tick refused by a full REJECT mailbox raised MailboxFull into the system's task group
+        # and took every actor down.
+        class Busy(Actor[Any]):
+            async def on_start(self) -> None:
+                self.send_every(1.0, "tick")
+
+            async def receive(self, message: Any) -> Any:
+                await anyio.sleep(100.0)
+
+        async with open_actor_system() as system:
+            ref = system.spawn(Busy, mailbox=MailboxSpec(capacity=2, overflow=Overflow.REJECT))
+            other = system.spawn(Recorder)
+            await anyio.sleep(10.0)
+            assert ref.statistics().dropped.get("rejected", 0) >= 5
+            assert await other.ask("get") == []
+            assert ref.is_alive

@@ -325,6 +325,25 @@ class TestLifecycle:
             await until(lambda: len(stamped_events(log)) == 1)
             await system.stop_incarnation(ref, timeout=1.0)
 
+    async def test_bridge_failure_closes_connections_1012_for_resume(self) -> None:
+        class Crashing(AgentWebSocketBridge):
+            async def receive(self, message: Any) -> Any:
+                if message == "crash":
+                    raise RuntimeError("bridge bug")
+                return await super().receive(message)
+
+        exits: list[Any] = []
+        async with open_actor_system() as system:
+            ref = system.create_ref(name="bridge")
+            await system.start_incarnation(ref, lambda: Crashing(), on_exit=lambda r, why: exits.append(why))
+            bridge = BridgeHandle(ref, system)
+            sink = MemorySink()
+            await bridge.subscribe(await bridge.connect(sink, principal="p"), "t")
+            ref.tell("crash")
+            await until(lambda: sink.closed)
+            assert sink.close_code == 1012
+            assert [why.kind for why in exits] == [ExitKind.ERROR]
+
 
 class TestMonitorTap:
     async def test_bridge_without_monitor_delivers_and_reports_healthy(self) -> None:

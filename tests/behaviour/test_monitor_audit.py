@@ -284,6 +284,20 @@ class TestHealthClaimMismatch:
             first_key, second_key = (a.key for a in rig.alerts.of(AnomalyKind.HEALTH_CLAIM_MISMATCH))
             assert first_key != second_key
 
+    # Regression: an audit window with too little traffic to judge was "consistent" and ended the episode, so a
+    # low-traffic liar was reported again after every quiet spell.
+    async def test_quiet_spell_during_a_lie_is_not_a_new_episode(self) -> None:
+        async with monitor_rig() as rig:
+            await rig.handle.register_component_for_monitoring("bridge", Component("healthy"), observes_flow=True)
+            await route_events(rig, "t1", until=25, confirm=False)
+            assert len(mismatches(rig)) == 1
+            await rig.at(55)  # three audits with nothing routed
+            summary = await rig.handle.get_component_audit_summary()
+            assert summary.mismatched == ("bridge",)
+            assert (await rig.handle.audit_bridge_health("bridge")).verdict is AuditVerdict.MISMATCH
+            await route_events(rig, "t2", until=100, confirm=False)
+            assert len(mismatches(rig)) == 1
+
     async def test_on_demand_audit_bridge_health_names_the_lie(self) -> None:
         async with monitor_rig() as rig:
             await rig.handle.register_component_for_monitoring(

@@ -537,9 +537,17 @@ class TestDeadlines:
         for n in range(100):
             call = f"c{n}"
             feed(tracker, (tool_start(call), T0 + n), (ToolCallEnd(tool_call_id=call), T0 + n))
+        assert tracker.next_deadline() == T0 + STALE_MS
+
+    def test_next_deadline_of_a_delivered_thread_comes_early_and_reports_nothing(self) -> None:
+        # A confirmation leaves the thread's entry in place (one heap entry per threshold, not one per event).
+        tracker = RunTracker()
         tracker.expect_delivery("t1", 1, T0)
         tracker.confirm_delivery("t1", 1)
-        assert tracker.next_deadline() == T0 + STALE_MS
+        assert tracker.next_deadline() == T0 + UNDELIVERED_MS
+        assert tracker.advance(T0 + UNDELIVERED_MS) == ()
+        assert tracker.next_deadline() is None
+        assert tracker.statistics().pending_deadlines == 0
 
     def test_pending_deadlines_count_only_live_ones_under_churn(self) -> None:
         tracker = RunTracker()

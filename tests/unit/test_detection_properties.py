@@ -76,7 +76,7 @@ def valid_run(rng: random.Random, limits: Limits, thread: str, run: str, start: 
         at += after
         out.append((at, event))
 
-    for block in range(rng.randint(0, 4)):
+    for block in range(rng.randint(0, 3)):
         shape = rng.randrange(4)
         if shape == 0:
             call = f"{run}-call{block}"
@@ -120,13 +120,28 @@ def run_actions(
     *,
     drop_last_confirm: bool = False,
 ) -> list[Action]:
-    """The bridge's view of a run on its own thread: each event accepted, routed, and confirmed in time."""
+    """The bridge's view of a run on its own thread: each event accepted, routed, and confirmed in time.
+
+    Confirmations are batched at random, as the bridge's writers report them: one covers every seq up to its own,
+    and it comes before the oldest seq it covers is overdue.
+    """
     actions: list[Action] = []
+    last = len(timed)
+    oldest: int | None = None  # when the oldest unconfirmed event was accepted
+    first = 1  # and its seq
     for seq, (at, event) in enumerate(timed, start=1):
         actions.append((at, 0, next(tiebreak), stamped(event, thread, run, seq, at), None))
-        if drop_last_confirm and seq == len(timed):
+        if oldest is None:
+            oldest, first = at, seq
+        latest = oldest + limits.undelivered - 1  # the last ms at which a confirmation is still in time
+        if seq < last and timed[seq][0] <= latest and rng.random() < 0.5:
+            continue  # batch this one with the next
+        if seq == last and drop_last_confirm:
+            if first < seq:  # confirm the rest of the batch; only the last event stays unconfirmed
+                actions.append((at, 1, next(tiebreak), None, (thread, seq - 1)))
             continue
-        actions.append((at + pick(rng, limits.undelivered - 1), 1, next(tiebreak), None, (thread, seq)))
+        actions.append((at + pick(rng, latest - at), 1, next(tiebreak), None, (thread, seq)))
+        oldest = None
     return actions
 
 
