@@ -83,11 +83,12 @@ class AskRequest:
 class AskDeadlines:
     """Times out the asks of one actor system from one task, so that an ask needs no cancel scope of its own.
 
-    Entering and leaving a cancel scope with a deadline was about 30% of an ask round trip on both backends (see
-    bench/ask.py). Instead an ask with a finite timeout pushes its deadline onto a heap here, and one task sleeps
-    until the earliest deadline and expires the asks whose time is up (an ask with an earlier deadline than the one
-    slept on moves the sleep forward). Answered asks stay in the heap until it is compacted, which happens once it
-    has doubled since the last time, so the heap holds about twice the asks in flight at most (or 64 entries).
+    Entering and leaving a cancel scope with a deadline was a quarter to a third of an ask round trip, on either
+    backend (docs/performance.md). Instead an ask with a finite timeout pushes its deadline onto a heap here, and one
+    task sleeps until the earliest deadline and expires the asks whose time is up (an ask with an earlier deadline
+    than the one slept on moves the sleep forward). Answered asks stay in the heap until it is compacted, which
+    happens once it has doubled since the last time, so the heap holds about twice the asks in flight at most (or 64
+    entries).
     """
 
     __slots__ = ("_compact_at", "_heap", "_scope", "_sequence", "alive")

@@ -13,7 +13,7 @@ import sys
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
-    from collections.abc import Callable, Sequence
+    from collections.abc import Awaitable, Callable, Sequence
 
 #: Every bench figure is measured on both backends.
 BACKENDS = ("asyncio", "trio")
@@ -132,6 +132,43 @@ def interleaved(runs: int, measurements: dict[str, Callable[[], float]]) -> dict
             gc.collect()
             samples[name].append(measurements[name]())
         progress(f"run {run + 1}/{runs}: " + ", ".join(f"{name}={samples[name][-1]:.4g}" for name in order))
+    return samples
+
+
+async def alternate(blocks: int, timed: dict[str, Callable[[], Awaitable[float]]]) -> dict[str, float]:
+    """Inside one event loop, time short blocks of each measurement in turn; return each one's median block.
+
+    The finest interleaving there is: a figure's block and its floor's block run milliseconds apart, so a burst of
+    load from elsewhere on the machine hits both, and the medians of many short blocks shrug such bursts off. The
+    order flips on every other block so that neither always goes first.
+
+    :param blocks: how many blocks of each measurement to time
+    :param timed: name -> an async callable that runs one block and returns its measure
+    :return: name -> the median over its blocks
+    """
+    results: dict[str, list[float]] = {name: [] for name in timed}
+    order = list(timed)
+    for block in range(blocks):
+        for name in order if block % 2 == 0 else reversed(order):
+            results[name].append(await timed[name]())
+    return {name: median(values) for name, values in results.items()}
+
+
+def repeated(runs: int, measure: Callable[[int], dict[str, float]]) -> dict[str, list[float]]:
+    """Call ``measure(run)`` once to warm up (discarded), then ``runs`` times; collect the samples it returns.
+
+    :param runs: how many runs
+    :param measure: takes the run's index, returns one sample per name (figures and floors alike)
+    :return: name -> the samples, in run order
+    """
+    progress("warm-up run (discarded)")
+    measure(0)
+    samples: dict[str, list[float]] = {}
+    for run in range(runs):
+        gc.collect()
+        for name, value in measure(run).items():
+            samples.setdefault(name, []).append(value)
+        progress(f"run {run + 1}/{runs}: " + ", ".join(f"{name}={values[-1]:.4g}" for name, values in samples.items()))
     return samples
 
 

@@ -1,14 +1,13 @@
 from __future__ import annotations
 
 import time
-from functools import partial
 from typing import Any
 
 import anyio
 import anyio.lowlevel
-from _common import BACKENDS, emit, figure, interleaved, optional_module, parse_args, peer, progress
+from _common import BACKENDS, alternate, emit, figure, optional_module, parse_args, peer, progress, repeated
 
-from actors import Actor, open_actor_system
+from actors import Actor, ActorRef, open_actor_system
 
 
 class Echo(Actor[int]):
@@ -18,22 +17,18 @@ class Echo(Actor[int]):
         return message
 
 
-async def actor_ask(asks: int) -> float:
-    """Sequential asks to an idle actor (default timeout, so the timeout machinery is measured too); µs per ask."""
-    async with open_actor_system() as system:
-        ref = await system.start(Echo)
-        await anyio.lowlevel.checkpoint()  # the actor is now asleep on its empty mailbox
-        ask = ref.ask
-        start = time.perf_counter()
-        for i in range(asks):
-            reply = await ask(i)
-            assert reply == i, (reply, i)
-        elapsed = time.perf_counter() - start
-    return elapsed / asks * 1e6
+async def ask_block(ref: ActorRef[int], asks: int) -> float:
+    """Sequential asks to an idle actor, with the default timeout (so its cost is measured too); µs per ask."""
+    ask = ref.ask
+    start = time.perf_counter()
+    for i in range(asks):
+        reply = await ask(i)
+        assert reply == i, (reply, i)
+    return (time.perf_counter() - start) / asks * 1e6
 
 
-class _Slot:
-    """What the two bare tasks of the floor share: the request to answer and the events of the round trip."""
+class Handover:
+    """The floor's shared slot: the value handed over and back, and the two events of the current round trip."""
 
     __slots__ = ("reply", "reply_ready", "request", "request_ready")
 
@@ -44,30 +39,39 @@ class _Slot:
         self.reply_ready = anyio.Event()
 
 
-async def event_round_trip(asks: int) -> float:
-    """The floor: two bare tasks hand a value over and back with two anyio Events created per round trip."""
-    slot = _Slot()
+async def serve(slot: Handover) -> None:
+    """The floor's server: a bare task that waits for a request event, answers, and sets the reply event."""
+    while True:
+        await slot.request_ready.wait()
+        slot.request_ready = anyio.Event()  # the next round trip's request event, installed before answering
+        slot.reply = slot.request
+        slot.reply_ready.set()
 
-    async def serve() -> None:
-        while True:
-            await slot.request_ready.wait()
-            slot.request_ready = anyio.Event()  # the next round trip's request event, before answering
-            slot.reply = slot.request
-            slot.reply_ready.set()
 
-    async with anyio.create_task_group() as tg:
-        tg.start_soon(serve)
-        await anyio.lowlevel.checkpoint()  # the server is now asleep on its request event
-        start = time.perf_counter()
-        for i in range(asks):
-            reply_ready = slot.reply_ready = anyio.Event()
-            slot.request = i
-            slot.request_ready.set()
-            await reply_ready.wait()
-            assert slot.reply == i, (slot.reply, i)
-        elapsed = time.perf_counter() - start
+async def handover_block(slot: Handover, asks: int) -> float:
+    """The floor: a value over and back between two bare tasks, two Events created per round trip; µs each."""
+    start = time.perf_counter()
+    for i in range(asks):
+        reply_ready = slot.reply_ready = anyio.Event()
+        slot.request = i
+        slot.request_ready.set()
+        await reply_ready.wait()
+        assert slot.reply == i, (slot.reply, i)
+    return (time.perf_counter() - start) / asks * 1e6
+
+
+async def measure_backend(blocks: int, asks: int) -> dict[str, float]:
+    """The figure and its floor on the current backend, block by block in one event loop."""
+    slot = Handover()
+    async with open_actor_system() as system, anyio.create_task_group() as tg:
+        ref = await system.start(Echo)
+        tg.start_soon(serve, slot)
+        await anyio.lowlevel.checkpoint()  # the actor and the server now sleep, waiting for work
+        result = await alternate(
+            blocks, {"ask": lambda: ask_block(ref, asks), "ask floor": lambda: handover_block(slot, asks)}
+        )
         tg.cancel_scope.cancel()
-    return elapsed / asks * 1e6
+    return result
 
 
 def pykka_ask(pykka: Any, asks: int) -> float:
@@ -90,27 +94,40 @@ def pykka_ask(pykka: Any, asks: int) -> float:
 
 def main() -> None:
     args = parse_args("Actor ask round trip against two bare tasks handing a value over and back with Events.")
-    asks = 5_000 if args.quick else 20_000
+    # Many short blocks (well under a millisecond each), so that the median ignores the blocks that the OS scheduler
+    # preempted (another process's time slice on this shared machine costs a block several times its length).
+    blocks = 60 if args.quick else 200
+    asks = 50
     pykka = optional_module("pykka")
-    with_pykka = pykka is not None
-    measurements: dict[str, Any] = {}
-    for backend in BACKENDS:
-        measurements[f"ask/{backend}"] = partial(anyio.run, actor_ask, asks, backend=backend)
-        measurements[f"ask floor/{backend}"] = partial(anyio.run, event_round_trip, asks, backend=backend)
-    pykka_asks = asks // 4
-    if with_pykka:
-        measurements["pykka"] = partial(pykka_ask, pykka, pykka_asks)
-    progress(f"ask bench: {args.runs} runs, {asks} asks per sample, pykka={with_pykka}")
-    samples = interleaved(args.runs, measurements)
+    pykka_asks = 1_000 if args.quick else 5_000
+
+    def measure(run: int) -> dict[str, float]:
+        samples: dict[str, float] = {}
+        for backend in BACKENDS if run % 2 == 0 else reversed(BACKENDS):
+            result = anyio.run(measure_backend, blocks, asks, backend=backend)
+            samples |= {f"{name}/{backend}": value for name, value in result.items()}
+        if pykka is not None:
+            samples["pykka"] = pykka_ask(pykka, pykka_asks)
+        return samples
+
+    progress(f"ask bench: {args.runs} runs of {blocks} blocks of {asks} asks, pykka={bool(pykka)}")
+    samples = repeated(args.runs, measure)
     figures = [
         figure("ask round trip", backend, "µs", samples[f"ask/{backend}"], samples[f"ask floor/{backend}"], "<= 1.5")
         for backend in BACKENDS
     ]
-    peers: list[dict[str, Any]] = []
-    if with_pykka:
+    peers = []
+    if pykka is not None:
         peers.append(peer("pykka ThreadingActor ask round trip", "threads", "µs", samples["pykka"], asks=pykka_asks))
     emit(
-        "ask", figures, runs=args.runs, quick=args.quick, asks_per_sample=asks, peers=peers, pykka_available=with_pykka
+        "ask",
+        figures,
+        runs=args.runs,
+        quick=args.quick,
+        blocks_per_run=blocks,
+        asks_per_block=asks,
+        peers=peers,
+        pykka_available=pykka is not None,
     )
 
 

@@ -1,151 +1,136 @@
 from __future__ import annotations
 
-import contextlib
 import threading
 import time
-from functools import partial
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import anyio
 import anyio.lowlevel
-from _common import BACKENDS, emit, figure, interleaved, optional_module, parse_args, peer, progress
+from _common import BACKENDS, alternate, emit, figure, optional_module, parse_args, peer, progress, repeated
 
 from actors import Actor, MailboxSpec, open_actor_system
 
-#: Messages told per chunk; the producer yields once per chunk so the consumer can catch up. Same for the floor.
+if TYPE_CHECKING:
+    from collections.abc import Callable
+
+    from anyio.streams.memory import MemoryObjectReceiveStream
+
+#: Messages told per chunk; the producer yields once per chunk so that the consumer can catch up. Same for the floor.
 CHUNK = 256
-#: Tells per timed batch in the "tell cost" figure; the mailbox and the floor stream hold exactly this many.
-COST_BATCH = 10_000
+#: Tells per timed batch in the "tell cost" figure: the default mailbox's capacity (the floor stream holds as many).
+COST_BATCH = MailboxSpec().capacity
+
+
+class Tally:
+    """What a consumer counts, and the event it sets when the count reaches the target of the current block."""
+
+    __slots__ = ("count", "done", "target")
+
+    def __init__(self) -> None:
+        self.count = 0
+        self.target = 0
+        self.done = anyio.Event()
+
+    def expect(self, messages: int) -> anyio.Event:
+        """Arm the next block: return the event set once ``messages`` more have been counted."""
+        self.target = self.count + messages
+        self.done = anyio.Event()
+        return self.done
 
 
 class Counter(Actor[int]):
-    """A trivial actor: counts messages and sets ``done`` when it has seen ``total``."""
+    """The trivial actor under test: counts each message, exactly as the floor's consumer does."""
 
-    def __init__(self, total: int, done: anyio.Event) -> None:
-        self.count = 0
-        self.total = total
-        self.done = done
+    def __init__(self, tally: Tally) -> None:
+        self.tally = tally
 
     async def receive(self, message: int) -> None:
-        self.count += 1
-        if self.count == self.total:
-            self.done.set()
+        tally = self.tally
+        tally.count += 1
+        if tally.count == tally.target:
+            tally.done.set()
 
 
-# -- tell throughput -----------------------------------------------------------------------------------------------
-
-
-async def actor_throughput(total: int) -> float:
-    """Tell ``total`` messages in chunks to a trivial actor; return messages per second until all were handled."""
-    done = anyio.Event()
-    async with open_actor_system() as system:
-        # Capacity for every message: the figure measures hand-off, never the overflow policy.
-        ref = await system.start(lambda: Counter(total, done), mailbox=MailboxSpec(capacity=total))
-        await anyio.lowlevel.checkpoint()  # the actor is now asleep on its empty mailbox
-        tell = ref.tell
-        chunks = range(0, total, CHUNK)
-        start = time.perf_counter()
-        for _ in chunks:
-            for i in range(CHUNK):
-                tell(i)
-            await anyio.lowlevel.checkpoint()
-        await done.wait()
-        elapsed = time.perf_counter() - start
-        stats = ref.statistics()
-        assert stats.dropped_total == 0, f"the mailbox dropped messages: {stats.dropped}"
-        assert stats.processed == total == stats.sent, stats
-    return total / elapsed
-
-
-async def stream_throughput(total: int) -> float:
-    """The floor: the same producer over a raw memory object stream, drained in batches by a bare task."""
-    send, receive = anyio.create_memory_object_stream[int](max_buffer_size=total)
-    done = anyio.Event()
-    received = 0
-
-    async def consume() -> None:
-        nonlocal received
-        count = 0
+async def consume(receive: MemoryObjectReceiveStream[int], tally: Tally) -> None:
+    """The floor's consumer: drain with ``receive_nowait`` until WouldBlock, then one ``await receive()``."""
+    try:
         while True:
-            with contextlib.suppress(anyio.WouldBlock):
+            try:
                 while True:
                     receive.receive_nowait()
-                    count += 1
-            if count == total:
-                break
+                    tally.count += 1
+                    if tally.count == tally.target:
+                        tally.done.set()
+            except anyio.WouldBlock:
+                pass
             await receive.receive()
-            count += 1
-        received = count
-        done.set()
-
-    async with anyio.create_task_group() as tg, send, receive:
-        tg.start_soon(consume)
-        await anyio.lowlevel.checkpoint()  # the consumer is now asleep on its empty stream
-        send_nowait = send.send_nowait  # raises WouldBlock if the buffer were ever full: nothing is dropped
-        chunks = range(0, total, CHUNK)
-        start = time.perf_counter()
-        for _ in chunks:
-            for i in range(CHUNK):
-                send_nowait(i)
-            await anyio.lowlevel.checkpoint()
-        await done.wait()
-        elapsed = time.perf_counter() - start
-    assert received == total, (received, total)
-    return total / elapsed
+            tally.count += 1
+            if tally.count == tally.target:
+                tally.done.set()
+    except anyio.EndOfStream:
+        return
 
 
-# -- tell cost -----------------------------------------------------------------------------------------------------
+async def produce(send_one: Callable[[int], None], tally: Tally, messages: int) -> float:
+    """One throughput block, the same for actor and floor: ``messages`` in chunks, one yield per chunk; msg/s."""
+    done = tally.expect(messages)
+    start = time.perf_counter()
+    for _ in range(messages // CHUNK):
+        for i in range(CHUNK):
+            send_one(i)
+        await anyio.lowlevel.checkpoint()
+    await done.wait()
+    return messages / (time.perf_counter() - start)
 
 
-async def actor_tell_cost(batches: int) -> float:
-    """Median ns per ``tell`` over ``batches`` tight loops of COST_BATCH tells; the actor drains between batches."""
-    done = anyio.Event()
-    async with open_actor_system() as system:
-        ref = await system.start(lambda: Counter(batches * COST_BATCH, done), mailbox=MailboxSpec(capacity=COST_BATCH))
-        tell = ref.tell
-        messages = range(COST_BATCH)
-        costs: list[float] = []
-        for _ in range(batches):
-            await anyio.lowlevel.checkpoint()
-            start = time.perf_counter_ns()
-            for i in messages:
-                tell(i)
-            costs.append((time.perf_counter_ns() - start) / COST_BATCH)
-            while ref.statistics().queued:
-                await anyio.lowlevel.checkpoint()
-        await done.wait()
-        assert ref.statistics().dropped_total == 0, ref.statistics().dropped
-    return sorted(costs)[len(costs) // 2]
+async def tell_batch(send_one: Callable[[int], None], tally: Tally) -> float:
+    """One cost batch: COST_BATCH calls in a tight loop (the consumer cannot run meanwhile); ns per call."""
+    done = tally.expect(COST_BATCH)
+    start = time.perf_counter_ns()
+    for i in range(COST_BATCH):
+        send_one(i)
+    elapsed = time.perf_counter_ns() - start
+    await done.wait()  # drained before the next batch, so the next one starts from an empty queue too
+    return elapsed / COST_BATCH
 
 
-async def stream_send_cost(batches: int) -> float:
-    """The floor: ns per ``send_nowait`` on a raw memory object stream of the same size, drained the same way."""
-    send, receive = anyio.create_memory_object_stream[int](max_buffer_size=COST_BATCH)
-
-    async def consume() -> None:
-        async for _ in receive:
-            with contextlib.suppress(anyio.WouldBlock):
-                while True:
-                    receive.receive_nowait()
-
-    async with anyio.create_task_group() as tg:
-        tg.start_soon(consume)
-        send_nowait = send.send_nowait
-        messages = range(COST_BATCH)
-        costs: list[float] = []
-        for _ in range(batches):
-            await anyio.lowlevel.checkpoint()
-            start = time.perf_counter_ns()
-            for i in messages:
-                send_nowait(i)
-            costs.append((time.perf_counter_ns() - start) / COST_BATCH)
-            while send.statistics().current_buffer_used:
-                await anyio.lowlevel.checkpoint()
+async def measure_backend(blocks: int, block_messages: int) -> dict[str, float]:
+    """Both figures and both floors on the current backend, block by block in one event loop."""
+    actor_tally, stream_tally = Tally(), Tally()
+    cost_actor_tally, cost_stream_tally = Tally(), Tally()
+    # Capacity for a whole block: the figure measures hand-off, never the overflow policy.
+    send, receive = anyio.create_memory_object_stream[int](max_buffer_size=block_messages)
+    cost_send, cost_receive = anyio.create_memory_object_stream[int](max_buffer_size=COST_BATCH)
+    async with open_actor_system() as system, anyio.create_task_group() as tg:
+        ref = await system.start(lambda: Counter(actor_tally), mailbox=MailboxSpec(capacity=block_messages))
+        cost_ref = await system.start(lambda: Counter(cost_actor_tally))  # the default mailbox
+        tg.start_soon(consume, receive, stream_tally)
+        tg.start_soon(consume, cost_receive, cost_stream_tally)
+        await anyio.lowlevel.checkpoint()  # every consumer now sleeps on its empty queue
+        # send_nowait raises WouldBlock on a full buffer, so a floor that dropped anything would fail loudly.
+        result = await alternate(
+            blocks,
+            {
+                "throughput": lambda: produce(ref.tell, actor_tally, block_messages),
+                "throughput floor": lambda: produce(send.send_nowait, stream_tally, block_messages),
+            },
+        )
+        result |= await alternate(
+            blocks,
+            {
+                "cost": lambda: tell_batch(cost_ref.tell, cost_actor_tally),
+                "cost floor": lambda: tell_batch(cost_send.send_nowait, cost_stream_tally),
+            },
+        )
+        for actor in (ref, cost_ref):
+            stats = actor.statistics()
+            assert stats.dropped_total == 0, f"the mailbox dropped messages: {stats.dropped}"
+            assert stats.sent == stats.processed, stats
+        assert actor_tally.count == stream_tally.count == blocks * block_messages
+        assert cost_actor_tally.count == cost_stream_tally.count == blocks * COST_BATCH
         send.close()
-    return sorted(costs)[len(costs) // 2]
-
-
-# -- Pykka (optional peer) -----------------------------------------------------------------------------------------
+        cost_send.close()
+    return result
 
 
 def pykka_throughput(pykka: Any, total: int) -> float:
@@ -176,52 +161,46 @@ def pykka_throughput(pykka: Any, total: int) -> float:
 
 def main() -> None:
     args = parse_args("Actor mailbox: tell -> receive throughput and the caller's cost of tell, against raw streams.")
-    total = CHUNK * (200 if args.quick else 4000)  # whole chunks, so producer and floor tell exactly the same
-    batches = 5 if args.quick else 15
+    # Many short blocks (about a millisecond each): a block that the OS scheduler preempts (another process's time
+    # slice on this shared machine) is an outlier that the median ignores, as long as most blocks run undisturbed.
+    blocks = 30 if args.quick else 100
+    block_messages = CHUNK * 8  # whole chunks: producer and floor send exactly the same messages
     pykka = optional_module("pykka")
-    with_pykka = pykka is not None
-    measurements: dict[str, Any] = {}
-    for backend in BACKENDS:
-        measurements[f"throughput/{backend}"] = partial(anyio.run, actor_throughput, total, backend=backend)
-        measurements[f"throughput floor/{backend}"] = partial(anyio.run, stream_throughput, total, backend=backend)
-        measurements[f"cost/{backend}"] = partial(anyio.run, actor_tell_cost, batches, backend=backend)
-        measurements[f"cost floor/{backend}"] = partial(anyio.run, stream_send_cost, batches, backend=backend)
-    pykka_total = 20_000 if args.quick else 100_000
-    if with_pykka:
-        measurements["pykka"] = partial(pykka_throughput, pykka, pykka_total)
-    progress(f"mailbox bench: {args.runs} runs, {total} messages per throughput sample, pykka={with_pykka}")
-    samples = interleaved(args.runs, measurements)
+    pykka_messages = 10_000 if args.quick else 50_000
+
+    def measure(run: int) -> dict[str, float]:
+        samples: dict[str, float] = {}
+        for backend in BACKENDS if run % 2 == 0 else reversed(BACKENDS):
+            result = anyio.run(measure_backend, blocks, block_messages, backend=backend)
+            samples |= {f"{name}/{backend}": value for name, value in result.items()}
+        if pykka is not None:
+            samples["pykka"] = pykka_throughput(pykka, pykka_messages)
+        return samples
+
+    progress(f"mailbox bench: {args.runs} runs of {blocks} blocks of {block_messages} messages, pykka={bool(pykka)}")
+    samples = repeated(args.runs, measure)
     figures = []
     for backend in BACKENDS:
-        figures.append(
-            figure(
-                "tell throughput",
-                backend,
-                "msg/s",
-                samples[f"throughput/{backend}"],
-                samples[f"throughput floor/{backend}"],
-                ">= 0.6",
-            )
-        )
-        figures.append(
-            figure("tell cost", backend, "ns", samples[f"cost/{backend}"], samples[f"cost floor/{backend}"], "<= 2.5")
-        )
-    peers: list[dict[str, Any]] = []
-    if with_pykka:
+        throughput, floor = samples[f"throughput/{backend}"], samples[f"throughput floor/{backend}"]
+        figures.append(figure("tell throughput", backend, "msg/s", throughput, floor, ">= 0.6"))
+        cost, floor = samples[f"cost/{backend}"], samples[f"cost floor/{backend}"]
+        figures.append(figure("tell cost", backend, "ns", cost, floor, "<= 2.5"))
+    peers = []
+    if pykka is not None:
         peers.append(
-            peer("pykka ThreadingActor tell throughput", "threads", "msg/s", samples["pykka"], messages=pykka_total)
+            peer("pykka ThreadingActor tell throughput", "threads", "msg/s", samples["pykka"], messages=pykka_messages)
         )
     emit(
         "mailbox",
         figures,
         runs=args.runs,
         quick=args.quick,
-        messages_per_throughput_sample=total,
+        blocks_per_run=blocks,
+        messages_per_throughput_block=block_messages,
         chunk=CHUNK,
-        tells_per_cost_batch=COST_BATCH,
-        cost_batches_per_sample=batches,
+        tells_per_cost_block=COST_BATCH,
         peers=peers,
-        pykka_available=with_pykka,
+        pykka_available=pykka is not None,
     )
 
 

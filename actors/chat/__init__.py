@@ -22,6 +22,7 @@ from actors.chat._audit import (
     AuditVerdict,
     FlowWindow,
     cross_validate,
+    flow_judgeable,
 )
 from actors.chat._bridge import (
     AgentWebSocketBridge,
@@ -282,6 +283,7 @@ __all__ = [
     "decode_event",
     "encode_event",
     "event_run_ids",
+    "flow_judgeable",
     "health_status",
     "is_delta",
     "is_lifecycle",

@@ -134,7 +134,8 @@ class _Run:
         self.key = key
         self.last_activity = now
         self.finished_at: int | None = None
-        # Deadline of this run's one live heap entry; an entry with any other deadline is stale.
+        # Deadline of this run's one current heap entry (its stale check, or its expiry once finished or reported
+        # stale); an entry for the run with any other deadline is skipped when popped.
         self.armed = 0
         self.flags = 0
         self.tools: dict[str, int] | None = None
@@ -171,8 +172,8 @@ class RunTracker:
       (once per tool call id). A RESULT after its END is normal.
     - ``stuck_tool``: TOOL_CALL_START with no END/RESULT when ``stuck_tool_after`` has elapsed (elapsed ``>=``
       threshold, so ``advance(start + threshold)`` reports it and an END observed at that same ms is too late once
-      ``advance`` ran). It is reported even if the run finished meanwhile: a run that ends with a call open leaves
-      the client waiting on that call.
+      ``advance`` ran). It is reported even if the run finished meanwhile (the run is kept past ``retention`` until
+      then): a run that ends with a call open leaves the client waiting on that call.
     - ``stale_thread``: a run in flight (no RUN_FINISHED/RUN_ERROR) that has seen no event for
       ``stale_thread_after`` (``>=``). Reported once per run; if it then stays silent for ``retention`` more it is
       forgotten (``runs_abandoned``).

@@ -680,8 +680,10 @@ class ChatEventMonitorHandle:
         self.ref.tell(SetMonitoring(enabled=True))
 
     async def stop_monitoring(self) -> None:
-        """Pause alerting. Events are still tracked, so resuming raises no false alarm about runs that moved on
-        meanwhile; anomalies found while paused are not reported (``check_health().suppressed_while_paused``)."""
+        """Pause alerting; events are still tracked, so resuming raises no false alarm.
+
+        Anomalies found while paused are not reported, only counted (``check_health().suppressed_while_paused``).
+        """
         self.ref.tell(SetMonitoring(enabled=False))
 
     def record_event(self, event: AgentEvent, *, thread_id: str, run_id: str, observed_at: int | None = None) -> None:
@@ -763,6 +765,7 @@ class ChatEventMonitorHandle:
         return result
 
     def _now_ms(self) -> int:
+        # The handle runs outside any actor: it reads the runtime clock through the monitor's system.
         return self.ref._system.clock.now_ms()
 
     async def audit_bridge_health(self, component_id: str = "agent_websocket_bridge") -> AuditResult:

@@ -1,0 +1,344 @@
+from __future__ import annotations
+
+import inspect
+import logging
+from collections.abc import Awaitable, Callable
+from typing import TYPE_CHECKING, Final
+
+import anyio
+import msgspec
+from starlette.websockets import WebSocket, WebSocketState
+
+from actors import ActorError
+from actors.chat._bridge_messages import SubscribeOutcome
+from actors.chat._connection import CloseCode
+
+from ._ws_protocol import (
+    CONNECTED,
+    SUBSCRIBED,
+    UNSUBSCRIBED,
+    AuthRequest,
+    BadFrame,
+    SubscribeRequest,
+    UnsubscribeRequest,
+    control_frame,
+    decode_client_frame,
+    error_frame,
+)
+
+if TYPE_CHECKING:
+    from .app import Runtime
+
+logger = logging.getLogger("agentwatch.asgi")
+
+#: WebSocket close reasons are limited to 123 bytes of UTF-8.
+_MAX_REASON: Final = 120
+
+
+class Grant(msgspec.Struct, frozen=True, kw_only=True):
+    """What a token admits: the principal it authenticates and the threads that principal may join.
+
+    With neither ``threads`` nor ``prefixes``, every thread is allowed (the bridge's own ``authorize`` hook, if
+    any, still applies).
+
+    :param principal: who the connection is (bound to it for its whole life)
+    :param threads: thread ids it may join
+    :param prefixes: it may also join every thread whose id starts with one of these (``"alice/"``)
+    """
+
+    principal: str
+    threads: frozenset[str] | None = None
+    prefixes: tuple[str, ...] = ()
+
+    def __post_init__(self) -> None:
+        if not isinstance(self.principal, str) or not self.principal:
+            raise ValueError(f"Grant.principal must be a non-empty str, got {self.principal!r}")
+
+    def allows(self, thread_id: str) -> bool:
+        """Whether this grant lets its principal join ``thread_id``."""
+        if self.threads is None and not self.prefixes:
+            return True
+        if self.threads is not None and thread_id in self.threads:
+            return True
+        return any(thread_id.startswith(prefix) for prefix in self.prefixes)
+
+
+TokenAuthorizer = Callable[[str], "Grant | Awaitable[Grant | None] | None"]
+"""``token -> Grant`` (or ``None`` to refuse; may be async): the app's authentication hook."""
+
+ANONYMOUS: Final = Grant(principal="anonymous")
+
+
+class StarletteSink:
+    """A :class:`~actors.chat._connection.ConnectionSink` over a Starlette ``WebSocket``.
+
+    The connection's writer actor sends events through it while the endpoint sends control frames; a lock keeps
+    the two from interleaving inside one ASGI send on servers that do not serialise sends themselves.
+    """
+
+    __slots__ = ("_closed", "_lock", "_websocket", "close_code")
+
+    def __init__(self, websocket: WebSocket) -> None:
+        self._websocket = websocket
+        self._lock = anyio.Lock()
+        self._closed = anyio.Event()
+        #: The code this side closed with, once it did.
+        self.close_code: int | None = None
+
+    @property
+    def closed(self) -> anyio.Event:
+        """Set once :meth:`close` has run (the endpoint then stops reading)."""
+        return self._closed
+
+    async def send_text(self, data: str) -> None:
+        """Send one text frame."""
+        async with self._lock:
+            await self._websocket.send_text(data)
+
+    async def send_bytes(self, data: bytes) -> None:
+        """Send one binary frame."""
+        async with self._lock:
+            await self._websocket.send_bytes(data)
+
+    async def close(self, code: int = 1000, reason: str = "") -> None:
+        """Send a close frame (once; a connection the client already closed is only marked closed)."""
+        if self.close_code is not None:
+            return
+        self.close_code = code
+        try:
+            async with self._lock:
+                websocket = self._websocket
+                if (
+                    websocket.application_state is WebSocketState.CONNECTED
+                    and websocket.client_state is WebSocketState.CONNECTED
+                ):
+                    await websocket.close(code, reason.encode()[:_MAX_REASON].decode(errors="ignore"))
+        finally:
+            self._closed.set()
+
+
+class GatewayStatistics(msgspec.Struct, frozen=True, kw_only=True):
+    """Counters of the ``/ws`` front end (the bridge counts the rest).
+
+    :param accepted: WebSocket connections accepted
+    :param auth_refused: connections closed with 1008 because their token was missing or refused
+    :param threads_refused: subscribes refused because the grant does not cover the thread (closed with 1008)
+    :param bad_frames: client frames answered with an error frame
+    :param bad_frame_closes: connections closed with 4003 after too many bad frames
+    :param open: connections currently open through this front end
+    """
+
+    accepted: int
+    auth_refused: int
+    threads_refused: int
+    bad_frames: int
+    bad_frame_closes: int
+    open: int
+
+
+class WebSocketGateway:
+    """The ``/ws`` endpoint: authenticates a connection, registers it with the bridge, serves its requests.
+
+    :param runtime: where the bridge lives (read at every connection, so a host may start it later)
+    :param authorize_token: the authentication hook; ``None`` admits everyone as ``anonymous``
+    :param auth_timeout: seconds a client has to send its ``auth`` frame
+    :param max_bad_frames: bad frames a connection may send before it is closed with 4003
+    """
+
+    def __init__(
+        self,
+        runtime: Callable[[], Runtime | None],
+        *,
+        authorize_token: TokenAuthorizer | None = None,
+        auth_timeout: float = 10.0,
+        max_bad_frames: int = 100,
+    ) -> None:
+        if authorize_token is not None and not callable(authorize_token):
+            raise TypeError(f"authorize_token must be a callable token -> Grant | None, got {authorize_token!r}")
+        if not auth_timeout > 0:
+            raise ValueError(f"auth_timeout must be > 0 seconds, got {auth_timeout!r}")
+        if isinstance(max_bad_frames, bool) or not isinstance(max_bad_frames, int) or max_bad_frames < 1:
+            raise ValueError(f"max_bad_frames must be an int >= 1, got {max_bad_frames!r}")
+        self._runtime = runtime
+        self._authorize_token = authorize_token
+        self._auth_timeout = auth_timeout
+        self._max_bad_frames = max_bad_frames
+        self.accepting = True
+        self._accepted = 0
+        self._auth_refused = 0
+        self._threads_refused = 0
+        self._bad_frames = 0
+        self._bad_frame_closes = 0
+        self._open = 0
+
+    def statistics(self) -> GatewayStatistics:
+        """The front end's counters now."""
+        return GatewayStatistics(
+            accepted=self._accepted,
+            auth_refused=self._auth_refused,
+            threads_refused=self._threads_refused,
+            bad_frames=self._bad_frames,
+            bad_frame_closes=self._bad_frame_closes,
+            open=self._open,
+        )
+
+    async def __call__(self, websocket: WebSocket) -> None:
+        runtime = self._runtime()
+        if runtime is None or not self.accepting:
+            # Before the runtime started or while draining: tell the client to come back (and resume).
+            await websocket.close(CloseCode.GOING_AWAY, "server not accepting connections")
+            return
+        await websocket.accept()
+        self._accepted += 1
+        self._open += 1
+        sink = StarletteSink(websocket)
+        try:
+            await self._serve(runtime, websocket, sink)
+        finally:
+            self._open -= 1
+
+    async def _serve(self, runtime: Runtime, websocket: WebSocket, sink: StarletteSink) -> None:
+        bad_frames = 0
+        grant = await self._authenticate(websocket, sink)
+        if grant is None:
+            return
+        bridge = runtime.bridge
+        try:
+            connection_id = await bridge.connect(sink, principal=grant.principal)
+        except ActorError as exc:
+            logger.warning("bridge refused a connection: %s", exc)
+            await sink.close(CloseCode.GOING_AWAY, "bridge unavailable: reconnect and resume")
+            return
+        try:
+            await sink.send_text(
+                control_frame(CONNECTED, {"connectionId": connection_id, "principal": grant.principal})
+            )
+            async with anyio.create_task_group() as tasks:
+
+                async def stop_when_closed() -> None:
+                    # The bridge closed the connection (refusal, replay gap, slow consumer, shutdown): stop reading.
+                    await sink.closed.wait()
+                    tasks.cancel_scope.cancel()
+
+                tasks.start_soon(stop_when_closed)
+                while True:
+                    message = await websocket.receive()
+                    if message["type"] == "websocket.disconnect":
+                        break
+                    data = message.get("text")
+                    if data is None:
+                        data = message.get("bytes") or b""
+                    try:
+                        request = decode_client_frame(data)
+                    except BadFrame as error:
+                        bad_frames += 1
+                        if not await self._answer_bad_frame(sink, error, bad_frames):
+                            bridge.disconnect(connection_id, code=CloseCode.BAD_FRAME, reason="too many bad frames")
+                            break
+                        continue
+                    if not await self._handle(runtime, connection_id, grant, sink, request):
+                        break
+                tasks.cancel_scope.cancel()
+        finally:
+            # Never waits; a connection the bridge already closed is ignored.
+            bridge.disconnect(connection_id)
+
+    async def _answer_bad_frame(self, sink: StarletteSink, error: BadFrame, count: int) -> bool:
+        self._bad_frames += 1
+        if count > self._max_bad_frames:
+            self._bad_frame_closes += 1
+            return False
+        await sink.send_text(error_frame("bad_frame", error.rule, field=error.field))
+        return True
+
+    async def _authenticate(self, websocket: WebSocket, sink: StarletteSink) -> Grant | None:
+        if self._authorize_token is None:
+            return ANONYMOUS
+        token = _bearer_token(websocket)
+        bad_frames = 0
+        with anyio.move_on_after(self._auth_timeout):
+            while token is None:
+                message = await websocket.receive()
+                if message["type"] == "websocket.disconnect":
+                    return None
+                data = message.get("text")
+                if data is None:
+                    data = message.get("bytes") or b""
+                try:
+                    request = decode_client_frame(data)
+                except BadFrame as error:
+                    bad_frames += 1
+                    if not await self._answer_bad_frame(sink, error, bad_frames):
+                        await sink.close(CloseCode.BAD_FRAME, "too many bad frames")
+                        return None
+                    continue
+                if not isinstance(request, AuthRequest):
+                    self._auth_refused += 1
+                    await sink.close(CloseCode.POLICY_VIOLATION, "authenticate first: send {auth: {token}}")
+                    return None
+                token = request.token
+        if token is None:
+            self._auth_refused += 1
+            await sink.close(CloseCode.POLICY_VIOLATION, "no auth frame in time")
+            return None
+        try:
+            grant = self._authorize_token(token)
+            if inspect.isawaitable(grant):
+                grant = await grant
+        except Exception:  # the hook is application code: a failure refuses, it never crashes the endpoint
+            logger.exception("authorize_token raised; refusing the connection")
+            grant = None
+        if not isinstance(grant, Grant):
+            self._auth_refused += 1
+            await sink.close(CloseCode.POLICY_VIOLATION, "token refused")
+            return None
+        return grant
+
+    async def _handle(
+        self,
+        runtime: Runtime,
+        connection_id: str,
+        grant: Grant,
+        sink: StarletteSink,
+        request: AuthRequest | SubscribeRequest | UnsubscribeRequest,
+    ) -> bool:
+        """Serve one request; return False when the connection is over."""
+        bridge = runtime.bridge
+        match request:
+            case SubscribeRequest(thread_id=thread_id, after_seq=after_seq):
+                if not grant.allows(thread_id):
+                    self._threads_refused += 1
+                    bridge.disconnect(connection_id, code=CloseCode.POLICY_VIOLATION, reason="thread not allowed")
+                    return False
+                try:
+                    result = await bridge.subscribe(connection_id, thread_id, after_seq=after_seq)
+                except ActorError as exc:
+                    logger.warning("subscribe failed: %s", exc)
+                    await sink.close(CloseCode.GOING_AWAY, "bridge unavailable: reconnect and resume")
+                    return False
+                if result.outcome in (SubscribeOutcome.SUBSCRIBED, SubscribeOutcome.ALREADY_SUBSCRIBED):
+                    value = {
+                        "threadId": thread_id,
+                        "lastSeq": result.last_seq,
+                        "replayPending": result.replay_pending,
+                        "outcome": result.outcome.value,
+                    }
+                    await sink.send_text(control_frame(SUBSCRIBED, value))
+                    return True
+                # refused (1008), replay gap (4002): the bridge closed the connection; unknown: it is gone.
+                return False
+            case UnsubscribeRequest(thread_id=thread_id):
+                bridge.unsubscribe(connection_id, thread_id)
+                await sink.send_text(control_frame(UNSUBSCRIBED, {"threadId": thread_id}))
+                return True
+            case AuthRequest():
+                await sink.send_text(error_frame("bad_request", "already authenticated", field="$.auth"))
+                return True
+
+
+def _bearer_token(websocket: WebSocket) -> str | None:
+    header = websocket.headers.get("authorization")
+    if header is None:
+        return None
+    scheme, _, token = header.partition(" ")
+    return token.strip() or None if scheme.lower() == "bearer" else None
