@@ -34,6 +34,9 @@ logger = logging.getLogger("agentwatch.asgi")
 #: WebSocket close reasons are limited to 123 bytes of UTF-8.
 _MAX_REASON: Final = 120
 
+#: Seconds the endpoint waits for the connection's writer to send its close frame before closing itself.
+_CLOSE_WAIT: Final = 2.0
+
 
 class Grant(msgspec.Struct, frozen=True, kw_only=True):
     """What a token admits: the principal it authenticates and the threads that principal may join.
@@ -182,7 +185,8 @@ class WebSocketGateway:
             open=self._open,
         )
 
-    async def __call__(self, websocket: WebSocket) -> None:
+    async def serve(self, websocket: WebSocket) -> None:
+        """Serve one WebSocket connection on ``/ws`` until it closes."""
         runtime = self._runtime()
         if runtime is None or not self.accepting:
             # Before the runtime started or while draining: tell the client to come back (and resume).
@@ -242,6 +246,11 @@ class WebSocketGateway:
         finally:
             # Never waits; a connection the bridge already closed is ignored.
             bridge.disconnect(connection_id)
+            # The close frame (1008, 4002, 1001, ...) is the writer's to send: returning before it did would let
+            # the server close the socket itself, with a code that tells the client nothing.
+            with anyio.move_on_after(_CLOSE_WAIT):
+                await sink.closed.wait()
+            await sink.close(CloseCode.GOING_AWAY, "bridge unavailable: reconnect and resume")
 
     async def _answer_bad_frame(self, sink: StarletteSink, error: BadFrame, count: int) -> bool:
         self._bad_frames += 1

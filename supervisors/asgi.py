@@ -320,7 +320,7 @@ def create_app(
         drain_timeout=drain_timeout,
     )
     routes: list[Route | WebSocketRoute] = [
-        WebSocketRoute("/ws", host.gateway),
+        WebSocketRoute("/ws", host.gateway.serve),
         Route("/livez", host.livez),
         Route("/readyz", host.readyz),
         Route("/health", host.health),

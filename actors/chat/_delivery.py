@@ -1,7 +1,7 @@
 from __future__ import annotations
 
-from collections import OrderedDict, deque
-from typing import TYPE_CHECKING
+from collections import OrderedDict
+from typing import TYPE_CHECKING, Final
 
 from actors.chat._anomaly import Anomaly, AnomalyKind
 
@@ -9,18 +9,22 @@ if TYPE_CHECKING:
     from actors.chat._deadlines import DeadlineHeap
 
 
+_COMPACT_AFTER: Final = 64  # consumed slots at the head of a pending list before it is worth shifting
+
+
 class ThreadDeliveries:
     """One thread's delivery state: the highest confirmed seq and the expected seqs above it, oldest first."""
 
-    __slots__ = ("armed", "confirmed", "deadlines", "seqs", "thread_id", "tracked")
+    __slots__ = ("armed", "confirmed", "head", "pending", "thread_id", "tracked")
 
     def __init__(self, thread_id: str, confirmed: int) -> None:
         self.thread_id = thread_id
         self.confirmed = confirmed
-        # Parallel deques rather than a deque of tuples: nothing is allocated per expectation beyond the ints the
-        # caller already holds. Deadlines are non-decreasing because seqs arrive in acceptance order.
-        self.seqs: deque[int] = deque()
-        self.deadlines: deque[int] = deque()
+        # Flat [seq, deadline, seq, deadline, ...] from index `head` on: no object per expectation, and a few dozen
+        # bytes for the handful usually pending (a deque allocates a 64-slot block up front, two cost ~1.3 KB).
+        # Deadlines are non-decreasing because seqs arrive in acceptance order.
+        self.pending: list[int] = []
+        self.head = 0
         # Deadline of this thread's one current heap entry: at or before its oldest pending deadline, if any.
         self.armed: int | None = None
         self.tracked = True
@@ -29,11 +33,26 @@ class ThreadDeliveries:
         """Whether the heap entry at ``due`` is still this thread's deadline."""
         return self.tracked and self.armed == due
 
+    def waiting(self) -> int:
+        """How many expected seqs are not yet confirmed."""
+        return (len(self.pending) - self.head) // 2
+
+    def consumed(self, head: int) -> None:
+        """Record that the pending entries before ``head`` are settled (confirmed or reported)."""
+        pending = self.pending
+        if head == len(pending):
+            pending.clear()
+            head = 0
+        elif head >= _COMPACT_AFTER and 2 * head >= len(pending):
+            del pending[:head]  # amortised O(1): at least as many entries were consumed as are moved
+            head = 0
+        self.head = head
+
 
 class DeliveryTracker:
     """Detects ``undelivered_event``: events the bridge routed to a connection and never confirmed delivered.
 
-    Per thread it keeps the highest confirmed seq and a queue of pending (seq, deadline), and at most one heap
+    Per thread it keeps the highest confirmed seq and the pending (seq, deadline) pairs, and at most one heap
     entry, which a confirmation does not cancel: when it comes due it reports what is overdue and re-arms at the
     oldest deadline still pending. A busy thread whose events are delivered promptly so costs one heap entry per
     ``undelivered_after`` rather than one per event; an expectation is O(1), a confirmation O(seqs it covers).
@@ -66,7 +85,7 @@ class DeliveryTracker:
 
     def pending(self) -> int:
         """Seqs expected and not yet confirmed, over all threads (O(threads): for statistics only)."""
-        return sum(len(thread.seqs) for thread in self._threads.values())
+        return sum(thread.waiting() for thread in self._threads.values())
 
     def expect(self, thread_id: str, seq: int, observed_at: int) -> None:
         """Note that event ``seq`` of ``thread_id``, accepted at ``observed_at``, was routed to a connection."""
@@ -79,8 +98,9 @@ class DeliveryTracker:
             if seq <= thread.confirmed:
                 return  # the confirmation overtook the expectation
         due = observed_at + self._undelivered_ms
-        thread.seqs.append(seq)
-        thread.deadlines.append(due)
+        pending = thread.pending
+        pending.append(seq)
+        pending.append(due)
         if thread.armed is None:
             self._arm(thread, due)
 
@@ -94,10 +114,13 @@ class DeliveryTracker:
         if seq <= thread.confirmed:
             return
         thread.confirmed = seq
-        seqs, deadlines = thread.seqs, thread.deadlines
-        while seqs and seqs[0] <= seq:
-            seqs.popleft()
-            deadlines.popleft()
+        pending, head = thread.pending, thread.head
+        end = len(pending)
+        if head < end and pending[head] <= seq:
+            head += 2
+            while head < end and pending[head] <= seq:
+                head += 2
+            thread.consumed(head)
 
     def forget(self, thread_id: str) -> None:
         """Drop a thread's state and pending expectations (its last connection left)."""
@@ -109,15 +132,13 @@ class DeliveryTracker:
         """Handle the thread's heap entry coming due: report the overdue seqs as one anomaly, re-arm if any remain."""
         thread.armed = None
         self._armed -= 1
-        seqs, deadlines = thread.seqs, thread.deadlines
-        first = last = overdue = 0
-        while deadlines and deadlines[0] <= now:
-            deadlines.popleft()
-            last = seqs.popleft()
-            if not overdue:
-                first = last
-            overdue += 1
-        if overdue:
+        pending, start = thread.pending, thread.head
+        head, end = start, len(pending)
+        while head < end and pending[head + 1] <= now:
+            head += 2
+        if head > start:
+            first, last, overdue = pending[start], pending[head - 2], (head - start) // 2
+            thread.consumed(head)
             found.append(
                 Anomaly(
                     kind=AnomalyKind.UNDELIVERED_EVENT,
@@ -129,8 +150,8 @@ class DeliveryTracker:
                     f"delivered within {self._undelivered_ms} ms (highest confirmed seq: {thread.confirmed})",
                 )
             )
-        if deadlines:
-            self._arm(thread, deadlines[0])
+        if thread.head < len(pending):
+            self._arm(thread, pending[thread.head + 1])
 
     def _arm(self, thread: ThreadDeliveries, due: int) -> None:
         thread.armed = due
@@ -142,7 +163,7 @@ class DeliveryTracker:
         thread = threads[thread_id] = ThreadDeliveries(thread_id, confirmed)
         if len(threads) > self._max_threads:
             _, oldest = threads.popitem(last=False)
-            if oldest.seqs:
+            if oldest.waiting():
                 self._evictions += 1  # an idle thread's state costs nothing to forget; only pending ones count
             self._forget(oldest)
         return thread

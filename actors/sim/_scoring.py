@@ -10,14 +10,15 @@ if TYPE_CHECKING:
     from collections.abc import Sequence
 
 
-class Detection(msgspec.Struct, frozen=True, kw_only=True):
-    """One anomaly the monitor reported (the fields of ``Anomaly`` that scoring needs)."""
+class Detection(msgspec.Struct, frozen=True, kw_only=True, rename="camel"):
+    """One anomaly the monitor reported (the fields of ``Anomaly`` that scoring and the report need)."""
 
     kind: str
     thread_id: str
     run_id: str | None
     tool_call_id: str | None
     detected_at: int
+    detail: str = ""
 
 
 class Explanation(msgspec.Struct, frozen=True, kw_only=True):

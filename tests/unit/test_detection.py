@@ -498,6 +498,18 @@ class TestUndeliveredEvent:
         tracker.confirm_delivery("t1", 2)
         assert [a.seq for a in tracker.advance(T0 + UNDELIVERED_MS)] == [3]
 
+    def test_undelivered_long_backlog_confirmed_in_steps_reports_only_the_rest(self) -> None:
+        tracker = RunTracker()
+        for seq in range(1, 1_001):
+            tracker.expect_delivery("t1", seq, T0 + seq)
+            if seq % 10 == 0 and seq <= 900:
+                tracker.confirm_delivery("t1", seq - 5)
+        assert tracker.statistics().pending_deliveries == 105
+        found = tracker.advance(T0 + 1_000 + UNDELIVERED_MS)
+        assert [a.seq for a in found] == [896]
+        assert "105 event(s), seq 896..1000" in found[0].detail
+        assert tracker.statistics().pending_deliveries == 0
+
     def test_undelivered_thread_without_subscribers_is_not_reported(self) -> None:
         tracker = RunTracker()
         tracker.expect_delivery("t1", 1, T0)
