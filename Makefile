@@ -13,7 +13,7 @@ $(STAMP): pyproject.toml
 	touch $(STAMP)
 
 demo: $(STAMP)
-	$(BIN)/agentwatch demo
+	$(BIN)/agentwatch simulate --preset demo
 
 lint: $(STAMP)
 	$(BIN)/ruff check .

@@ -1,4 +1,5 @@
 from ._backoff import Backoff, BackoffState, CooldownPhase, CooldownState
+from ._config import BridgeSettings, ConfigError, RuntimeConfig, SupervisionSettings, load_config
 from ._events import SupervisionEventStream, SupervisorEvent, SupervisorEventKind
 from ._exceptions import (
     ChildRunning,
@@ -32,11 +33,13 @@ from ._supervisor import (
     start_supervisor,
     supervisor_spec,
 )
+from .app import Runtime, RuntimeHealth, open_runtime
 
 __all__ = [
     "AutoShutdown",
     "Backoff",
     "BackoffState",
+    "BridgeSettings",
     "ChildBlockedLoop",
     "ChildCounts",
     "ChildInfo",
@@ -44,6 +47,7 @@ __all__ = [
     "ChildSpec",
     "ChildStartError",
     "ChildState",
+    "ConfigError",
     "CooldownPhase",
     "CooldownState",
     "DuplicateChild",
@@ -52,9 +56,13 @@ __all__ = [
     "RestartIntensityExceeded",
     "RestartPlan",
     "RestartWindow",
+    "Runtime",
+    "RuntimeConfig",
+    "RuntimeHealth",
     "Shutdown",
     "Strategy",
     "SupervisionEventStream",
+    "SupervisionSettings",
     "Supervisor",
     "SupervisorError",
     "SupervisorEvent",
@@ -63,6 +71,8 @@ __all__ = [
     "SupervisorRef",
     "UnknownChild",
     "auto_shutdown_triggered",
+    "load_config",
+    "open_runtime",
     "restart_plan",
     "should_restart",
     "start_supervisor",
