@@ -47,7 +47,6 @@ class Incarnation:
         "_owner_stop",
         "_stop_reason",
         "_timers",
-        "_timers_used",
         "actor",
         "done",
         "exit_reason",
@@ -74,10 +73,11 @@ class Incarnation:
         self._kill_scope: anyio.CancelScope | None = None
         self._kill_requested = False
         self._kill_detail = "cancelled"
-        self._timers: anyio.abc.TaskGroup | None = None
-        # Most instances never set a timer: they then skip cancelling the (empty) timers group, which costs
-        # ~15 µs per instance exit on asyncio (bench/restart.py).
-        self._timers_used = False
+        # The live timers of this instance, while it may set them (from on_start until its drain loop ends). They
+        # run in the system's task group, not in one of the instance's own: a task group per instance costs every
+        # restart its set-up and cancellation (~15 µs on asyncio, bench/restart.py) and every live actor a
+        # handful of objects that the cyclic GC rescans (bench/supervisor_scale.py).
+        self._timers: set[Timer] | None = None
 
     @property
     def stop_requested(self) -> bool:
@@ -103,12 +103,29 @@ class Incarnation:
             self._kill_scope.cancel()
 
     def start_timer(self, delay: float, interval: float | None, message: Any) -> Timer:
-        if self._timers is None or self.done.is_set():
+        timers = self._timers
+        if timers is None or self.done.is_set():
             raise RuntimeError("timers can only be set while the actor is running")
         timer = Timer(interval)
-        self._timers_used = True
-        self._timers.start_soon(timer.run, self, delay, message)
+        timers.add(timer)
+        self.ref._system._task_group.start_soon(self._run_timer, timer, delay, message)
         return timer
+
+    async def _run_timer(self, timer: Timer, delay: float, message: Any) -> None:
+        try:
+            await timer.run(self, delay, message)
+        except Exception:
+            # A timer runs in the system's task group: whatever goes wrong must not take every actor down.
+            logger.exception("%s: a timer failed and was dropped", self.ref.name)
+        finally:
+            if self._timers is not None:
+                self._timers.discard(timer)
+
+    def _cancel_timers(self) -> None:
+        timers, self._timers = self._timers, None
+        if timers:
+            for timer in timers:
+                timer.cancel()
 
     async def run(self, factory: Callable[[], Actor[Any]]) -> None:
         """Build the instance, run ``on_start``, drain the mailbox until stopped, run ``on_stop``.
@@ -129,30 +146,31 @@ class Incarnation:
                 self._kill_scope = kill_scope
                 if self._kill_requested:
                     kill_scope.cancel()
-                async with anyio.create_task_group() as timers:
-                    self._timers = timers
-                    try:
-                        actor = factory()
-                        actor._attach(self)
-                        self.actor = actor
-                        for interceptor in ref._interceptors:
-                            interceptor.instrument(actor)
-                        await actor.on_start()
-                    except Exception as exc:
-                        # Reported to the starter only once the ref is cleaned up (in ``finally``), so that a
-                        # caller seeing ActorStartError never finds the failed actor still registered.
-                        reason = ExitReason.error(exc, f"start failed: {exc!r}")
-                        start_failure = exc
-                        killed = False
-                        return
-                    ref._state = RefState.RUNNING
-                    started = True
-                    if self.started is not None:
-                        self.started.set()
-                    reason = await self._drain(actor)
-                    if self._timers_used:
-                        timers.cancel_scope.cancel()
-                # on_stop runs outside the timers' (now cancelled) scope, so it may await, e.g. stop children.
+                self._timers = set()
+                try:
+                    actor = factory()
+                    # The factory (often a closure over its supervisor's state) is not needed again: dropping it
+                    # here keeps it off the heap for the instance's lifetime, which the GC would rescan.
+                    del factory
+                    actor._attach(self)
+                    self.actor = actor
+                    for interceptor in ref._interceptors:
+                        interceptor.instrument(actor)
+                    await actor.on_start()
+                except Exception as exc:
+                    # Reported to the starter only once the ref is cleaned up (in ``finally``), so that a caller
+                    # seeing ActorStartError never finds the failed actor still registered.
+                    reason = ExitReason.error(exc, f"start failed: {exc!r}")
+                    start_failure = exc
+                    killed = False
+                    return
+                ref._state = RefState.RUNNING
+                started = True
+                if self.started is not None:
+                    self.started.set()
+                reason = await self._drain(actor)
+                # No timer fires into on_stop, and on_stop cannot set new ones (as after any other exit).
+                self._cancel_timers()
                 # A kill requested while the drain loop was already returning must not run on_stop.
                 if (
                     reason is not None
@@ -174,7 +192,7 @@ class Incarnation:
                     except Exception:
                         logger.exception("%s: on_kill raised", ref.name)
             self.exit_reason = reason
-            self._timers = None
+            self._cancel_timers()  # also after a failed start or a kill: a timer never outlives its instance
             self.done.set()
             ref._system._incarnation_ended(self, reason)
             if not started:

@@ -11,6 +11,16 @@ from ._exceptions import (
     UnknownChild,
 )
 from ._intensity import RestartWindow
+from ._replay import (
+    REPORT_VERSION,
+    AnomalyRecord,
+    InvalidTraceLine,
+    JsonReportWriter,
+    ReplayReport,
+    ReplayStats,
+    TableReportWriter,
+    TraceReplay,
+)
 from ._spec import (
     AutoShutdown,
     ChildSpec,
@@ -36,6 +46,8 @@ from ._supervisor import (
 from .app import Runtime, RuntimeHealth, open_runtime
 
 __all__ = [
+    "REPORT_VERSION",
+    "AnomalyRecord",
     "AutoShutdown",
     "Backoff",
     "BackoffState",
@@ -52,6 +64,10 @@ __all__ = [
     "CooldownState",
     "DuplicateChild",
     "InvalidChildSpec",
+    "InvalidTraceLine",
+    "JsonReportWriter",
+    "ReplayReport",
+    "ReplayStats",
     "Restart",
     "RestartIntensityExceeded",
     "RestartPlan",
@@ -69,6 +85,8 @@ __all__ = [
     "SupervisorEventKind",
     "SupervisorHealth",
     "SupervisorRef",
+    "TableReportWriter",
+    "TraceReplay",
     "UnknownChild",
     "auto_shutdown_triggered",
     "load_config",

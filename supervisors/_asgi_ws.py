@@ -83,7 +83,8 @@ class StarletteSink:
 
     def __init__(self, websocket: WebSocket) -> None:
         self._websocket = websocket
-        self._lock = anyio.Lock()
+        # fast_acquire: an uncontended acquire must not cost a trip through the event loop on every frame.
+        self._lock = anyio.Lock(fast_acquire=True)
         self._closed = anyio.Event()
         #: The code this side closed with, once it did.
         self.close_code: int | None = None

@@ -56,7 +56,7 @@ class _Sample:
         self.name = name
 
 
-def innermost_actor_frame(frame: FrameType | None) -> tuple[FrameType, str] | tuple[None, None]:
+def _innermost_actor_frame(frame: FrameType | None) -> tuple[FrameType, str] | tuple[None, None]:
     """Walk a stack outwards from ``frame`` to the innermost frame whose ``self`` is a running actor.
 
     :param frame: the innermost frame of the stack (e.g. from ``sys._current_frames()``)
@@ -243,7 +243,7 @@ class LoopLagWatchdog:
             overdue = time.monotonic() - self._due
             if overdue <= self.threshold or self._blocker is not None:
                 return
-            frame, name = innermost_actor_frame(sys._current_frames().get(self._loop_thread))
+            frame, name = _innermost_actor_frame(sys._current_frames().get(self._loop_thread))
             previous = self._candidate
             if (
                 previous is not None

@@ -10,7 +10,8 @@ from typing import IO, TYPE_CHECKING, Final
 import msgspec
 
 from actors.chat._detection import DetectionThresholds
-from supervisors._config_toml import InvalidConfig, load_detection_thresholds
+from supervisors import serve, simulate
+from supervisors._config import ConfigError, load_config, thresholds_with
 from supervisors._replay import InvalidTraceLine, JsonReportWriter, TableReportWriter, TraceReplay
 
 if TYPE_CHECKING:
@@ -81,23 +82,23 @@ def _register_replay(commands: _Subparsers) -> None:
             help=f"seconds (default {defaults[name]:g}, or the value in --config)",
         )
     parser.add_argument(
-        "--config", metavar="FILE.toml", help="read thresholds from the [monitor] table (flags take precedence)"
+        "--config",
+        metavar="FILE.toml",
+        help="the runtime config file (as for serve); its [monitor.thresholds] apply, flags take precedence",
     )
     parser.set_defaults(handler=_replay)
 
 
 def _thresholds(args: argparse.Namespace) -> DetectionThresholds:
-    base = load_detection_thresholds(args.config) if args.config is not None else DetectionThresholds()
-    flags = {name: value for name in _THRESHOLD_FLAGS if (value := getattr(args, name)) is not None}
-    if not flags:
-        return base
-    return DetectionThresholds(**{**msgspec.structs.asdict(base), **flags})
+    # The runtime's own config file, so the file `serve --config` runs with replays with the same thresholds.
+    base = load_config(args.config).monitor.thresholds if args.config is not None else DetectionThresholds()
+    return thresholds_with(base, **{name: getattr(args, name) for name in _THRESHOLD_FLAGS})
 
 
 def _replay(args: argparse.Namespace) -> int:
     try:
         thresholds = _thresholds(args)
-    except InvalidConfig as error:
+    except ConfigError as error:
         return _usage_error("replay", f"--config: {error}")
     replay = TraceReplay(thresholds)
     stopped: str | None = None
@@ -149,7 +150,7 @@ def _replay(args: argparse.Namespace) -> int:
 
 #: Every subcommand: a function that adds its parser to the subparsers and sets ``handler`` (args -> exit code).
 #: Adding one is that function and one entry here.
-SUBCOMMANDS: Final[Sequence[Callable[[_Subparsers], None]]] = (_register_replay,)
+SUBCOMMANDS: Final[Sequence[Callable[[_Subparsers], None]]] = (_register_replay, serve.add_parser, simulate.add_parser)
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -10,6 +10,7 @@ from contextlib import AsyncExitStack
 from typing import IO, TYPE_CHECKING, Any, Final, Literal, assert_never
 
 import anyio
+import anyio.abc
 import msgspec
 
 from actors import Actor, ActorError, ActorNotFound, MailboxSpec, Message, virtual_time_backend
@@ -43,10 +44,10 @@ from actors.sim._scripts import GroundTruth
 from ._config import RuntimeConfig
 from ._events import SupervisorEvent, SupervisorEventKind
 from .app import BRIDGE_COMPONENT_ID, Runtime, open_runtime
-from .faults import BlockLoop, Crash, FaultHistory, Hang, LyingComponent, Slow, flood, inject
+from .faults import BlockLoop, Crash, Fault, FaultHistory, Hang, LyingComponent, flood, inject
 
 if TYPE_CHECKING:
-    from collections.abc import Callable, Sequence
+    from collections.abc import Awaitable, Callable, Sequence
 
     from actors import ActorRef
 
@@ -309,7 +310,7 @@ async def simulate(
                 if interrupt is not None:
                     tasks.start_soon(_cancel_on, interrupt, traffic, run)
                 for fault in plan.runtime_faults:
-                    tasks.start_soon(_apply_at, run, runtime, fault, liar)
+                    tasks.start_soon(_apply_at, run, runtime, fault, liar, clients)
                 await _traffic(run, runtime, agents, clients)
             tasks.cancel_scope.cancel()
         with anyio.CancelScope(shield=True):
@@ -377,9 +378,14 @@ def _caught_up(report: ClientReport, produced: dict[str, int]) -> bool:
     )
 
 
+#: Samples are taken this long after each multiple of ``sample_every``: off the grid of the runtime's own ticks, so
+#: that what a sample sees never depends on the order of same-instant events (which differs between event loops).
+_SAMPLE_OFFSET: Final = 0.0503
+
+
 async def _sample_health(run: _Run, runtime: Runtime) -> None:
     every = run.settings.sample_every
-    tick = run.start
+    tick = run.start + _SAMPLE_OFFSET
     while True:
         tick += every
         await anyio.sleep_until(tick)
@@ -389,7 +395,7 @@ async def _sample_health(run: _Run, runtime: Runtime) -> None:
         except (ActorError, TimeoutError):
             run.health.append(
                 HealthPoint(
-                    at_s=round(tick - run.start, 3),
+                    at_s=round(tick - run.start - _SAMPLE_OFFSET, 3),
                     bridge="unavailable",
                     checks=(),
                     monitoring=runtime.monitoring_state(),
@@ -400,7 +406,7 @@ async def _sample_health(run: _Run, runtime: Runtime) -> None:
             continue
         run.health.append(
             HealthPoint(
-                at_s=round(tick - run.start, 3),
+                at_s=round(tick - run.start - _SAMPLE_OFFSET, 3),
                 bridge=health.status.value,
                 checks=tuple(sorted({reason.check for reason in health.reasons})),
                 monitoring=runtime.monitoring_state(),
@@ -434,16 +440,28 @@ async def _report_progress(run: _Run, runtime: Runtime, on_progress: Callable[[P
 # ---------------------------------------------------------------------------------------------------- runtime faults
 
 
-async def _apply_at(run: _Run, runtime: Runtime, fault: RuntimeFault, liar: LyingComponent | None) -> None:
+async def _apply_at(
+    run: _Run,
+    runtime: Runtime,
+    fault: RuntimeFault,
+    liar: LyingComponent | None,
+    clients: Sequence[ActorRef[Any]],
+) -> None:
     await anyio.sleep_until(run.start + fault.at)
     run.faults_running += 1
     try:
-        await _apply(run, runtime, fault, liar)
+        await _apply(run, runtime, fault, liar, clients)
     finally:
         run.faults_running -= 1
 
 
-async def _apply(run: _Run, runtime: Runtime, fault: RuntimeFault, liar: LyingComponent | None) -> None:
+async def _apply(
+    run: _Run,
+    runtime: Runtime,
+    fault: RuntimeFault,
+    liar: LyingComponent | None,
+    clients: Sequence[ActorRef[Any]],
+) -> None:
     system = runtime.system
     history = run.history
     supervision = run.settings.runtime.supervision
@@ -487,25 +505,51 @@ async def _apply(run: _Run, runtime: Runtime, fault: RuntimeFault, liar: LyingCo
         raise AssertionError(f"not a runtime fault: {name}")
 
 
+class _WritersDown(Fault):
+    """Holds every handler of the connection writers it is injected into until :meth:`restore`: the bridge takes
+    events and routes them, and delivers none (its writers are stuck), while clients keep reading. Restored, the
+    writers carry on from where they stopped (the held messages are handled, nothing is lost)."""
+
+    name = "writers_down"
+
+    def __init__(self) -> None:
+        super().__init__()
+        self._restored = anyio.Event()
+        self.held = 0
+
+    def restore(self) -> None:
+        """Let every held handler, and every later one, through."""
+        self._restored.set()
+
+    async def around(self, receive: Callable[[Any], Awaitable[Any]], message: Any) -> Any:
+        if not self._restored.is_set():
+            self.held += 1
+            self._triggered(f"held {type(message).__name__}")
+            await self._restored.wait()
+        return await receive(message)
+
+
 async def _lie(run: _Run, runtime: Runtime, fault: RuntimeFault, liar: LyingComponent) -> None:
-    """The bridge really fails (every connection's writer crawls) while its registration claims healthy."""
+    """The bridge really fails (its connection writers are stuck: nothing is delivered) while its registration
+    claims healthy; the monitor's audit must see through the claim."""
     assert fault.duration is not None
-    assert fault.delay is not None
     system = runtime.system
-    thresholds = run.settings.runtime.monitor.thresholds
     monitor = run.settings.runtime.monitor
+    thresholds = monitor.thresholds
     began = system.clock.now_ms()
+    down = _WritersDown()
+    writers = 0
     liar.lying = True
-    writers = []
-    for connection in await runtime.bridge.connection_statistics():
-        try:
-            writers.append(system.lookup(f"{runtime.bridge.ref.name}/{connection.connection_id}"))
-        except ActorNotFound:
-            continue
     async with AsyncExitStack() as stack:
-        for writer in writers:
-            await stack.enter_async_context(inject(system, writer, Slow(fault.delay), history=run.history))
+        for connection in await runtime.bridge.connection_statistics():
+            try:
+                writer = system.lookup(f"{runtime.bridge.ref.name}/{connection.connection_id}")
+            except ActorNotFound:
+                continue  # closed meanwhile
+            await stack.enter_async_context(inject(system, writer, down, history=run.history))
+            writers += 1
         await anyio.sleep(fault.duration)
+        down.restore()
     liar.lying = False
     ended = system.clock.now_ms()
     # Provable once a routed event is overdue: the next audit then sees a "healthy" claim over a dead flow.
@@ -519,12 +563,12 @@ async def _lie(run: _Run, runtime: Runtime, fault: RuntimeFault, liar: LyingComp
             fault="lying_component",
         )
     )
-    # The crawl really leaves events undelivered, and the lie may span more than one audit.
-    settle = round((fault.delay + thresholds.undelivered_after + 2 * monitor.check_interval + 1.0) * 1000)
+    # Nothing is delivered meanwhile, so routed events really are undelivered: side effects, not false positives.
+    settle = round((thresholds.undelivered_after + 2 * monitor.check_interval + 1.0) * 1000)
     run.explanations.append(
         Explanation(kind=AnomalyKind.UNDELIVERED_EVENT.value, fault="lying_component", start=began, end=ended + settle)
     )
-    run.outcome(fault, f"claimed healthy for {fault.duration:g} s while {len(writers)} writers crawled")
+    run.outcome(fault, f"claimed healthy for {fault.duration:g} s while {writers} connection writers were stuck")
 
 
 async def _wait_for(condition: Callable[[], bool], timeout: float) -> None:
@@ -800,22 +844,27 @@ def _fault_outcomes(
     outcomes = []
     for fault in plan.spec.faults:
         fault_class = fault.fault_class
+        planned = plan.scheduled.get(fault.text, 0)
         if fault_class is FaultClass.RUNTIME:
-            planned = sum(1 for item in plan.runtime_faults if item.name == fault.name)
             details = run.outcomes.get(fault.name, [])
             applied = sum(1 for detail in details if not detail.startswith(("skipped", "no message")))
             summary = _summarise(details)
         elif fault_class is FaultClass.CLIENT:
             planned = _planned_client_faults(plan, fault.name)
             applied = by_clients.get(fault.name, 0)
-            summary = "on the clients' own timers" + ("" if applied == planned else " (skipped while offline)")
-        else:
-            planned = drawn.get(fault.name, 0)
+            summary = "applied by the clients" + ("" if applied == planned else " (the rest fell while offline)")
+        elif fault_class is FaultClass.STREAM:
             applied = emitted.get(fault.name, 0)
-            summary = "runs that drew it / ground truth emitted"
-        outcomes.append(
-            FaultOutcome(name=fault.name, spec=fault.text, planned=planned, applied=applied, detail=summary)
-        )
+            summary = "bursts emitted"
+        else:
+            if fault.share is not None:
+                planned = drawn.get(fault.name, 0)
+            applied = emitted.get(fault.name, 0)
+            summary = "scenario runs emitted" + (
+                "" if applied >= planned else " (the rest found no run before the end)"
+            )
+        outcome = FaultOutcome(name=fault.name, spec=fault.text, planned=planned, applied=applied, detail=summary)
+        outcomes.append(outcome)
     return tuple(outcomes)
 
 
@@ -991,7 +1040,7 @@ def add_parser(subparsers: _Subparsers) -> None:
         "inject faults, and report what was delivered and what was detected against ground truth. "
         "Docs: docs/simulation.md.",
         epilog="exit status: 0 every criterion holds, 1 a criterion failed (named on stderr), 2 usage error, "
-        "130 interrupted (a partial report is written first). Fault syntax: NAME[:ARG,...], ARG one of P%%, "
+        "130 interrupted (a partial report is written first). Fault syntax: NAME[:ARG,...], ARG one of P%, "
         "count=N, every=DUR, at=DUR, or an option (duration=, delay=, seconds=, messages=). Faults: "
         + ", ".join(FAULT_CATALOG),
     )
@@ -1105,7 +1154,15 @@ def run(args: argparse.Namespace) -> int:
     async def main() -> SimulationReport:
         interrupt = anyio.Event()
         async with anyio.create_task_group() as tasks:
-            tasks.start_soon(_watch_sigint, interrupt)
+            await tasks.start(_watch_sigint, interrupt)
+            spec = settings.spec
+            print(
+                f"agentwatch simulate: {spec.duration:g} s of traffic on {spec.threads} threads, {spec.clients} "
+                f"clients, seed {spec.seed}, {settings.clock} clock ({args.backend}); Ctrl-C stops it and writes a "
+                "partial report",
+                file=sys.stderr,
+                flush=True,
+            )
             report = await simulate(settings, on_progress=progress, interrupt=interrupt)
             tasks.cancel_scope.cancel()
         return report
@@ -1141,10 +1198,13 @@ def run(args: argparse.Namespace) -> int:
     return EXIT_FAILED if failed else EXIT_OK
 
 
-async def _watch_sigint(interrupt: anyio.Event) -> None:
+async def _watch_sigint(
+    interrupt: anyio.Event, *, task_status: anyio.abc.TaskStatus[None] = anyio.TASK_STATUS_IGNORED
+) -> None:
     # The first Ctrl-C stops the traffic and lets the partial report be written; the receiver closes after it,
     # so a second Ctrl-C interrupts for real.
     with anyio.open_signal_receiver(signal.SIGINT) as signals:
+        task_status.started()
         async for _ in signals:
             interrupt.set()
             return

@@ -34,7 +34,7 @@ class AuditResult(msgspec.Struct, frozen=True, kw_only=True, rename="camel"):
     metrics: dict[str, Any] = {}
 
 
-class AuditPolicy(msgspec.Struct, frozen=True, kw_only=True):
+class AuditPolicy(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
     """When a claim of health is called a lie.
 
     :param min_routed: the flow check needs at least this many events routed to connections since the last audit

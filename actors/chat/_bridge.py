@@ -812,6 +812,7 @@ class AgentWebSocketBridge(Actor[BridgeMessage]):
             latency_p50_ms=latency.quantile(0.5),
             latency_p99_ms=latency.quantile(0.99),
             latency_samples=latency.count,
+            latency_counts=tuple(latency.counts),
             monitor_attached=self._monitor is not None,
             taps=self._taps,
         )

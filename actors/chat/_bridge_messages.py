@@ -303,3 +303,6 @@ class BridgeMetrics(msgspec.Struct, frozen=True, kw_only=True):
     latency_samples: int
     monitor_attached: bool
     taps: int
+    #: The latency histogram's bucket counts (bounds: ``LatencyHistogram.BOUNDS``): the difference of two snapshots
+    #: gives the latency quantiles of the interval between them (``supervisors.faults.critical_path_budget``).
+    latency_counts: tuple[int, ...] = ()

@@ -15,11 +15,15 @@ _COMPACT_AFTER: Final = 64  # consumed slots at the head of a pending list befor
 class ThreadDeliveries:
     """One thread's delivery state: the highest confirmed seq and the expected seqs above it, oldest first."""
 
-    __slots__ = ("armed", "confirmed", "head", "pending", "thread_id", "tracked")
+    __slots__ = ("armed", "confirmed", "gap", "head", "overdue_through", "pending", "thread_id", "tracked")
 
     def __init__(self, thread_id: str, confirmed: int) -> None:
         self.thread_id = thread_id
         self.confirmed = confirmed
+        # The open gap: the first seq of it that was reported (0: none open), and the highest seq found overdue.
+        # The gap closes once a confirmation reaches overdue_through.
+        self.gap = 0
+        self.overdue_through = 0
         # Flat [seq, deadline, seq, deadline, ...] from index `head` on: no object per expectation, and a few dozen
         # bytes for the handful usually pending (a deque allocates a 64-slot block up front, two cost ~1.3 KB).
         # Deadlines are non-decreasing because seqs arrive in acceptance order.
@@ -53,9 +57,15 @@ class DeliveryTracker:
     """Detects ``undelivered_event``: events the bridge routed to a connection and never confirmed delivered.
 
     Per thread it keeps the highest confirmed seq and the pending (seq, deadline) pairs, and at most one heap
-    entry, which a confirmation does not cancel: when it comes due it reports what is overdue and re-arms at the
-    oldest deadline still pending. A busy thread whose events are delivered promptly so costs one heap entry per
-    ``undelivered_after`` rather than one per event; an expectation is O(1), a confirmation O(seqs it covers).
+    entry, which a confirmation does not cancel: when it comes due it takes what is overdue off the pending list
+    and re-arms at the oldest deadline still pending. A busy thread whose events are delivered promptly so costs
+    one heap entry per ``undelivered_after`` rather than one per event; an expectation is O(1), a confirmation
+    O(seqs it covers).
+
+    One anomaly per **gap**: the first overdue seqs of a thread open a gap, reported once and keyed by its first
+    seq; seqs found overdue while it is open join it silently. It closes when a confirmation reaches the highest
+    seq found overdue (the thread has caught up), and only then may a later overdue seq open, and report, a new
+    one. A thread whose deliveries stall is so reported once, not once per check.
 
     :param deadlines: the heap shared with the run tracker.
     :param undelivered_ms: how long a seq may stay unconfirmed (``>=`` elapsed is late).
@@ -114,6 +124,8 @@ class DeliveryTracker:
         if seq <= thread.confirmed:
             return
         thread.confirmed = seq
+        if thread.gap and seq >= thread.overdue_through:
+            thread.gap = 0  # caught up with everything found overdue: the gap is closed
         pending, head = thread.pending, thread.head
         end = len(pending)
         if head < end and pending[head] <= seq:
@@ -129,7 +141,7 @@ class DeliveryTracker:
             self._forget(thread)
 
     def fire(self, thread: ThreadDeliveries, now: int, found: list[Anomaly]) -> None:
-        """Handle the thread's heap entry coming due: report the overdue seqs as one anomaly, re-arm if any remain."""
+        """Handle the thread's heap entry coming due: take the overdue seqs off, report them if they open a gap."""
         thread.armed = None
         self._armed -= 1
         pending, start = thread.pending, thread.head
@@ -139,19 +151,28 @@ class DeliveryTracker:
         if head > start:
             first, last, overdue = pending[start], pending[head - 2], (head - start) // 2
             thread.consumed(head)
-            found.append(
-                Anomaly(
-                    kind=AnomalyKind.UNDELIVERED_EVENT,
-                    severity=AnomalyKind.UNDELIVERED_EVENT.default_severity,
-                    thread_id=thread.thread_id,
-                    seq=first,
-                    detected_at=now,
-                    detail=f"{overdue} event(s), seq {first}..{last}, routed to a connection and not confirmed "
-                    f"delivered within {self._undelivered_ms} ms (highest confirmed seq: {thread.confirmed})",
+            thread.overdue_through = last
+            # Seqs overdue while a gap is open join it silently: it was reported when it opened.
+            if not thread.gap:
+                thread.gap = first
+                found.append(
+                    Anomaly(
+                        kind=AnomalyKind.UNDELIVERED_EVENT,
+                        severity=AnomalyKind.UNDELIVERED_EVENT.default_severity,
+                        thread_id=thread.thread_id,
+                        seq=first,
+                        detected_at=now,
+                        detail=f"{overdue} event(s), seq {first}..{last}, routed to a connection and not confirmed "
+                        f"delivered within {self._undelivered_ms} ms (highest confirmed seq: {thread.confirmed}); "
+                        "later overdue events of the thread are not reported until its deliveries catch up",
+                    )
                 )
-            )
-        if thread.head < len(pending):
-            self._arm(thread, pending[thread.head + 1])
+        self._rearm(thread)
+
+    def _rearm(self, thread: ThreadDeliveries) -> None:
+        pending, head = thread.pending, thread.head
+        if head < len(pending):
+            self._arm(thread, pending[head + 1])
 
     def _arm(self, thread: ThreadDeliveries, due: int) -> None:
         thread.armed = due

@@ -28,7 +28,8 @@ if TYPE_CHECKING:
 class DetectionThresholds(msgspec.Struct, frozen=True, kw_only=True):
     """When the run tracker calls something an anomaly; durations are seconds.
 
-    :param stuck_tool_after: a tool call open this long (``>=``) with no TOOL_CALL_END/RESULT is ``stuck_tool``.
+    :param stuck_tool_after: a tool call still open this long (``>=``) after its TOOL_CALL_START is ``stuck_tool``:
+        open means no TOOL_CALL_RESULT, and either no TOOL_CALL_END or an END in a run that has not finished.
     :param stale_thread_after: an unfinished run silent this long (``>=``) is ``stale_thread``.
     :param high_latency_after: an event observed more than this (``>``) after its own ``timestamp`` is
         ``high_latency``.
@@ -100,14 +101,15 @@ _STARTED: Final = 1
 _FINISHED: Final = 2
 _ERRORED: Final = 3
 _TOOL_STARTED: Final = 4
-_TOOL_CLOSED: Final = 5
+_TOOL_ENDED: Final = 5
+_TOOL_RESULT: Final = 6
 _CATEGORY: Final[dict[type, int]] = {
     RunStarted: _STARTED,
     RunFinished: _FINISHED,
     RunError: _ERRORED,
     ToolCallStart: _TOOL_STARTED,
-    ToolCallEnd: _TOOL_CLOSED,
-    ToolCallResult: _TOOL_CLOSED,
+    ToolCallEnd: _TOOL_ENDED,
+    ToolCallResult: _TOOL_RESULT,
 }
 
 # _Run.flags: what was already reported for a run, so each per-run anomaly is reported once.
@@ -116,10 +118,14 @@ _LATENCY_REPORTED: Final = 2
 _DUPLICATE_REPORTED: Final = 4
 _AFTER_REPORTED: Final = 8
 
-# _Run.tools values: a non-negative int is the stuck deadline of an open tool call (observed_at is ms since the
-# epoch, never negative); these two mark a call already reported stuck, and a closed (or orphan) call.
+# _Run.tools values. A non-negative int is the stuck deadline of a call whose arguments are still streaming (no
+# TOOL_CALL_END yet; observed_at is ms on a clock that starts at or above 0, so deadlines are never negative). A call
+# that had its END and awaits its RESULT (or its run's finish) keeps its deadline as _AWAITING_RESULT - deadline,
+# which is <= _AWAITING_RESULT, so one dict holds both and _deadline_of() reads either. The other two mark a call
+# already reported stuck and a closed (or orphan) call.
 _TOOL_STUCK: Final = -1
 _TOOL_DONE: Final = -2
+_AWAITING_RESULT: Final = -3
 
 _NOTHING: Final[tuple[Anomaly, ...]] = ()
 _by_observed_at: Final = operator.attrgetter("observed_at")
@@ -148,7 +154,29 @@ class _Run:
         if tool_call_id is None:
             return self.armed == due
         tools = self.tools
-        return tools is not None and tools.get(tool_call_id) == due
+        if tools is None:
+            return False
+        state = tools.get(tool_call_id)
+        return state is not None and _deadline_of(state) == due
+
+
+def _deadline_of(state: int) -> int:
+    """The stuck deadline a tool state holds; negative (never a deadline) for a call stuck or done."""
+    return state if state >= 0 else _AWAITING_RESULT - state
+
+
+def _armed(state: int) -> bool:
+    """Whether a tool state is a call with a live deadline (not yet stuck, closed or orphan)."""
+    return state >= 0 or state <= _AWAITING_RESULT
+
+
+def _completed_by_seed(event: ToolCallEnd) -> bool:
+    """Whether this TOOL_CALL_END came in as the seed's ``tool_completed``, which says the tool has finished.
+
+    The alias parser keeps the seed object as ``rawEvent``; AG-UI's own END only says the arguments are complete.
+    """
+    raw = event.raw_event
+    return type(raw) is dict and raw.get("type") == "tool_completed"
 
 
 def _ms(seconds: float) -> int:
@@ -170,10 +198,19 @@ class RunTracker:
       included). Reported once; the run is then tracked as if it had started (or as finished, for a completion).
     - ``orphan_tool_completed``: TOOL_CALL_END or TOOL_CALL_RESULT for a tool call id never started in the run
       (once per tool call id). A RESULT after its END is normal.
-    - ``stuck_tool``: TOOL_CALL_START with no END/RESULT when ``stuck_tool_after`` has elapsed (elapsed ``>=``
-      threshold, so ``advance(start + threshold)`` reports it and an END observed at that same ms is too late once
-      ``advance`` ran). It is reported even if the run finished meanwhile (the run is kept past ``retention`` until
-      then): a run that ends with a call open leaves the client waiting on that call.
+    - ``stuck_tool``: per AG-UI, TOOL_CALL_END only says a call's arguments are complete; its outcome is its
+      TOOL_CALL_RESULT. So a call is open from its START until its RESULT, and is stuck when, ``stuck_tool_after``
+      after its START (elapsed ``>=``: ``advance(start + threshold)`` reports it, and a RESULT observed at that
+      same ms is too late once ``advance`` ran), it has had no RESULT and either
+
+      - no END, even if its run finished meanwhile (the run is kept past ``retention`` until then): a run that
+        ends with a call half-streamed leaves the client waiting on it; or
+      - an END, but its run has not finished: a server-side tool hung while executing.
+
+      A call that had its END when its run finished (RUN_FINISHED or RUN_ERROR) is a client-side tool, which the
+      client executes after the run: closed, not stuck. So is a call whose END came in as the seed's
+      ``tool_completed`` (a seed object decoded by the alias parser, kept as ``rawEvent``): the seed's event
+      says the tool finished.
     - ``stale_thread``: a run in flight (no RUN_FINISHED/RUN_ERROR) that has seen no event for
       ``stale_thread_after`` (``>=``). Reported once per run; if it then stays silent for ``retention`` more it is
       forgotten (``runs_abandoned``).
@@ -273,8 +310,12 @@ class RunTracker:
             return found
         if category == _TOOL_STARTED:
             self._open_tool(run, cast("ToolCallStart", event).tool_call_id, now)
-        elif category == _TOOL_CLOSED:
-            if not self._close_tool(run, cast("ToolCallEnd | ToolCallResult", event).tool_call_id):
+        elif category == _TOOL_ENDED:
+            if not self._end_tool(run, cast("ToolCallEnd", event)):
+                orphan = self._orphan(stamped)
+                found = [orphan] if found is None else [*found, orphan]
+        elif category == _TOOL_RESULT:
+            if not self._close_tool(run, cast("ToolCallResult", event).tool_call_id):
                 orphan = self._orphan(stamped)
                 found = [orphan] if found is None else [*found, orphan]
         else:
@@ -312,9 +353,10 @@ class RunTracker:
                 if burst is not None:
                     found.append(burst)
         else:
-            if category == _TOOL_CLOSED:
-                # Closing the call keeps it from also being reported stuck; it is not an orphan either, since a
-                # finished run is reported once for late events and that already says what happened.
+            if category in (_TOOL_ENDED, _TOOL_RESULT):
+                # Closing the call keeps it from also being reported stuck (an END in a finished run closes it, as
+                # the finish would have); it is not an orphan either, since a finished run is reported once for
+                # late events and that already says what happened.
                 self._close_tool(run, cast("ToolCallEnd | ToolCallResult", event).tool_call_id)
             if not run.flags & _AFTER_REPORTED:
                 run.flags |= _AFTER_REPORTED
@@ -350,18 +392,31 @@ class RunTracker:
         self._armed_tools += 1
         self._deadlines.push(due, run, tool_call_id)
 
+    def _end_tool(self, run: _Run, event: ToolCallEnd) -> bool:
+        """A call's arguments are complete: it now awaits its RESULT or its run's finish (False: never started)."""
+        tools = run.tools
+        tool_call_id = event.tool_call_id
+        state = None if tools is None else tools.get(tool_call_id)
+        if state is None or _completed_by_seed(event):
+            return self._close_tool(run, tool_call_id)
+        if state >= 0:
+            # Same deadline, same heap entry: only how the state holds it changes.
+            cast("dict[str, int]", tools)[tool_call_id] = _AWAITING_RESULT - state
+        return True  # a repeated END, or one for a call already stuck or closed, changes nothing
+
     def _close_tool(self, run: _Run, tool_call_id: str) -> bool:
         """Close a tool call; False when the run never started it (it is then remembered as closed)."""
         tools = run.tools
         if tools is None:
             tools = run.tools = {}
         state = tools.get(tool_call_id)
-        tools[tool_call_id] = _TOOL_DONE
         if state is None:
+            tools[tool_call_id] = _TOOL_DONE
             return False
-        if state >= 0:
+        if _armed(state):
+            tools[tool_call_id] = _TOOL_DONE
             self._armed_tools -= 1  # its heap entry goes stale
-        return True
+        return True  # a call already reported stuck stays so: a late close is not news
 
     def _finish(self, run: _Run, now: int) -> None:
         key = run.key
@@ -369,6 +424,14 @@ class RunTracker:
         finished = self._finished
         finished[key] = run
         run.finished_at = now
+        tools = run.tools
+        if tools:
+            # A call whose arguments ended before the run did is a client-side tool: the client runs it after the
+            # run, so the run's finish closes it. Only calls left without an END stay armed.
+            for tool_call_id, state in tools.items():
+                if state <= _AWAITING_RESULT:
+                    tools[tool_call_id] = _TOOL_DONE  # a value update: safe while iterating
+                    self._armed_tools -= 1
         due = self._run_due(run)
         if due != run.armed:
             # Re-armed even when later, so that next_deadline() stays exact for finished runs.
@@ -513,10 +576,16 @@ class RunTracker:
 
     def _fire_tool(self, run: _Run, tool_call_id: str, deadline: int, now: int, found: list[Anomaly]) -> None:
         assert run.tools is not None  # a live tool entry implies the call is in the table
+        ended = run.tools[tool_call_id] < 0
         run.tools[tool_call_id] = _TOOL_STUCK
         self._armed_tools -= 1
         thread_id, run_id = run.key
-        where = "" if run.finished_at is None else " (the run has finished)"
+        if ended:
+            what = "had its TOOL_CALL_END but no TOOL_CALL_RESULT, and its run has not finished"
+        else:
+            what = "has had no TOOL_CALL_END or TOOL_CALL_RESULT"
+            if run.finished_at is not None:
+                what += " (the run has finished)"
         found.append(
             Anomaly(
                 kind=AnomalyKind.STUCK_TOOL,
@@ -525,8 +594,8 @@ class RunTracker:
                 run_id=run_id,
                 tool_call_id=tool_call_id,
                 detected_at=now,
-                detail=f"the tool call started {now - deadline + self._stuck_ms} ms ago and has had no "
-                f"TOOL_CALL_END or TOOL_CALL_RESULT (threshold {self._stuck_ms} ms){where}",
+                detail=f"the tool call started {now - deadline + self._stuck_ms} ms ago and {what} "
+                f"(threshold {self._stuck_ms} ms)",
             )
         )
 
@@ -534,7 +603,7 @@ class RunTracker:
         run.tracked = False  # every heap entry for it is now stale
         tools = run.tools
         if tools:
-            self._armed_tools -= sum(1 for state in tools.values() if state >= 0)
+            self._armed_tools -= sum(1 for state in tools.values() if _armed(state))
 
     # ------------------------------------------------------------------ restart
 

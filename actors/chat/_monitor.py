@@ -27,7 +27,7 @@ AlertSink = Callable[[Anomaly], Awaitable[None] | None]
 """Called once per anomaly (sync or async). A sink that raises or hangs never stops detection."""
 
 
-class MonitorConfig(msgspec.Struct, frozen=True, kw_only=True):
+class MonitorConfig(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
     """The ChatEventMonitor's settings (durations in seconds).
 
     :param thresholds: the detectors' thresholds

@@ -1,6 +1,7 @@
 from __future__ import annotations
 
 import logging
+import random
 from typing import TYPE_CHECKING, Any, Final, assert_never
 
 import anyio
@@ -21,8 +22,11 @@ if TYPE_CHECKING:
 
 logger = logging.getLogger("agentwatch.sim.client")
 
-#: Seconds a client waits before reconnecting after the server closed its connection.
+#: Seconds a client waits before reconnecting after the server closed its connection, plus a seeded jitter of up to
+#: :data:`RECONNECT_JITTER` (clients that reconnect in lockstep with the server's ticks would make the order of
+#: same-instant events, which differs between event loops, decide what a resume replays).
 RECONNECT_AFTER: Final = 0.5
+RECONNECT_JITTER: Final = 0.05
 #: Gap details kept per client (the counts are always complete).
 _DETAILS_KEPT: Final = 10
 
@@ -92,17 +96,22 @@ ClientMessage = _Frame | _Closed | _Reconnect | _Leave | _BreakSocket | _ReadDel
 class ClientSocket:
     """The :class:`ConnectionSink` of one connection of a simulated client: the client's end of a WebSocket.
 
-    It reads at the client's current speed (``read_delay`` seconds per frame, awaited, so a slow reader holds up
+    It reads at the client's current speed (about ``read_delay`` seconds per frame, awaited, so a slow reader holds up
     only its own connection's writer), hands each frame to the client actor (waiting for room, like a socket
     buffer), and tells the client when the server closes. Armed with :meth:`fail_next_send`, its next send raises,
     as a connection that broke under the server would.
     """
 
-    def __init__(self, client: ActorRef[Any], number: int, clock: Clock, read_delay: float = 0.0) -> None:
+    def __init__(
+        self, client: ActorRef[Any], number: int, clock: Clock, read_delay: float = 0.0, *, seed: str = ""
+    ) -> None:
         self._client = client
         self._number = number
         self._clock = clock
         self.read_delay = read_delay
+        # Each read takes read_delay +-20%: a slow reader is no metronome (and one in step with the bridge's tick
+        # would make what happens depend on the order of same-instant events, which differs between event loops).
+        self._rng = random.Random(f"{seed}:socket:{number}")
         self._fail_next = False
         self.closed = False
 
@@ -123,7 +132,7 @@ class ClientSocket:
             self._fail_next = False
             raise ConnectionResetError("simulated connection failure")
         if self.read_delay > 0:
-            await anyio.sleep(self.read_delay)
+            await anyio.sleep(self.read_delay * self._rng.uniform(0.8, 1.2))
         await self._client.send(_Frame(connection=self._number, data=data, received_at=self._clock.now_ms()))
 
     async def close(self, code: int = 1000, reason: str = "") -> None:
@@ -195,7 +204,7 @@ class SimulatedClient(Actor[ClientMessage]):
     Every frame is checked against the thread's last seq: the next one is expected (a coalesced frame's
     ``firstSeq`` must follow on), a lower one is a duplicate, a higher one leaves a gap. When the server closes the
     connection (slow consumer 4001, failed send 1011, bridge restart 1012, ...) the client reconnects after
-    :data:`RECONNECT_AFTER` and resumes every thread with ``afterSeq`` = its last seq. Its plan's faults are
+    :data:`RECONNECT_AFTER` (jittered) and resumes every thread with ``afterSeq`` = its last seq. Its plan's faults are
     applied on its own timers: slow reading windows, disconnects (then a resume) and a broken socket.
 
     :param plan: threads and faults
@@ -222,6 +231,7 @@ class SimulatedClient(Actor[ClientMessage]):
         self._anomalies: list[str] = []
         self._latency = LatencyHistogram()
         self._faults: dict[str, int] = {}
+        self._rng = random.Random(f"{plan.seed}:client:{plan.client_id}")
 
     async def on_start(self) -> None:
         plan = self.plan
@@ -278,12 +288,18 @@ class SimulatedClient(Actor[ClientMessage]):
     async def _connect(self) -> None:
         self._number += 1
         connection_id = f"{self.plan.client_id}#{self._number}"
-        socket = ClientSocket(self.ref, self._number, self.clock, max(self._read_delays, default=0.0))
+        socket = ClientSocket(
+            self.ref,
+            self._number,
+            self.clock,
+            max(self._read_delays, default=0.0),
+            seed=f"{self.plan.seed}:{self.plan.client_id}",
+        )
         try:
             await self._bridge.connect(socket, principal=self.plan.client_id, connection_id=connection_id)
         except (ActorError, TimeoutError) as exc:
             logger.info("client %s: connect failed (%s); retrying", self.plan.client_id, exc)
-            self.send_after(RECONNECT_AFTER, _Reconnect())
+            self.send_after(self._reconnect_delay(), _Reconnect())
             return
         self._connection_id = connection_id
         self._socket = socket
@@ -330,7 +346,10 @@ class SimulatedClient(Actor[ClientMessage]):
         if self._finishing or message.code == CloseCode.POLICY_VIOLATION:
             return
         offline, self._leaving = self._leaving, None
-        self.send_after(offline if offline is not None else RECONNECT_AFTER, _Reconnect())
+        self.send_after(offline if offline is not None else self._reconnect_delay(), _Reconnect())
+
+    def _reconnect_delay(self) -> float:
+        return RECONNECT_AFTER + self._rng.uniform(0.0, RECONNECT_JITTER)
 
     # -- receipts -------------------------------------------------------------------------------------------------
 

@@ -43,7 +43,7 @@ FAULT_CATALOG: Final[dict[str, _Rule]] = {
     "monitor_hang": _Rule(FaultClass.RUNTIME),
     "monitor_block": _Rule(FaultClass.RUNTIME, ("seconds",)),
     "monitor_flood": _Rule(FaultClass.RUNTIME, ("messages",)),
-    "lying_component": _Rule(FaultClass.RUNTIME, ("duration", "delay")),
+    "lying_component": _Rule(FaultClass.RUNTIME, ("duration",)),
     "slow_client": _Rule(FaultClass.CLIENT, ("duration", "delay")),
     "client_disconnect": _Rule(FaultClass.CLIENT, ("duration",)),
     "bridge_connection_errors": _Rule(FaultClass.CLIENT),
@@ -183,11 +183,18 @@ def parse_fault(text: str) -> FaultSpec:
     return FaultSpec(name=name, text=text.strip(), **fields)  # type: ignore[arg-type]
 
 
+#: ``every=`` and ``at=`` times are applied this long after their nominal time: off the grid of the runtime's own
+#: ticks (0.1 s, 1 s, 10 s), so that what a fault hits never depends on the order of same-instant events, which
+#: differs between event loops (a report must be the same on asyncio and trio).
+FAULT_PHASE: Final = 0.0371
+
+
 def occurrence_times(spec: FaultSpec, duration: float, rng: random.Random) -> list[float]:
     """The times (seconds after the start) at which a scheduled fault occurs; ``[]`` for a share.
 
     ``count=N`` spreads N times over 5%..85% of the traffic, one in each of N equal slices (jittered), so that each
-    occurrence has time to become detectable before the traffic ends.
+    occurrence has time to become detectable before the traffic ends. ``every`` and ``at`` times are shifted by
+    :data:`FAULT_PHASE`.
 
     :raises FaultSpecError: when a time is outside the traffic, or ``every`` is longer than it
     """
@@ -199,14 +206,18 @@ def occurrence_times(spec: FaultSpec, duration: float, rng: random.Random) -> li
             raise FaultSpecError(
                 f"--fault {spec.text!r}: {spec.name}: at={late[0]:g}s is not within the traffic (0 .. {duration:g} s)"
             )
-        return list(spec.at)
+        return [at + FAULT_PHASE for at in spec.at]
     if spec.every is not None:
         if spec.every >= duration:
             raise FaultSpecError(
                 f"--fault {spec.text!r}: {spec.name}: every={spec.every:g}s never fires within {duration:g} s of "
                 "traffic"
             )
-        return [spec.every * k for k in range(1, math.ceil(duration / spec.every)) if spec.every * k < duration]
+        return [
+            spec.every * k + FAULT_PHASE
+            for k in range(1, math.ceil(duration / spec.every))
+            if spec.every * k < duration
+        ]
     assert spec.count is not None
     low, high = 0.05 * duration, 0.85 * duration
     width = (high - low) / spec.count

@@ -32,11 +32,13 @@ class Outage(msgspec.Struct, frozen=True, kw_only=True):
 class ClientPlan(msgspec.Struct, frozen=True, kw_only=True):
     """One simulated client: the threads it follows and the faults done to it (times in seconds after the start).
 
+    :param seed: seeds the client's reconnect jitter
     :param send_failures: times after which its connection's next send raises (``bridge_connection_errors``)
     """
 
     client_id: str
     threads: tuple[str, ...]
+    seed: int = 0
     slow: tuple[SlowWindow, ...] = ()
     outages: tuple[Outage, ...] = ()
     send_failures: tuple[float, ...] = ()
@@ -87,7 +89,7 @@ class SimulationSpec(msgspec.Struct, frozen=True, kw_only=True):
 #: Defaults of the fault options, in seconds (``messages``: count).
 FAULT_DEFAULTS: Final[dict[str, dict[str, float]]] = {
     "slow_client": {"duration": 20.0, "delay": 0.5},
-    "lying_component": {"duration": 25.0, "delay": 2.0},
+    "lying_component": {"duration": 25.0},
     "monitor_block": {"seconds": 0.2},
     "monitor_flood": {"messages": 10_000},
 }
@@ -106,12 +108,20 @@ class SimulationPlan:
         bursts: dict[str, tuple[float, ...]],
         clients: tuple[ClientPlan, ...],
         runtime_faults: tuple[RuntimeFault, ...],
+        scheduled: dict[str, int],
     ) -> None:
         self.spec = spec
+        #: Per ``--fault`` (by its text): occurrences planned by count, every or at (a share is drawn as it runs).
+        self.scheduled = scheduled
         self._scripts = scripts
         self._bursts = bursts
         self.clients = clients
         self.runtime_faults = runtime_faults
+
+    @property
+    def burst_times(self) -> tuple[float, ...]:
+        """When each injected error burst starts (seconds after the start)."""
+        return tuple(time for times in self._bursts.values() for time in times)
 
     @property
     def thread_ids(self) -> tuple[str, ...]:
@@ -150,8 +160,11 @@ def plan_simulation(spec: SimulationSpec) -> SimulationPlan:
     burst_times: list[float] = []
     runtime: list[RuntimeFault] = []
     client_events: list[tuple[str, float, FaultSpec]] = []
+    scheduled: dict[str, int] = {}
     for fault in spec.faults:
         times = occurrence_times(fault, duration, random.Random(f"{seed}:fault:{fault.text}"))
+        if fault.share is None:
+            scheduled[fault.text] = scheduled.get(fault.text, 0) + len(times)
         fault_class = fault.fault_class
         if fault_class is FaultClass.RUN:
             if fault.share is not None:
@@ -183,8 +196,9 @@ def plan_simulation(spec: SimulationSpec) -> SimulationPlan:
     apart = 2 * thresholds.error_burst_window + span
     for earlier, later in itertools.pairwise(burst_times):
         if later - earlier < apart:
+            texts = ", ".join(repr(fault.text) for fault in spec.faults if fault.name == "error_burst")
             raise FaultSpecError(
-                f"error_burst: bursts must be at least {apart:g} s apart to be told apart (twice the "
+                f"--fault {texts}: error_burst: bursts must be at least {apart:g} s apart to be told apart (twice the "
                 f"error_burst_window of {thresholds.error_burst_window:g} s, plus the burst); two are "
                 f"{later - earlier:.3g} s apart"
             )
@@ -205,7 +219,8 @@ def plan_simulation(spec: SimulationSpec) -> SimulationPlan:
     }
     bursts = {"burst": tuple(burst_times)} if burst_times else {}
     clients = _plan_clients(spec, rng, (*thread_ids, *bursts), client_events)
-    return SimulationPlan(spec, scripts, bursts, clients, tuple(sorted(runtime, key=lambda fault: fault.at)))
+    runtime.sort(key=lambda fault: fault.at)
+    return SimulationPlan(spec, scripts, bursts, clients, tuple(runtime), scheduled)
 
 
 def _int(value: float | None) -> int | None:
@@ -258,6 +273,7 @@ def _plan_clients(
         ClientPlan(
             client_id=client_id,
             threads=tuple(follows[index]),
+            seed=spec.seed,
             slow=tuple(sorted(slow[index], key=lambda window: window.at)),
             outages=tuple(sorted(outages[index], key=lambda outage: outage.at)),
             send_failures=tuple(sorted(failures[index])),

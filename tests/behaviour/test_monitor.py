@@ -388,6 +388,7 @@ class TestStuckTool:
             for event in (run_started("t1", "r1"), tool_start("c1"), tool_start("c2"), tool_start("c3")):
                 rig.tap.emit("t1", "r1", event)
             rig.tap.emit("t1", "r1", tool_end("c2"))
+            rig.tap.emit("t1", "r1", tool_result("c2"))  # an END alone leaves a call open until its RESULT
             await keep_alive(rig, "t1", "r1", until=100)
             assert sorted(a.tool_call_id or "" for a in rig.alerts.anomalies) == ["c1", "c3"]
 
@@ -624,8 +625,8 @@ def plan_valid_runs(rng: random.Random, *, threads: int, runs_per_thread: int) -
     """Realistic, valid runs: each thread runs one at a time; every gap, tool call and lag is under its threshold.
 
     A run is RUN_STARTED, an optional reasoning span, text deltas, 0-5 tool calls (some slow to stream their
-    arguments, some slow to execute: up to 25 s, under the 30 s stuck threshold), more text, then RUN_FINISHED, or
-    rarely RUN_ERROR. Sorted by time.
+    arguments, some slow to execute: START to RESULT under 29 s, inside the 30 s stuck threshold), more text, then
+    RUN_FINISHED, or rarely RUN_ERROR. Sorted by time.
     """
     planned: list[Planned] = []
     for t in range(threads):
@@ -653,12 +654,13 @@ def plan_valid_runs(rng: random.Random, *, threads: int, runs_per_thread: int) -
                 add(ToolCallStart(tool_call_id=call_id, tool_call_name="search"), rng.uniform(0.05, 1.0))
                 for _ in range(rng.randint(1, 3)):
                     add(ToolCallArgs(tool_call_id=call_id, delta='{"q": 1}'), rng.uniform(0.01, 0.1))
-                # START..END is what stuck_tool times (the seed's tool_executing..tool_completed); END..RESULT is
-                # the tool executing in silence. Either may take up to 25 s, under the 30 s threshold.
-                add(ToolCallEnd(tool_call_id=call_id), rng.uniform(5, 25) if rng.random() < 0.05 else 0.02)
+                # START..RESULT is what stuck_tool times: START..END streams the arguments, END..RESULT is the tool
+                # executing in silence. Either may be slow, not both: the whole call stays under the 30 s threshold.
+                slow_args = rng.random() < 0.05
+                add(ToolCallEnd(tool_call_id=call_id), rng.uniform(5, 25) if slow_args else 0.02)
                 add(
                     ToolCallResult(message_id=f"{call_id}:result", tool_call_id=call_id, content="ok"),
-                    rng.uniform(5, 25) if rng.random() < 0.05 else rng.uniform(0.05, 3),
+                    rng.uniform(5, 25) if not slow_args and rng.random() < 0.05 else rng.uniform(0.05, 3),
                 )
             add(TextMessageStart(message_id=f"{run}:answer", role="assistant"), rng.uniform(0.05, 1))
             for _ in range(rng.randint(1, 12)):

@@ -85,8 +85,9 @@ class TestProbes:
                 async with open_ws(client, server.ws + "/ws") as ws:
                     await ws.receive_text()
                     await ws.send_text(json.dumps({"subscribe": {"threadId": "t1"}}))
+                    assert frame(await ws.receive_text())["name"] == "agentwatch.subscribed"
                     publish_run(app, "t1", 3)
-                    delivered = []
+                    delivered: list[str] = []
                     while len(delivered) < 5:
                         decoded = frame(await ws.receive_text())
                         if not is_control(decoded):
@@ -107,16 +108,21 @@ class TestMetrics:
     async def test_metrics_follow_prometheus_conventions_and_count_what_happened(self) -> None:
         app = create_app()
         with anyio.fail_after(LIMIT):
-            async with running(app) as server, httpx.AsyncClient() as client:
-                async with open_ws(client, server.ws + "/ws") as ws:
-                    await ws.receive_text()
-                    await ws.send_text(json.dumps({"subscribe": {"threadId": "t1"}}))
-                    await ws.send_text("{not json")
-                    publish_run(app, "t1", 48)
-                    seen = 0
-                    while seen < 50:
-                        seen += not is_control(frame(await ws.receive_text()))
-                    response = await client.get(server.http + "/metrics")
+            async with (
+                running(app) as server,
+                httpx.AsyncClient() as client,
+                open_ws(client, server.ws + "/ws") as ws,
+            ):
+                await ws.receive_text()
+                await ws.send_text(json.dumps({"subscribe": {"threadId": "t1"}}))
+                assert frame(await ws.receive_text())["name"] == "agentwatch.subscribed"
+                await ws.send_text("{not json")
+                assert frame(await ws.receive_text())["name"] == "agentwatch.error"
+                publish_run(app, "t1", 48)
+                seen = 0
+                while seen < 50:
+                    seen += not is_control(frame(await ws.receive_text()))
+                response = await client.get(server.http + "/metrics")
         assert response.status_code == 200
         assert response.headers["content-type"].startswith("text/plain")
         metrics = families(response.text)
@@ -152,7 +158,9 @@ class TestDashboardEndpoints:
         assert page.status_code == 200
         assert page.headers["content-type"].startswith("text/html")
         assert "dashboard/ws" in page.text
-        assert "http://" not in page.text and "https://" not in page.text  # no CDN, no external asset
+        # No CDN, no external asset.
+        assert "http://" not in page.text
+        assert "https://" not in page.text
         assert second["at"] > first["at"]
         tree = first["tree"][0]
         assert tree["id"] == "agentwatch"

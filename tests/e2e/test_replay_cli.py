@@ -197,7 +197,8 @@ class TestReplayThresholds:
 
     def test_replay_config_file_sets_thresholds_and_flags_win(self, tmp_path: Path) -> None:
         config = tmp_path / "agentwatch.toml"
-        config.write_text("[monitor]\nstuck_tool_after = 5\nstale_thread_after = 20\n")
+        # The runtime's config file: the thresholds live where `serve --config` reads them.
+        config.write_text("[monitor.thresholds]\nstuck_tool_after = 5\nstale_thread_after = 20\n")
         from_config = agentwatch("replay", TRACES / "stuck_tool.jsonl", "--json", "--config", config)
         assert found(from_config) == [("stuck_tool", "t1", "r1", "call-1", T0 + 6_000)]
         overridden = agentwatch(
@@ -207,16 +208,24 @@ class TestReplayThresholds:
 
     def test_replay_bad_config_is_a_usage_error_naming_the_key(self, tmp_path: Path) -> None:
         config = tmp_path / "agentwatch.toml"
-        config.write_text("[monitor]\nstuck_tool_after = -3\n")
+        config.write_text('[monitor.thresholds]\nstuck_tool_after = "soon"\n')
         result = agentwatch("replay", TRACES / "clean.jsonl", "--config", config)
         assert result.returncode == 2
-        assert "[monitor] stuck_tool_after" in result.stderr
-        assert "positive" in result.stderr
+        assert "$.monitor.thresholds.stuck_tool_after" in result.stderr
+        assert result.stdout == ""
+
+    def test_replay_config_value_out_of_range_is_a_usage_error_stating_the_rule(self, tmp_path: Path) -> None:
+        config = tmp_path / "agentwatch.toml"
+        config.write_text("[monitor.thresholds]\nstuck_tool_after = -3\n")
+        result = agentwatch("replay", TRACES / "clean.jsonl", "--config", config)
+        assert result.returncode == 2
+        assert "stuck_tool_after must be a positive finite number of seconds" in result.stderr
 
     def test_replay_missing_config_is_a_usage_error(self, tmp_path: Path) -> None:
         result = agentwatch("replay", TRACES / "clean.jsonl", "--config", tmp_path / "none.toml")
         assert result.returncode == 2
-        assert "none.toml: no such file" in result.stderr
+        assert "none.toml" in result.stderr
+        assert "No such file" in result.stderr
 
 
 class TestReplayOutput:

@@ -1,6 +1,7 @@
 from __future__ import annotations
 
 import gc
+import json
 import random
 import tracemalloc
 from typing import Any
@@ -8,6 +9,7 @@ from typing import Any
 import msgspec
 import pytest
 
+from actors.chat._aliases import agent_completed, agent_started, tool_completed, tool_executing
 from actors.chat._anomaly import ALL_THREADS, Anomaly, AnomalyKind, ReportedKeys, Severity
 from actors.chat._detection import DetectionThresholds, RunTracker
 from actors.chat._events import (
@@ -24,6 +26,7 @@ from actors.chat._events import (
     ToolCallEnd,
     ToolCallResult,
     ToolCallStart,
+    parse_event,
 )
 
 T0 = 1_700_000_000_000  # ms on the runtime clock; any non-negative value works
@@ -195,6 +198,15 @@ class TestOrphanToolCompleted:
         assert [(a.kind, a.run_id) for a in found] == [(AnomalyKind.ORPHAN_TOOL_COMPLETED, "r2")]
 
 
+def result(call: str = "c1") -> ToolCallResult:
+    return ToolCallResult(message_id=f"{call}-result", tool_call_id=call, content="ok")
+
+
+def seed_frame(**fields: object) -> AgentEvent:
+    """Decode a seed object as it comes in over the wire (the alias parser keeps it as rawEvent)."""
+    return parse_event(json.dumps(fields))
+
+
 class TestStuckTool:
     def test_stuck_tool_is_reported_exactly_at_the_threshold(self) -> None:
         tracker = RunTracker()
@@ -207,36 +219,101 @@ class TestStuckTool:
         assert anomaly.kind is AnomalyKind.STUCK_TOOL
         assert anomaly.severity is Severity.CRITICAL
         assert (anomaly.run_id, anomaly.tool_call_id, anomaly.detected_at) == ("r1", "c1", T0 + 100 + STUCK_MS)
+        assert "no TOOL_CALL_END or TOOL_CALL_RESULT" in anomaly.detail
 
-    def test_stuck_tool_long_call_that_ends_in_time_is_not_reported(self) -> None:
-        tracker = RunTracker()
-        feed(tracker, (started(), T0), (tool_start(), T0), (ToolCallEnd(tool_call_id="c1"), T0 + STUCK_MS - 1))
-        assert tracker.advance(T0 + STALE_MS - 1) == ()
-
-    def test_stuck_tool_result_without_end_closes_the_call(self) -> None:
+    def test_stuck_tool_long_call_whose_result_comes_in_time_is_not_reported(self) -> None:
         tracker = RunTracker()
         feed(
             tracker,
             (started(), T0),
             (tool_start(), T0),
-            (ToolCallResult(message_id="m2", tool_call_id="c1", content="ok"), T0 + 10),
-            (finished(), T0 + 20),
+            (ToolCallEnd(tool_call_id="c1"), T0 + 10),
+            (result(), T0 + STUCK_MS - 1),
         )
+        assert tracker.advance(T0 + STALE_MS - 1) == ()
+
+    def test_stuck_tool_result_at_the_threshold_is_too_late(self) -> None:
+        tracker = RunTracker()
+        feed(tracker, (started(), T0), (tool_start(), T0), (ToolCallEnd(tool_call_id="c1"), T0 + 10))
+        assert kinds(tracker.advance(T0 + STUCK_MS)) == [AnomalyKind.STUCK_TOOL]
+        # The late RESULT is neither an orphan nor a second report.
+        assert tracker.observe(stamped(result(), at=T0 + STUCK_MS, seq=4)) == ()
+        assert tracker.advance(T0 + STUCK_MS + STALE_MS - 1) == ()
+
+    def test_stuck_tool_result_without_end_closes_the_call(self) -> None:
+        tracker = RunTracker()
+        feed(tracker, (started(), T0), (tool_start(), T0), (result(), T0 + 10), (finished(), T0 + 20))
         assert tracker.advance(T0 + 10 * RETENTION_MS) == ()
+
+    def test_stuck_tool_server_side_call_hung_after_its_end_is_reported(self) -> None:
+        # The arguments are complete, the tool is executing, and no result ever comes while the run goes on.
+        tracker = RunTracker()
+        feed(
+            tracker,
+            (started(), T0),
+            (tool_start(), T0),
+            (ToolCallArgs(tool_call_id="c1", delta="{}"), T0 + 5),
+            (ToolCallEnd(tool_call_id="c1"), T0 + 10),
+            (text(), T0 + STUCK_MS - 1),
+        )
+        assert tracker.next_deadline() == T0 + STUCK_MS
+        assert tracker.advance(T0 + STUCK_MS - 1) == ()
+        found = tracker.advance(T0 + STUCK_MS)
+        assert [(a.kind, a.tool_call_id, a.detected_at) for a in found] == [(AnomalyKind.STUCK_TOOL, "c1", T0 + STUCK_MS)]
+        assert "had its TOOL_CALL_END but no TOOL_CALL_RESULT" in found[0].detail
+
+    @pytest.mark.parametrize("ending", [finished(), RunError(message="cancelled")])
+    def test_stuck_tool_client_side_call_closed_by_its_run_finishing_is_not_reported(self, ending: AgentEvent) -> None:
+        # START, ARGS, END, then the run ends without a RESULT: the client executes the tool after the run.
+        tracker = RunTracker()
+        feed(
+            tracker,
+            (started(), T0),
+            (tool_start(), T0 + 1),
+            (ToolCallArgs(tool_call_id="c1", delta="{}"), T0 + 2),
+            (ToolCallEnd(tool_call_id="c1"), T0 + 3),
+            (ending, T0 + 4),
+        )
+        # Only the finished run's expiry is left: the call no longer holds the run past its retention either.
+        assert tracker.statistics().pending_deadlines == 1
+        assert tracker.next_deadline() == T0 + 4 + RETENTION_MS
+        assert tracker.advance(T0 + 10 * RETENTION_MS) == ()
+
+    def test_stuck_tool_client_side_run_finishing_just_before_the_threshold_is_not_reported(self) -> None:
+        tracker = RunTracker()
+        feed(tracker, (started(), T0), (tool_start(), T0), (ToolCallEnd(tool_call_id="c1"), T0 + 1))
+        assert tracker.advance(T0 + STUCK_MS - 1) == ()
+        tracker.observe(stamped(finished(), at=T0 + STUCK_MS - 1, seq=4))
+        assert tracker.advance(T0 + 10 * RETENTION_MS) == ()
+
+    def test_stuck_tool_run_finishing_at_the_threshold_is_too_late(self) -> None:
+        tracker = RunTracker()
+        feed(tracker, (started(), T0), (tool_start(), T0), (ToolCallEnd(tool_call_id="c1"), T0 + 1))
+        assert kinds(tracker.advance(T0 + STUCK_MS)) == [AnomalyKind.STUCK_TOOL]
+        assert tracker.observe(stamped(finished(), at=T0 + STUCK_MS, seq=4)) == ()
+        assert tracker.advance(T0 + 10 * RETENTION_MS) == ()
+
+    def test_stuck_tool_repeated_end_leaves_the_call_awaiting_its_result(self) -> None:
+        tracker = RunTracker()
+        end = ToolCallEnd(tool_call_id="c1")
+        assert feed(tracker, (started(), T0), (tool_start(), T0), (end, T0 + 1), (end, T0 + 2)) == []
+        assert [a.tool_call_id for a in tracker.advance(T0 + STUCK_MS)] == ["c1"]
 
     def test_stuck_tool_is_reported_once_and_a_late_end_is_not_an_orphan(self) -> None:
         tracker = RunTracker()
         feed(tracker, (started(), T0), (tool_start(), T0))
         assert kinds(tracker.advance(T0 + STUCK_MS)) == [AnomalyKind.STUCK_TOOL]
         assert tracker.observe(stamped(ToolCallEnd(tool_call_id="c1"), at=T0 + STUCK_MS + 1, seq=3)) == ()
+        assert tracker.observe(stamped(result(), at=T0 + STUCK_MS + 2, seq=4)) == ()
         assert tracker.advance(T0 + STUCK_MS + STALE_MS) == ()
 
     def test_stuck_tool_left_open_by_a_finished_run_is_still_reported(self) -> None:
+        # No END: the run ended with the call's arguments half-streamed.
         tracker = RunTracker()
         feed(tracker, (started(), T0), (tool_start(), T0), (finished(), T0 + 5))
         found = tracker.advance(T0 + STUCK_MS)
         assert kinds(found) == [AnomalyKind.STUCK_TOOL]
-        assert "finished" in found[0].detail
+        assert "no TOOL_CALL_END or TOOL_CALL_RESULT (the run has finished)" in found[0].detail
 
     def test_stuck_tool_outliving_the_retention_is_still_reported(self) -> None:
         tracker = RunTracker(DetectionThresholds(retention=1.0))
@@ -252,11 +329,49 @@ class TestStuckTool:
         found = tracker.advance(T0 + STUCK_MS + 1)
         assert [(a.tool_call_id, a.detected_at) for a in found] == [("a", T0 + STUCK_MS + 1), ("b", T0 + STUCK_MS + 1)]
 
-    def test_stuck_tool_ended_call_leaves_only_the_run_deadline(self) -> None:
+    def test_stuck_tool_ended_call_stays_armed_until_its_result(self) -> None:
         tracker = RunTracker()
         feed(tracker, (started(), T0), (tool_start(), T0), (ToolCallEnd(tool_call_id="c1"), T0 + 1))
+        assert tracker.statistics().pending_deadlines == 2
+        assert tracker.next_deadline() == T0 + STUCK_MS
+        tracker.observe(stamped(result(), at=T0 + 2, seq=4))
         assert tracker.statistics().pending_deadlines == 1
         assert tracker.next_deadline() == T0 + STALE_MS
+
+    def test_stuck_tool_seed_stream_closed_by_agent_completed_is_not_reported(self) -> None:
+        # The seed's Python aliases: tool_completed is a plain TOOL_CALL_END, and agent_completed closes the call.
+        tracker = RunTracker()
+        found = feed(
+            tracker,
+            (agent_started("t1", "r1"), T0),
+            (tool_executing("c1", "search", thread_id="t1", run_id="r1"), T0 + 1),
+            (tool_completed("c1", thread_id="t1", run_id="r1"), T0 + 2),
+            (agent_completed("t1", "r1"), T0 + STUCK_MS - 1),
+        )
+        assert found == []
+        assert tracker.advance(T0 + 10 * RETENTION_MS) == ()
+
+    def test_stuck_tool_seed_tool_completed_then_silence_is_only_a_stale_thread(self) -> None:
+        # A seed tool_completed (decoded from the wire) says the tool finished: the run that then goes silent is
+        # stale, not stuck on its tool.
+        tracker = RunTracker()
+        found = feed(
+            tracker,
+            (seed_frame(type="agent_started", thread_id="t1", run_id="r1"), T0),
+            (seed_frame(type="tool_executing", tool_call_id="c1", tool_name="search", run_id="r1"), T0 + 1),
+            (seed_frame(type="tool_completed", tool_call_id="c1", run_id="r1", result="3 hits"), T0 + 2),
+        )
+        assert found == []
+        assert tracker.statistics().pending_deadlines == 1
+        assert tracker.advance(T0 + 2 + STALE_MS - 1) == ()
+        assert kinds(tracker.advance(T0 + 2 + STALE_MS)) == [AnomalyKind.STALE_THREAD]
+
+    def test_stuck_tool_seed_tool_completed_without_executing_is_an_orphan(self) -> None:
+        tracker = RunTracker()
+        found = feed(
+            tracker, (started(), T0), (seed_frame(type="tool_completed", tool_call_id="ghost", run_id="r1"), T0 + 1)
+        )
+        assert [(a.kind, a.tool_call_id) for a in found] == [(AnomalyKind.ORPHAN_TOOL_COMPLETED, "ghost")]
 
 
 class TestStaleThread:
@@ -489,7 +604,74 @@ class TestUndeliveredEvent:
         found = tracker.advance(T0 + 3 + UNDELIVERED_MS)
         assert [(a.seq, a.detected_at) for a in found] == [(1, T0 + 3 + UNDELIVERED_MS)]
         assert "3 event(s), seq 1..3" in found[0].detail
-        assert [a.seq for a in tracker.advance(T0 + 1_000 + UNDELIVERED_MS)] == [4]
+        # Seq 4 falls due while the gap is open: it joins it, unreported.
+        assert tracker.advance(T0 + 1_000 + UNDELIVERED_MS) == ()
+        assert tracker.statistics().pending_deliveries == 0
+
+    def test_undelivered_stalled_thread_is_reported_once_not_once_per_check(self) -> None:
+        # Regression: each newly overdue batch was a new key, so a stalled thread was reported at every check.
+        tracker = RunTracker()
+        found: list[Anomaly] = []
+        for n in range(600):  # ten events a second for a minute, checked every second, never delivered
+            tracker.expect_delivery("t1", n + 1, T0 + 100 * n)
+            if n % 10 == 9:
+                found += tracker.advance(T0 + 100 * n)
+        found += tracker.advance(T0 + 60_000 + UNDELIVERED_MS)
+        assert [(a.kind, a.thread_id, a.seq) for a in found] == [(AnomalyKind.UNDELIVERED_EVENT, "t1", 1)]
+        assert found[0].detected_at == T0 + UNDELIVERED_MS + 900  # the first check at or after seq 1's deadline
+
+    def test_undelivered_gap_closed_by_catching_up_lets_a_new_gap_be_reported(self) -> None:
+        tracker = RunTracker()
+        for seq in (1, 2, 3):
+            tracker.expect_delivery("t1", seq, T0)
+        assert [a.seq for a in tracker.advance(T0 + UNDELIVERED_MS)] == [1]
+        tracker.confirm_delivery("t1", 3)  # the thread caught up with everything found overdue
+        tracker.expect_delivery("t1", 4, T0 + UNDELIVERED_MS)
+        tracker.expect_delivery("t1", 5, T0 + UNDELIVERED_MS)
+        found = tracker.advance(T0 + 2 * UNDELIVERED_MS)
+        assert [a.seq for a in found] == [4]
+        assert "2 event(s), seq 4..5" in found[0].detail
+        assert "highest confirmed seq: 3" in found[0].detail
+
+    def test_undelivered_confirmation_short_of_the_overdue_seqs_keeps_the_gap_open(self) -> None:
+        tracker = RunTracker()
+        for seq in (1, 2):
+            tracker.expect_delivery("t1", seq, T0)
+        tracker.expect_delivery("t1", 3, T0 + 1_000)
+        assert [a.seq for a in tracker.advance(T0 + UNDELIVERED_MS)] == [1]
+        assert tracker.advance(T0 + 1_000 + UNDELIVERED_MS) == ()  # seq 3 joins the gap
+        # Past the reported seq, one short of the highest overdue one: still behind, still the same gap.
+        tracker.confirm_delivery("t1", 2)
+        tracker.expect_delivery("t1", 4, T0 + 2_000)
+        assert tracker.advance(T0 + 2_000 + UNDELIVERED_MS) == ()
+        # Exactly the highest overdue seq (4): caught up, and the next overdue seq opens a new gap.
+        tracker.confirm_delivery("t1", 4)
+        tracker.expect_delivery("t1", 5, T0 + 3_000)
+        assert [a.seq for a in tracker.advance(T0 + 3_000 + UNDELIVERED_MS)] == [5]
+
+    def test_undelivered_confirmation_of_in_flight_seqs_only_does_not_close_the_gap(self) -> None:
+        tracker = RunTracker()
+        tracker.expect_delivery("t1", 1, T0)
+        assert [a.seq for a in tracker.advance(T0 + UNDELIVERED_MS)] == [1]
+        tracker.expect_delivery("t1", 2, T0 + UNDELIVERED_MS)
+        tracker.confirm_delivery("t1", 0)  # below what was reported: ignored
+        assert tracker.advance(T0 + 2 * UNDELIVERED_MS) == ()
+
+    def test_undelivered_gap_of_a_thread_that_lost_its_subscribers_is_forgotten(self) -> None:
+        tracker = RunTracker()
+        tracker.expect_delivery("t1", 1, T0)
+        assert [a.seq for a in tracker.advance(T0 + UNDELIVERED_MS)] == [1]
+        tracker.thread_has_no_subscribers("t1")
+        tracker.expect_delivery("t1", 7, T0 + UNDELIVERED_MS)  # a new subscriber, and a new gap
+        assert [a.seq for a in tracker.advance(T0 + 2 * UNDELIVERED_MS)] == [7]
+
+    def test_undelivered_gaps_are_per_thread(self) -> None:
+        tracker = RunTracker()
+        tracker.expect_delivery("t1", 1, T0)
+        assert [a.thread_id for a in tracker.advance(T0 + UNDELIVERED_MS)] == ["t1"]
+        tracker.expect_delivery("t1", 2, T0 + 1)
+        tracker.expect_delivery("t2", 1, T0 + 1)
+        assert [(a.thread_id, a.seq) for a in tracker.advance(T0 + 1 + UNDELIVERED_MS)] == [("t2", 1)]
 
     def test_undelivered_partial_confirmation_reports_only_the_rest(self) -> None:
         tracker = RunTracker()
@@ -548,7 +730,7 @@ class TestDeadlines:
         feed(tracker, (started(), T0))
         for n in range(100):
             call = f"c{n}"
-            feed(tracker, (tool_start(call), T0 + n), (ToolCallEnd(tool_call_id=call), T0 + n))
+            feed(tracker, (tool_start(call), T0 + n), (ToolCallEnd(tool_call_id=call), T0 + n), (result(call), T0 + n))
         assert tracker.next_deadline() == T0 + STALE_MS
 
     def test_next_deadline_of_a_delivered_thread_comes_early_and_reports_nothing(self) -> None:
@@ -568,6 +750,7 @@ class TestDeadlines:
             call = f"c{n}"
             tracker.observe(stamped(tool_start(call), at=T0 + n))
             tracker.observe(stamped(ToolCallEnd(tool_call_id=call), at=T0 + n))
+            tracker.observe(stamped(result(call), at=T0 + n))
         tracker.observe(stamped(tool_start("open"), at=T0 + 10_000))
         assert tracker.statistics().pending_deadlines == 2
         found = tracker.advance(T0 + 10_000 + STUCK_MS)

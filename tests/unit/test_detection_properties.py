@@ -65,8 +65,19 @@ def pick(rng: random.Random, limit: int) -> int:
     return int(rng.random() * (min(limit, 2_000) + 1))
 
 
+def thirds(duration: int) -> tuple[int, int, int]:
+    """Split a duration into three gaps, none longer than a third of it rounded up."""
+    first = duration // 3
+    second = (duration - first) // 2
+    return first, second, duration - first - second
+
+
 def valid_run(rng: random.Random, limits: Limits, thread: str, run: str, start: int, *, error: bool) -> Timed:
-    """One well-formed run with every timing inside its threshold (deadline kinds: at most threshold - 1 ms)."""
+    """One well-formed run with every timing inside its threshold (deadline kinds: at most threshold - 1 ms).
+
+    A server-side tool call (START, ARGS, END, RESULT) gets its RESULT within the stuck threshold of its START; a
+    client-side one (START, ARGS, END, no RESULT) can only end the run, which then finishes within the threshold.
+    """
     gap = limits.stale - 1  # between consecutive events of a run
     at = start
     out: Timed = [(at, RunStarted(thread_id=thread, run_id=run))]
@@ -76,17 +87,21 @@ def valid_run(rng: random.Random, limits: Limits, thread: str, run: str, start: 
         at += after
         out.append((at, event))
 
+    def call_lasting(call: str) -> tuple[int, int]:
+        """Open a call and stream its arguments; return the two gaps left for what closes it (under the threshold)."""
+        # Three gaps split the call's duration, so each stays under the stale threshold as well.
+        args, end, close = thirds(pick(rng, min(limits.stuck - 1, 3 * gap)))
+        emit(ToolCallStart(tool_call_id=call, tool_call_name="search"), pick(rng, gap))
+        emit(ToolCallArgs(tool_call_id=call, delta="{}"), args)
+        return end, close
+
     for block in range(rng.randint(0, 3)):
         shape = rng.randrange(4)
         if shape == 0:
             call = f"{run}-call{block}"
-            # Two gaps split the call's duration, so each stays under the stale threshold as well.
-            duration = pick(rng, min(limits.stuck - 1, 2 * gap))
-            emit(ToolCallStart(tool_call_id=call, tool_call_name="search"), pick(rng, gap))
-            emit(ToolCallArgs(tool_call_id=call, delta="{}"), duration // 2)
-            emit(ToolCallEnd(tool_call_id=call), duration - duration // 2)
-            if rng.random() < 0.5:
-                emit(ToolCallResult(message_id=f"{call}-result", tool_call_id=call, content="ok"), pick(rng, gap))
+            end, close = call_lasting(call)
+            emit(ToolCallEnd(tool_call_id=call), end)
+            emit(ToolCallResult(message_id=f"{call}-result", tool_call_id=call, content="ok"), close)
         elif shape == 1:
             message = f"{run}-m{block}"
             emit(TextMessageStart(message_id=message), pick(rng, gap))
@@ -99,7 +114,14 @@ def valid_run(rng: random.Random, limits: Limits, thread: str, run: str, start: 
         else:
             emit(StepStarted(step_name="plan"), pick(rng, gap))
             emit(StepFinished(step_name="plan"), pick(rng, gap))
-    emit(RunError(message="tool failed") if error else RunFinished(thread_id=thread, run_id=run), pick(rng, gap))
+    finish = RunError(message="tool failed") if error else RunFinished(thread_id=thread, run_id=run)
+    if rng.random() < 0.25:
+        call = f"{run}-client"
+        end, close = call_lasting(call)
+        emit(ToolCallEnd(tool_call_id=call), end)
+        emit(finish, close)
+    else:
+        emit(finish, pick(rng, gap))
     return [(at, stamp_time(rng, limits, event, at)) for at, event in out]
 
 
@@ -203,13 +225,22 @@ def inject(
         opening = timed[index][1]
         assert isinstance(opening, ToolCallStart)
         call = opening.tool_call_id
+        detected, subject = timed[index][0] + limits.stuck, (call, None)
+        if rng.random() < 0.5:
+            # Never ends: its arguments stop streaming, whether or not the run then finishes.
+            closes: tuple[type, ...] = (ToolCallEnd, ToolCallResult)
+        else:
+            # Hung while executing: END, then no RESULT, and the run still going at the deadline.
+            closes = (ToolCallResult,)
+            end = next(n for n, (_, event) in enumerate(timed) if isinstance(event, ToolCallEnd) and n > index)
+            timed = postpone_after(timed, end, until=detected, gap=limits.stale - 1, filler=filler)
         timed = [
-            (at, filler if isinstance(event, ToolCallEnd | ToolCallResult) and event.tool_call_id == call else event)
+            (at, filler if isinstance(event, closes) and getattr(event, "tool_call_id", None) == call else event)
             for at, event in timed
         ]
-        detected, subject = timed[index][0] + limits.stuck, (call, None)
     elif kind is AnomalyKind.STALE_THREAD:
-        timed.pop()  # no RUN_FINISHED
+        timed.pop()  # no RUN_FINISHED, and no client-side call left open at the end (that would be stuck)
+        timed = [(at, event) for at, event in timed if getattr(event, "tool_call_id", None) != f"{run}-client"]
         detected = timed[-1][0] + limits.stale
     elif kind is AnomalyKind.HIGH_LATENCY:
         index = rng.randrange(len(timed))
@@ -231,6 +262,27 @@ def inject(
     actions = run_actions(rng, limits, thread, run, timed, tiebreak, drop_last_confirm=drop_last_confirm)
     run_id = None if kind is AnomalyKind.UNDELIVERED_EVENT else run
     return actions, ((kind, thread, run_id, subject[0], subject[1], None), detected)
+
+
+def postpone_after(timed: Timed, index: int, *, until: int, gap: int, filler: AgentEvent) -> Timed:
+    """Move the events after ``timed[index]`` later, so the last one comes no earlier than ``until``; fill the
+    widened silence with ``filler`` events no more than ``gap`` apart, so the run does not go stale meanwhile."""
+    shift = max(0, until - timed[-1][0])
+    if not shift:
+        return timed
+    head, tail = timed[: index + 1], [(at + shift, later(event, shift)) for at, event in timed[index + 1 :]]
+    at = head[-1][0] + gap
+    while at < tail[0][0]:
+        head.append((at, filler))
+        at += gap
+    return head + tail
+
+
+def later(event: AgentEvent, shift: int) -> AgentEvent:
+    """The event as its producer would have stamped it ``shift`` ms later (so it is no later to arrive)."""
+    if event.timestamp is None:
+        return event
+    return msgspec.structs.replace(event, timestamp=event.timestamp + shift)
 
 
 def inject_burst(

@@ -242,5 +242,5 @@ class TestDocumentedNames:
 
     def test_docs_scan_finds_readme_example_imports(self) -> None:
         # Guards the scanner itself: the README's first example must be seen, or the two tests above prove nothing.
-        assert ("README.md", "actors", "open_actor_system") in _documented_imports()
+        assert ("README.md", "supervisors", "open_runtime") in _documented_imports()
         assert {"MailboxSpec", "Overflow", "open_actor_system"} <= set(_documented_names())

@@ -1,0 +1,212 @@
+from __future__ import annotations
+
+import importlib
+import inspect
+import typing
+from collections.abc import Callable, Mapping, Sequence
+from typing import Any, Final, TypeVar
+
+import msgspec
+
+F = TypeVar("F", bound=Callable[..., Any])
+
+_SCHEMA_ATTRIBUTE: Final = "__agentwatch_schema__"
+_ARGS_ENCODER: Final = msgspec.msgpack.Encoder()
+
+
+class MessageSchema:
+    """The messages that cross the process boundary for one actor type, and the reply type of each ask.
+
+    A worker decodes what it receives by type: each message type listed here gets a code (its index), so the wire
+    carries the code and the message's own encoding, and the receiving side decodes it as exactly that type (a
+    ``StampedEvent`` arrives as a ``StampedEvent``, with its nested event, not as a dict).
+
+    :param accepts: the message types the actor may be told or asked from the parent (msgspec-encodable types,
+        usually Structs); anything else told to its ref is dropped as a dead letter (reason ``not_in_schema``)
+    :param replies: request type -> reply type, for the requests that are asks: the host waits for their reply and
+        returns it, decoded as that type (a ``list[X]`` or any type msgspec decodes works). An ask of a type not
+        listed here is forwarded as a tell and answered ``None`` at once
+    :param sends: the message types the actor may tell or ask actors of the parent system (through
+        :func:`parent_ref`)
+    :param send_replies: request type -> reply type for the actor's asks to the parent (undeclared: decoded untyped)
+    :raises TypeError: when a type is not a msgspec-decodable type
+    :raises ValueError: when a type is listed twice, or a reply is declared for a type not in accepts/sends
+    """
+
+    __slots__ = ("_accept_codes", "_send_codes", "accepts", "replies", "send_replies", "sends")
+
+    def __init__(
+        self,
+        *,
+        accepts: Sequence[type],
+        replies: Mapping[type, Any] | None = None,
+        sends: Sequence[type] = (),
+        send_replies: Mapping[type, Any] | None = None,
+    ) -> None:
+        self.accepts = tuple(accepts)
+        self.replies = dict(replies or {})
+        self.sends = tuple(sends)
+        self.send_replies = dict(send_replies or {})
+        for field, types in (("accepts", self.accepts), ("sends", self.sends)):
+            for tp in types:
+                _require_decodable(f"MessageSchema.{field}", tp)
+                if types.count(tp) > 1:
+                    raise ValueError(f"MessageSchema.{field} lists {tp.__qualname__} twice")
+        for field, listed, mapping in (
+            ("replies", self.accepts, self.replies),
+            ("send_replies", self.sends, self.send_replies),
+        ):
+            for request, reply in mapping.items():
+                if request not in listed:
+                    owner = "accepts" if field == "replies" else "sends"
+                    raise ValueError(
+                        f"MessageSchema.{field} declares a reply to {getattr(request, '__qualname__', request)!r}, "
+                        f"which is not in {owner}"
+                    )
+                _require_decodable(f"MessageSchema.{field}[{request.__qualname__}]", reply)
+        self._accept_codes = {tp: code for code, tp in enumerate(self.accepts)}
+        self._send_codes = {tp: code for code, tp in enumerate(self.sends)}
+
+    def accept_code(self, message: object) -> int | None:
+        """The wire code of a message the actor accepts, or None when its type is not in ``accepts``."""
+        return self._accept_codes.get(type(message))
+
+    def send_code(self, message: object) -> int | None:
+        """The wire code of a message the actor may send to the parent, or None when its type is not in ``sends``."""
+        return self._send_codes.get(type(message))
+
+    def __repr__(self) -> str:
+        names = ", ".join(tp.__qualname__ for tp in self.accepts)
+        return f"<MessageSchema accepts=({names})>"
+
+
+def _require_decodable(field: str, tp: Any) -> None:
+    try:
+        msgspec.msgpack.Decoder(tp)
+    except TypeError as exc:
+        raise TypeError(f"{field}: {tp!r} is not a type msgspec can decode ({exc})") from None
+
+
+def worker_factory(schema: MessageSchema) -> Callable[[F], F]:
+    """Mark a module-level function (or Actor class) as buildable in a worker process, with its message schema.
+
+    The function builds the actor; its parameters must be annotated with msgspec-decodable types, since the worker
+    decodes the :class:`ActorRecipe`'s arguments by those annotations.
+
+    :param schema: the message types the built actor exchanges with the parent
+    """
+    if not isinstance(schema, MessageSchema):
+        raise TypeError(f"worker_factory takes a MessageSchema, got {type(schema).__name__}")
+
+    def mark(factory: F) -> F:
+        setattr(factory, _SCHEMA_ATTRIBUTE, schema)
+        return factory
+
+    return mark
+
+
+def resolve_target(target: str) -> tuple[Callable[..., Any], MessageSchema]:
+    """Import ``"package.module:qualified.name"`` and return the factory and its schema.
+
+    :raises ValueError: when the reference is malformed, cannot be imported, or names no ``@worker_factory``
+    """
+    if not isinstance(target, str):
+        raise TypeError(f"ActorRecipe.target must be a str 'package.module:callable', got {type(target).__name__}")
+    module_name, colon, qualname = target.partition(":")
+    if not colon or not module_name or not qualname:
+        raise ValueError(f"ActorRecipe.target must be 'package.module:callable', got {target!r}")
+    try:
+        found: Any = importlib.import_module(module_name)
+        for part in qualname.split("."):
+            found = getattr(found, part)
+    except (ImportError, AttributeError) as exc:
+        raise ValueError(f"ActorRecipe.target {target!r} cannot be imported: {exc}") from None
+    schema = getattr(found, _SCHEMA_ATTRIBUTE, None)
+    if not callable(found) or not isinstance(schema, MessageSchema):
+        raise ValueError(
+            f"ActorRecipe.target {target!r} must name a callable decorated with @worker_factory(schema), "
+            f"got {type(found).__name__}"
+        )
+    return found, schema
+
+
+def argument_types(factory: Callable[..., Any], count: int, target: str) -> tuple[Any, ...]:
+    """The annotated types of the first ``count`` positional parameters of ``factory`` (``Any`` if unannotated).
+
+    :raises ValueError: when ``factory`` takes fewer positional arguments, or an annotation does not resolve
+    """
+    signature = inspect.signature(factory)
+    positional = [
+        parameter
+        for parameter in signature.parameters.values()
+        if parameter.kind in (parameter.POSITIONAL_ONLY, parameter.POSITIONAL_OR_KEYWORD)
+    ]
+    if count > len(positional) and not any(p.kind is p.VAR_POSITIONAL for p in signature.parameters.values()):
+        raise ValueError(f"ActorRecipe.args: {target} takes {len(positional)} positional arguments, got {count}")
+    try:
+        hints = typing.get_type_hints(factory.__init__ if inspect.isclass(factory) else factory)
+    except NameError as exc:
+        raise ValueError(
+            f"ActorRecipe.target {target}: a parameter annotation does not resolve at run time ({exc}); import the "
+            "type outside `if TYPE_CHECKING:`, since the worker decodes the arguments by their annotations"
+        ) from None
+    return tuple(hints.get(parameter.name, Any) for parameter in positional[:count])
+
+
+class ActorRecipe:
+    """How to build an actor anywhere: an importable factory reference plus msgspec-encodable arguments.
+
+    A lambda or a closure cannot cross a process boundary; a recipe can. Calling it builds the actor in this
+    process (so the same ChildSpec runs with ``isolation="task"`` too); a worker process imports the same factory
+    and decodes the arguments by the factory's annotations.
+
+    :param target: ``"package.module:callable"``, a function or Actor class decorated with :func:`worker_factory`
+    :param args: positional arguments, each encodable with MessagePack and decodable as its parameter's annotation
+    :raises ValueError: when the target does not import or is not a ``@worker_factory``, or an argument does not
+        survive the round trip through MessagePack as its annotated type
+    :raises TypeError: when ``target`` is not a str
+    """
+
+    __slots__ = ("args", "encoded_args", "schema", "target")
+
+    def __init__(self, target: str, *args: Any) -> None:
+        factory, schema = resolve_target(target)
+        types = argument_types(factory, len(args), target)
+        try:
+            encoded = _ARGS_ENCODER.encode(args)
+        except (TypeError, msgspec.EncodeError) as exc:
+            raise ValueError(f"ActorRecipe.args of {target} must be msgspec-encodable (MessagePack): {exc}") from None
+        try:
+            decode_args(encoded, types)
+        except msgspec.ValidationError as exc:
+            raise ValueError(
+                f"ActorRecipe.args of {target} do not decode as the factory's annotations {types}: {exc}"
+            ) from None
+        self.target = target
+        self.args = args
+        self.encoded_args = encoded
+        self.schema = schema
+
+    def __call__(self) -> Any:
+        """Build the actor in this process, with the original argument objects."""
+        factory, _ = resolve_target(self.target)
+        return factory(*self.args)
+
+    def __repr__(self) -> str:
+        return f"ActorRecipe({self.target!r}, {len(self.args)} args)"
+
+    def __eq__(self, other: object) -> bool:
+        if not isinstance(other, ActorRecipe):
+            return NotImplemented
+        return self.target == other.target and self.encoded_args == other.encoded_args
+
+    def __hash__(self) -> int:
+        return hash((self.target, self.encoded_args))
+
+
+def decode_args(encoded: bytes, types: tuple[Any, ...]) -> tuple[Any, ...]:
+    """Decode recipe arguments as the factory's parameter types (what the worker does before calling it)."""
+    if not types:
+        return ()
+    decoded: tuple[Any, ...] = msgspec.msgpack.decode(encoded, type=tuple[types])  # type: ignore[valid-type]
+    return decoded
