@@ -43,6 +43,7 @@ from ._supervisor import (
     start_supervisor,
     supervisor_spec,
 )
+from ._watchdog import LoopBlock, LoopLagWatchdog, open_loop_watchdog
 from .app import Runtime, RuntimeHealth, open_runtime
 
 __all__ = [
@@ -66,6 +67,8 @@ __all__ = [
     "InvalidChildSpec",
     "InvalidTraceLine",
     "JsonReportWriter",
+    "LoopBlock",
+    "LoopLagWatchdog",
     "ReplayReport",
     "ReplayStats",
     "Restart",
@@ -90,6 +93,7 @@ __all__ = [
     "UnknownChild",
     "auto_shutdown_triggered",
     "load_config",
+    "open_loop_watchdog",
     "open_runtime",
     "restart_plan",
     "should_restart",

@@ -89,4 +89,12 @@ class SupervisionEventStream:
             subscriber.tell(event)
 
 
-_QUIET = frozenset({SupervisorEventKind.STARTED, SupervisorEventKind.SHUT_DOWN, SupervisorEventKind.REATTACHED})
+# Restarts log at INFO: the failure that caused them is already logged at WARNING with its reason (as OTP does).
+_QUIET = frozenset(
+    {
+        SupervisorEventKind.STARTED,
+        SupervisorEventKind.SHUT_DOWN,
+        SupervisorEventKind.REATTACHED,
+        SupervisorEventKind.RESTARTED,
+    }
+)

@@ -510,3 +510,32 @@ class TestTimerOverflow:
             assert ref.statistics().dropped.get("rejected", 0) >= 5
             assert await other.ask("get") == []
             assert ref.is_alive
+
+
+class TestStartRegressions:
+    @virtual_time
+    async def test_on_start_sets_timer_then_raises_start_error_not_hang(self) -> None:
+        # Regression: an on_start that set a timer and then raised hung its starter forever.
+        class TimerThenFail(Actor[Any]):
+            async def on_start(self) -> None:
+                self.send_every(1.0, "tick")
+                raise ValueError("bad config")
+
+            async def receive(self, message: Any) -> Any:
+                return None
+
+        async with open_actor_system() as system:
+            with anyio.fail_after(60):
+                with pytest.raises(ActorStartError):
+                    await system.start(TimerThenFail)
+
+    async def test_brutal_stop_before_first_run_is_a_kill(self) -> None:
+        # Regression: a kill requested before the instance's task first ran was ignored.
+        class Idle(Actor[Any]):
+            async def receive(self, message: Any) -> Any:
+                return None
+
+        async with open_actor_system() as system:
+            ref = system.spawn(Idle)
+            reason = await ref.stop(timeout=0)
+            assert reason.kind is ExitKind.KILLED
