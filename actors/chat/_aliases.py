@@ -110,7 +110,8 @@ def _event_from_seed(obj: dict[str, Any]) -> AgentEvent:
         _move_run_ids_to_metadata(wire, sent_as)
     if target is ReasoningStart and "messageId" not in wire:
         # The seed's thinking events carry no message id; derive one the run owns rather than reject them all.
-        run_id = (wire.get("metadata") or {}).get("runId")
+        metadata = wire.get("metadata")
+        run_id = metadata.get("runId") if isinstance(metadata, dict) else None
         if not isinstance(run_id, str):
             raise InvalidEvent("$.message_id", "missing required field (or give run_id to derive it)")
         wire["messageId"] = f"{run_id}:thinking"

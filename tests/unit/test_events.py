@@ -546,3 +546,10 @@ class TestPublicNames:
                 )
             }
             assert public - set(actors.chat.__all__) == set(), module.__name__
+
+
+class TestAliasRegressions:
+    def test_seed_thinking_with_non_object_metadata_is_invalid_event_not_crash(self) -> None:
+        # Regression (found by the fuzzer): {"type": "agent_thinking", "metadata": true} raised AttributeError.
+        with pytest.raises(InvalidEvent):
+            parse_event(b'{"type": "agent_thinking", "metadata": true}')
