@@ -20,8 +20,7 @@ if TYPE_CHECKING:
 CLIENTS = 100
 #: The paced load for the latency figure: events per second over all threads (a fraction of what either server
 #: sustains, so that latency is the path's, not a queue's).
-PACED_RATE = 5000
-#: How far behind the schedule the paced producer may fall before the run is void (the server could not keep up).
+PACED_RATE = 2000
 MODES = ("bridge", "bare")
 HERE = Path(__file__).resolve().parent
 
@@ -33,15 +32,16 @@ HERE = Path(__file__).resolve().parent
 
 def _serve(mode: str, backend: str) -> None:
     import anyio
+    import anyio.lowlevel
     import msgspec
 
     from actors.chat._events import Custom, RunFinished, RunStarted, stamp
-    from supervisors.asgi import create_app, runtime_of
+    from supervisors.asgi import create_app, graceful_shutdown_trigger, runtime_of
     from supervisors.serve import bind_socket, serve_hypercorn
 
     request_decoder = msgspec.json.Decoder(dict[str, Any])
 
-    def events(thread: str, run: str, count: int, paced: bool) -> list[Any]:
+    def events(thread: str, run: str, count: int) -> list[Any]:
         items: list[Any] = [RunStarted(thread_id=thread, run_id=run)]
         items += [Custom(name="bench", value=0) for _ in range(count)]
         items.append(RunFinished(thread_id=thread, run_id=run))
@@ -54,7 +54,7 @@ def _serve(mode: str, backend: str) -> None:
         run = params["prefix"]
         per_thread = params["per_thread"]
         rate = params.get("rate")
-        plan = [events(thread, run, per_thread, rate is not None) for thread in threads]
+        plan = [events(thread, run, per_thread) for thread in threads]
         total = sum(len(p) for p in plan)
         start = time.monotonic()
         index = 0
@@ -73,7 +73,7 @@ def _serve(mode: str, backend: str) -> None:
                     await pending
                 index += 1
                 if rate is None and index % 128 == 0:
-                    await anyio.sleep(0)  # let the writers run, as a busy backend would
+                    await anyio.lowlevel.checkpoint()  # let the writers run, as a busy backend would
         assert index == total
 
     sock = bind_socket("127.0.0.1", 0)
@@ -127,14 +127,8 @@ def _serve(mode: str, backend: str) -> None:
         await anyio.to_thread.run_sync(sys.stdin.read, abandon_on_cancel=True)
 
     async def main() -> None:
-        trigger = until_stdin_closes
-        if mode == "bridge":
-            from supervisors.asgi import graceful_shutdown_trigger
-
-            trigger_fn = graceful_shutdown_trigger(watch, until_stdin_closes)
-            await serve_hypercorn(app, sock, shutdown_trigger=trigger_fn, graceful_timeout=1.0)
-        else:
-            await serve_hypercorn(app, sock, shutdown_trigger=trigger, graceful_timeout=1.0)
+        trigger = graceful_shutdown_trigger(watch, until_stdin_closes) if mode == "bridge" else until_stdin_closes
+        await serve_hypercorn(app, sock, shutdown_trigger=trigger, graceful_timeout=1.0)
 
     profile_to = os.environ.get("AGENTWATCH_BENCH_PROFILE")
     if profile_to:  # for whoever investigates a figure: cProfile of this server process
@@ -192,6 +186,7 @@ class BenchClient(asyncio.Protocol):
         self.received = 0
         self.done: asyncio.Future[float] | None = None
         self.latencies: list[int] | None = None
+        self.close_code: int | None = None
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         assert isinstance(transport, asyncio.Transport)
@@ -237,8 +232,11 @@ class BenchClient(asyncio.Protocol):
             end = offset + header + length
             if end > size:
                 break
-            if (buffer[offset] & 0x0F) == 1:
+            opcode = buffer[offset] & 0x0F
+            if opcode == 1:
                 self._frame(buffer, offset + header, end, now)
+            elif opcode == 8:
+                self.close_code = int.from_bytes(buffer[offset + header : offset + header + 2], "big")
             offset = end
         if offset:
             del buffer[:offset]
@@ -271,17 +269,18 @@ class Server:
             stderr=subprocess.DEVNULL,
             text=True,
         )
-        assert self.process.stdout is not None
-        line = self.process.stdout.readline()
-        if not line.startswith("PORT "):
-            raise RuntimeError(f"{mode}/{backend} server did not start: {line!r}")
-        self.port = int(line.split()[1])
+        self.port = 0
         self.clients: list[BenchClient] = []
         self.runs = 0
 
     async def connect(self, count: int) -> None:
         loop = asyncio.get_running_loop()
-        for attempt in range(200):
+        assert self.process.stdout is not None
+        line = self.process.stdout.readline()
+        if not line.startswith("PORT "):
+            raise RuntimeError(f"{self.mode}/{self.backend} server did not start: {line!r}")
+        self.port = int(line.split()[1])
+        for _ in range(200):
             try:
                 reader, writer = await asyncio.open_connection("127.0.0.1", self.port)
             except OSError:
@@ -290,7 +289,7 @@ class Server:
             writer.close()
             break
         else:
-            raise RuntimeError(f"{self.mode}/{self.backend} server is not reachable (attempt {attempt})")
+            raise RuntimeError(f"{self.mode}/{self.backend} server is not reachable")
         # The bridge server answers only once its lifespan has started: wait for /readyz there.
         for _ in range(200):
             reader, writer = await asyncio.open_connection("127.0.0.1", self.port)
@@ -328,7 +327,14 @@ class Server:
             + body
         )
         await reader.readline()
-        finished = await asyncio.wait_for(asyncio.gather(*done), limit)
+        try:
+            finished = await asyncio.wait_for(asyncio.gather(*done), limit)
+        except TimeoutError:
+            short = [(c.received, c.close_code) for c in self.clients if c.received < expected]
+            raise RuntimeError(
+                f"{self.mode}/{self.backend}: {len(short)} clients short of {expected} events after {limit} s "
+                f"(received, close code): {short[:5]}"
+            ) from None
         writer.close()
         latencies = [sample for client in self.clients for sample in (client.latencies or [])]
         return expected * len(self.clients) / (max(finished) - started), latencies
@@ -350,8 +356,8 @@ def _p99_ms(samples: list[int]) -> float:
     return ordered[min(len(ordered) - 1, int(len(ordered) * 0.99))] / 1e6
 
 
-async def measure(backend: str, runs: int, burst: int, paced_seconds: float) -> dict[str, list[float]]:
-    servers = {mode: Server(mode, backend) for mode in MODES}
+async def measure(servers: dict[str, Server], runs: int, burst: int, paced_seconds: float) -> dict[str, list[float]]:
+    backend = servers["bridge"].backend
     try:
         for server in servers.values():
             await server.connect(CLIENTS)
@@ -391,12 +397,14 @@ def main() -> None:
         "Events/s and p99 latency over real WebSockets on loopback with 100 clients: through the bridge (create_app "
         "under Hypercorn) vs a bare Hypercorn ASGI sender (the floor), both backends."
     )
-    burst = 100 if args.quick else 600
-    paced_seconds = 0.4 if args.quick else 2.0
+    burst = 50 if args.quick else 300
+    paced_seconds = 0.25 if args.quick else 1.0
     figures: list[dict[str, Any]] = []
     context: dict[str, Any] = {}
+    # Every server starts at once (their start-ups overlap); each backend's pair is then measured in turn.
+    started = {backend: {mode: Server(mode, backend) for mode in MODES} for backend in BACKENDS}
     for backend in BACKENDS:
-        samples = asyncio.run(measure(backend, args.runs, burst, paced_seconds))
+        samples = asyncio.run(measure(started[backend], args.runs, burst, paced_seconds))
         figures.append(
             figure(
                 "events/s over WebSockets, 100 clients",
@@ -426,8 +434,12 @@ def main() -> None:
         figures,
         runs=args.runs,
         quick=args.quick,
-        sizes={"clients": CLIENTS, "burst_events_per_thread": burst, "paced_rate": PACED_RATE,
-               "paced_seconds": paced_seconds},  # fmt: skip
+        sizes={
+            "clients": CLIENTS,
+            "burst_events_per_thread": burst,
+            "paced_rate": PACED_RATE,
+            "paced_seconds": paced_seconds,
+        },
         **context,
     )
 

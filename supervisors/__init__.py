@@ -1,5 +1,7 @@
+from ._asgi_ws import Grant, StarletteSink, TokenAuthorizer
 from ._backoff import Backoff, BackoffState, CooldownPhase, CooldownState
 from ._config import BridgeSettings, ConfigError, RuntimeConfig, SupervisionSettings, load_config
+from ._dashboard import RunInFlight
 from ._events import SupervisionEventStream, SupervisorEvent, SupervisorEventKind
 from ._exceptions import (
     ChildRunning,
@@ -45,6 +47,8 @@ from ._supervisor import (
 )
 from ._watchdog import LoopBlock, LoopLagWatchdog, open_loop_watchdog
 from .app import Runtime, RuntimeHealth, open_runtime
+from .asgi import RuntimeHost, create_app, graceful_shutdown_trigger, runtime_of
+from .serve import bind_socket, serve_hypercorn
 
 __all__ = [
     "REPORT_VERSION",
@@ -64,6 +68,7 @@ __all__ = [
     "CooldownPhase",
     "CooldownState",
     "DuplicateChild",
+    "Grant",
     "InvalidChildSpec",
     "InvalidTraceLine",
     "JsonReportWriter",
@@ -75,10 +80,13 @@ __all__ = [
     "RestartIntensityExceeded",
     "RestartPlan",
     "RestartWindow",
+    "RunInFlight",
     "Runtime",
     "RuntimeConfig",
     "RuntimeHealth",
+    "RuntimeHost",
     "Shutdown",
+    "StarletteSink",
     "Strategy",
     "SupervisionEventStream",
     "SupervisionSettings",
@@ -89,13 +97,19 @@ __all__ = [
     "SupervisorHealth",
     "SupervisorRef",
     "TableReportWriter",
+    "TokenAuthorizer",
     "TraceReplay",
     "UnknownChild",
     "auto_shutdown_triggered",
+    "bind_socket",
+    "create_app",
+    "graceful_shutdown_trigger",
     "load_config",
     "open_loop_watchdog",
     "open_runtime",
     "restart_plan",
+    "runtime_of",
+    "serve_hypercorn",
     "should_restart",
     "start_supervisor",
     "supervisor_spec",

@@ -51,7 +51,7 @@ PROG: Final = "agentwatch serve"
 EXIT_OK: Final = 0
 EXIT_USAGE: Final = 2
 EXIT_INTERRUPTED: Final = 130
-_SERVE_PACKAGES: Final = ("starlette", "hypercorn", "prometheus_client")
+_SERVE_PACKAGES: Final = ("hypercorn",)
 
 #: The demo's thresholds: anomalies show on the dashboard within seconds instead of the production minutes.
 DEMO_CONFIG: Final = RuntimeConfig(
@@ -104,7 +104,7 @@ async def serve_hypercorn(
 
     The socket stays the caller's (Hypercorn gets a duplicate), so the caller knows the port before serving.
     """
-    from hypercorn.config import Config  # the `serve` extra is optional
+    from hypercorn.config import Config  # the `serve` extra: only `agentwatch serve` needs Hypercorn
 
     config = Config()
     config.bind = [f"fd://{os.dup(sock.fileno())}"]

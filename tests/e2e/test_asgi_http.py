@@ -12,6 +12,7 @@ from starlette.applications import Starlette
 from starlette.routing import Mount
 
 from actors.chat._events import Custom, RunFinished, RunStarted
+from supervisors._config import RuntimeConfig, SupervisionSettings
 from supervisors.asgi import create_app, runtime_of
 
 from ._server import frame, is_control, open_ws, running
@@ -184,12 +185,36 @@ class TestDashboardEndpoints:
         assert busy.status_code == 409
         assert "still running" in busy.json()["error"]
 
+    @pytest.mark.parametrize("fault", ["crash-once", "hang", "flood", "crash-repeatedly"])
+    async def test_each_demo_fault_runs_to_an_outcome_and_the_bridge_stays_ready(self, fault: str) -> None:
+        config = RuntimeConfig(supervision=SupervisionSettings(monitor_handler_timeout=0.5))
+        app = create_app(config, dashboard=True, fault_injection=True)
+        with anyio.fail_after(LIMIT):
+            async with running(app) as server, httpx.AsyncClient() as client:
+                started = await client.post(server.http + f"/dashboard/faults/{fault}")
+                while True:
+                    faults = (await client.get(server.http + "/dashboard/faults")).json()
+                    if faults["running"] is None:
+                        break
+                    await anyio.sleep(0.05)
+                readyz = await client.get(server.http + "/readyz")
+                metrics = families((await client.get(server.http + "/metrics")).text)
+        assert started.status_code == 202
+        outcome = [r for r in faults["history"] if r["target"] == "dashboard" and r["action"] == "effect"]
+        assert [r["fault"] for r in outcome] == [fault]
+        assert not outcome[0]["detail"].startswith("not injected"), outcome
+        assert readyz.status_code == 200
+        if fault == "flood":
+            # 150,000 told at once into a 100,000-message mailbox that cannot drain meanwhile.
+            assert int(outcome[0]["detail"].rsplit(" ", 1)[1]) >= 50_000
+        else:
+            assert value(metrics, "agentwatch_supervisor_events_total", kind="failed") >= 1.0
+
 
 class TestMounted:
     async def test_mounted_in_fastapi_with_its_lifespan_agent_routes_publish_to_ws_clients(self) -> None:
         watch = create_app()
         api = FastAPI(lifespan=watch.state.agentwatch.lifespan)
-        watch.state.agentwatch.bind(api)
 
         @api.post("/chat/{thread_id}")
         async def chat(thread_id: str, request: Request) -> dict[str, str]:
