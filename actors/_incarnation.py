@@ -12,6 +12,7 @@ from ._exceptions import ActorFailed, ActorStartError
 from ._message import NORMAL_EXIT, SHUTDOWN_EXIT, ExitKind, ExitReason
 from ._ref import AskRequest, RefState, TimerFire
 from ._timers import Timer
+from ._virtual_time import loop_clock
 
 if TYPE_CHECKING:
     from ._actor import Actor
@@ -41,6 +42,10 @@ class Incarnation:
     """
 
     __slots__ = (
+        "_batch_scope",
+        "_guard_scope",
+        "_handler_serial",
+        "_handler_since",
         "_kill_detail",
         "_kill_requested",
         "_kill_scope",
@@ -78,6 +83,13 @@ class Incarnation:
         # restart its set-up and cancellation (~15 µs on asyncio, bench/restart.py) and every live actor a
         # handful of objects that the cyclic GC rescans (bench/supervisor_scale.py).
         self._timers: set[Timer] | None = None
+        # Handler deadlines (hang detection): the drain loop only stamps when each handler starts; one watcher task
+        # per instance cancels the batch's scope when the running handler passes its deadline. A cancel scope per
+        # message (move_on_after) would cost several microseconds on every message of a busy actor.
+        self._handler_since: float | None = None
+        self._handler_serial = 0
+        self._batch_scope: anyio.CancelScope | None = None
+        self._guard_scope: anyio.CancelScope | None = None
 
     @property
     def stop_requested(self) -> bool:
@@ -126,6 +138,23 @@ class Incarnation:
         if timers:
             for timer in timers:
                 timer.cancel()
+        if self._guard_scope is not None:
+            self._guard_scope.cancel()
+
+    async def _watch_handler_deadlines(self, timeout: float) -> None:
+        """Cancel the running handler exactly when it has run for ``timeout`` (hang detection)."""
+        assert self._guard_scope is not None
+        with self._guard_scope:
+            while True:
+                since = self._handler_since
+                if since is None:
+                    await anyio.sleep(timeout)  # idle: no handler can be late before a whole timeout has passed
+                    continue
+                serial = self._handler_serial
+                await anyio.sleep_until(since + timeout)
+                if self._handler_since is since and self._handler_serial == serial and self._batch_scope is not None:
+                    self._batch_scope.cancel()
+                    await anyio.sleep(timeout)
 
     async def run(self, factory: Callable[[], Actor[Any]]) -> None:
         """Build the instance, run ``on_start``, drain the mailbox until stopped, run ``on_stop``.
@@ -206,6 +235,10 @@ class Incarnation:
         queue = mailbox.queue
         receive = actor.receive
         deadline = self.handler_timeout
+        now = loop_clock()
+        if deadline is not None:
+            self._guard_scope = anyio.CancelScope()
+            ref._system._task_group.start_soon(self._watch_handler_deadlines, deadline)
         item: Any = None
         try:
             while True:
@@ -220,27 +253,35 @@ class Incarnation:
                 # Re-read once per batch: a fault injector may wrap or unwrap the instance's receive meanwhile.
                 receive = actor.receive
                 handled = 0
-                while queue and handled < BATCH_SIZE:
-                    item = queue.popleft()
-                    mailbox.processed += 1
-                    handled += 1
-                    kind = type(item)
-                    if kind is AskRequest:
-                        reply = await (receive(item.message) if deadline is None else self._guarded(item.message))
-                        if not item.resolve(reply):
-                            ref._system.dead_letters.record(ref.name, "late_reply", reply)
-                    elif kind is TimerFire:
-                        if item.incarnation is not self:
-                            ref._system.dead_letters.record(ref.name, "stale_timer", item.message)
+                with anyio.CancelScope() if deadline is not None else _NO_SCOPE as batch_scope:
+                    self._batch_scope = batch_scope
+                    while queue and handled < BATCH_SIZE:
+                        item = queue.popleft()
+                        mailbox.processed += 1
+                        handled += 1
+                        if deadline is not None:
+                            self._handler_serial += 1
+                            self._handler_since = now()
+                        kind = type(item)
+                        if kind is AskRequest:
+                            reply = await receive(item.message)
+                            if not item.resolve(reply):
+                                ref._system.dead_letters.record(ref.name, "late_reply", reply)
+                        elif kind is TimerFire:
+                            if item.incarnation is not self:
+                                ref._system.dead_letters.record(ref.name, "stale_timer", item.message)
+                            else:
+                                await receive(item.message)
                         else:
-                            await (receive(item.message) if deadline is None else self._guarded(item.message))
-                    elif deadline is None:
-                        await receive(item)
-                    else:
-                        await self._guarded(item)
-                    item = None
-                    if self._stop_reason is not None:
-                        break
+                            await receive(item)
+                        self._handler_since = None
+                        item = None
+                        if self._stop_reason is not None:
+                            break
+                self._batch_scope = None
+                if batch_scope is not None and batch_scope.cancelled_caught:
+                    assert deadline is not None
+                    raise HandlerTimeout(ref.name, deadline)
                 if mailbox.space_waiters:
                     mailbox.wake_senders()
                 if handled == BATCH_SIZE:
@@ -252,11 +293,15 @@ class Incarnation:
             logger.debug("%s failed while handling %s", ref.name, type(item).__name__, exc_info=True)
             return ExitReason.error(exc)
 
-    async def _guarded(self, message: Any) -> Any:
-        assert self.actor is not None
-        assert self.handler_timeout is not None
-        with anyio.move_on_after(self.handler_timeout) as scope:
-            return await self.actor.receive(message)
-        if scope.cancelled_caught:
-            raise HandlerTimeout(self.ref.name, self.handler_timeout)
-        raise AssertionError("unreachable: a handler neither returned nor timed out")  # pragma: no cover
+
+class _NoScope:
+    """Stands in for the batch's cancel scope when the actor has no handler deadline (no scope to pay for)."""
+
+    def __enter__(self) -> None:
+        return None
+
+    def __exit__(self, *exc_info: object) -> None:
+        return None
+
+
+_NO_SCOPE = _NoScope()

@@ -9,7 +9,10 @@ from __future__ import annotations
 
 import asyncio
 import selectors
-from typing import Any
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from collections.abc import Callable
 
 
 class _JumpingSelector(selectors.BaseSelector):
@@ -58,6 +61,20 @@ class VirtualTimeEventLoop(asyncio.SelectorEventLoop):
     def advance(self, seconds: float) -> None:
         """Move the virtual clock forward."""
         self._virtual_now += max(0.0, seconds)
+
+
+def loop_clock() -> Callable[[], float]:
+    """Return the running event loop's clock function itself (what ``anyio.current_time()`` reads, without the
+    backend lookup anyio does on every call: ~0.1 µs instead of ~1 µs, which matters on a per-message path).
+
+    Must be called from inside the event loop; the function it returns is valid for that loop only.
+    """
+    try:
+        return asyncio.get_running_loop().time
+    except RuntimeError:  # not inside asyncio: anyio's only other backend is trio
+        import trio  # trio is optional at run time: imported only when running on it
+
+        return trio.current_time
 
 
 def virtual_time_backend(backend: str) -> tuple[str, dict[str, Any]]:
