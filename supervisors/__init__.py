@@ -49,8 +49,10 @@ from ._watchdog import LoopBlock, LoopLagWatchdog, open_loop_watchdog
 from .app import Runtime, RuntimeHealth, open_runtime
 from .asgi import RuntimeHost, create_app, graceful_shutdown_trigger, runtime_of
 from .serve import bind_socket, serve_hypercorn
+from .simulate import PRESETS, SimulationSettings, preset_settings, simulate
 
 __all__ = [
+    "PRESETS",
     "REPORT_VERSION",
     "AnomalyRecord",
     "AutoShutdown",
@@ -86,6 +88,7 @@ __all__ = [
     "RuntimeHealth",
     "RuntimeHost",
     "Shutdown",
+    "SimulationSettings",
     "StarletteSink",
     "Strategy",
     "SupervisionEventStream",
@@ -107,10 +110,12 @@ __all__ = [
     "load_config",
     "open_loop_watchdog",
     "open_runtime",
+    "preset_settings",
     "restart_plan",
     "runtime_of",
     "serve_hypercorn",
     "should_restart",
+    "simulate",
     "start_supervisor",
     "supervisor_spec",
     "validate_intensity",

@@ -7,6 +7,7 @@ import signal
 import sys
 import time
 from contextlib import AsyncExitStack
+from functools import partial
 from typing import IO, TYPE_CHECKING, Any, Final, Literal, assert_never
 
 import anyio
@@ -39,9 +40,9 @@ from actors.sim._report import (
     render_summary,
 )
 from actors.sim._scoring import Detection, Explanation, score
-from actors.sim._scripts import GroundTruth
+from actors.sim._scripts import AgentProfile, GroundTruth
 
-from ._config import RuntimeConfig
+from ._config import RuntimeConfig, SupervisionSettings
 from ._events import SupervisorEvent, SupervisorEventKind
 from .app import BRIDGE_COMPONENT_ID, Runtime, open_runtime
 from .faults import BlockLoop, Crash, Fault, FaultHistory, Hang, LyingComponent, flood, inject
@@ -73,6 +74,10 @@ class SimulationSettings(msgspec.Struct, frozen=True, kw_only=True):
     :param clock: ``virtual`` (deterministic for a seed, runs as fast as the CPU allows) or ``real``
     :param sample_every: seconds between two samples of the runtime's health
     :param runtime: the application tree's configuration
+    :param baseline: first run the same seed without any fault, and report the bridge's latency against it
+    :param max_added_p99_ms: with ``baseline`` on the real clock: a criterion that the bridge's p99 latency exceeds
+        the baseline's by at most this much
+    :param min_applied: per fault name, a criterion that it took effect at least that many times
     """
 
     spec: SimulationSpec = msgspec.field(default_factory=SimulationSpec)
@@ -80,10 +85,14 @@ class SimulationSettings(msgspec.Struct, frozen=True, kw_only=True):
     clock: Literal["virtual", "real"] = "virtual"
     sample_every: float = 10.0
     runtime: RuntimeConfig = msgspec.field(default_factory=RuntimeConfig)
+    baseline: bool = False
+    max_added_p99_ms: float | None = None
+    min_applied: dict[str, int] = msgspec.field(default_factory=dict)
 
 
 class Preset(msgspec.Struct, frozen=True, kw_only=True):
-    """A named simulation: its size, its faults (``--fault`` syntax) and how often health is sampled."""
+    """A named simulation: its size, its faults (``--fault`` syntax), its clock and its extra criteria (see
+    :class:`SimulationSettings` for ``baseline``, ``max_added_p99_ms`` and ``min_applied``)."""
 
     description: str
     duration: float
@@ -92,6 +101,12 @@ class Preset(msgspec.Struct, frozen=True, kw_only=True):
     faults: tuple[str, ...]
     sample_every: float
     seed: int = 1
+    clock: Literal["virtual", "real"] = "virtual"
+    profile: AgentProfile = msgspec.field(default_factory=AgentProfile)
+    runtime: RuntimeConfig = msgspec.field(default_factory=RuntimeConfig)
+    baseline: bool = False
+    max_added_p99_ms: float | None = None
+    min_applied: dict[str, int] = msgspec.field(default_factory=dict)
 
 
 _EVERY_SCENARIO_ONCE: Final = (
@@ -151,14 +166,33 @@ PRESETS: Final[dict[str, Preset]] = {
         ),
         sample_every=60.0,
     ),
+    # Issue 7, figure 1: the monitor crashed 1,000 times while the bridge carries sustained load. Real clock: added
+    # latency only exists in real time (on the virtual clock a handler takes no simulated time). The storm is as
+    # fast as the monitor recovers: a crash is due every 20 ms and skipped while the previous one is still being
+    # recovered from (each restart rebuilds from the replay rings, so it slows as they fill). The monitor's restart
+    # budget is raised so that every crash is restarted rather than the branch detached.
+    "fig1": Preset(
+        description="monitor crash storm: 1,000+ monitor crashes under sustained load (real clock, ~6 min)",
+        duration=150.0,
+        threads=50,
+        clients=25,
+        faults=("monitor_crash:every=0.02s",),
+        sample_every=5.0,
+        clock="real",
+        profile=AgentProfile(idle_mean=1.0),
+        runtime=RuntimeConfig(supervision=SupervisionSettings(monitor_intensity=10_000, monitor_period=10.0)),
+        baseline=True,
+        max_added_p99_ms=2.0,
+        min_applied={"monitor_crash": 1000},
+    ),
 }
 
 
 def preset_settings(
-    name: str, *, clock: Literal["virtual", "real"] = "virtual", **overrides: Any
+    name: str, *, clock: Literal["virtual", "real"] | None = None, **overrides: Any
 ) -> SimulationSettings:
     """The settings of a preset, with ``duration``, ``threads``, ``clients``, ``seed`` or extra ``faults`` (specs)
-    overridden.
+    overridden (``clock``: the preset's own by default).
 
     :raises KeyError: when there is no such preset
     :raises FaultSpecError: when a fault spec is invalid
@@ -171,10 +205,20 @@ def preset_settings(
         threads=overrides.pop("threads", preset.threads),
         clients=overrides.pop("clients", preset.clients),
         faults=faults,
+        profile=preset.profile,
     )
     if overrides:
         raise TypeError(f"unknown overrides: {', '.join(overrides)}")
-    return SimulationSettings(spec=spec, preset=name, clock=clock, sample_every=preset.sample_every)
+    return SimulationSettings(
+        spec=spec,
+        preset=name,
+        clock=clock if clock is not None else preset.clock,
+        sample_every=preset.sample_every,
+        runtime=preset.runtime,
+        baseline=preset.baseline,
+        max_added_p99_ms=preset.max_added_p99_ms,
+        min_applied=dict(preset.min_applied),
+    )
 
 
 # ---------------------------------------------------------------------------------------------------- supervision
@@ -237,6 +281,9 @@ class _Run:
         self.start = 0.0
         self.start_ms = 0
         self.faults_running = 0
+        # A monitor crash, hang or block still waiting to take effect: the next one is skipped, not stacked (a
+        # monitor that is restarting cannot be crashed again).
+        self.monitor_fault_pending = False
         self.interrupted = False
         self.phase = "starting"
 
@@ -254,11 +301,78 @@ async def simulate(
 
     On the virtual clock run it under ``virtual_time_backend(...)`` (the CLI does); the runtime clock is then
     anchored at :data:`VIRTUAL_EPOCH_MS` and the report is a function of the settings (except its ``wall`` part).
+    With ``settings.baseline``, the same seed first runs without any fault, and the report carries its latency.
 
     :param on_progress: called once per simulated second
     :param interrupt: when set, the traffic stops and a partial report (``interrupted``) is built at once
     :raises FaultSpecError: when a fault's schedule does not fit the traffic
     """
+    baseline: LatencyReport | None = None
+    if settings.baseline:
+        calm = msgspec.structs.replace(
+            settings,
+            spec=msgspec.structs.replace(settings.spec, faults=()),
+            baseline=False,
+            max_added_p99_ms=None,
+            min_applied={},
+        )
+        calm_report = await _simulate_once(calm, on_progress=on_progress, interrupt=interrupt)
+        if calm_report.interrupted:
+            return calm_report
+        baseline = calm_report.latency
+    report = await _simulate_once(settings, on_progress=on_progress, interrupt=interrupt)
+    extra = list(_preset_criteria(settings, report, baseline))
+    if baseline is None and not extra:
+        return report
+    criteria = (*report.criteria, *extra)
+    return msgspec.structs.replace(
+        report,
+        criteria=criteria,
+        passed=not failed_criteria(criteria) and not report.interrupted,
+        baseline_latency=baseline,
+    )
+
+
+def _preset_criteria(
+    settings: SimulationSettings, report: SimulationReport, baseline: LatencyReport | None
+) -> list[Criterion]:
+    criteria = []
+    applied = {fault.name: 0 for fault in report.faults}
+    for fault in report.faults:
+        applied[fault.name] += fault.applied
+    for name, least in sorted(settings.min_applied.items()):
+        criteria.append(
+            Criterion(
+                name=f"faults.{name}.applied",
+                passed=applied.get(name, 0) >= least,
+                detail=f"{applied.get(name, 0):,} applied (at least {least:,} wanted)",
+            )
+        )
+    limit = settings.max_added_p99_ms
+    if limit is not None and baseline is not None and settings.clock == "real":
+        ours, theirs = report.latency.bridge_p99_ms, baseline.bridge_p99_ms
+        added = None if ours is None or theirs is None else ours - theirs
+        criteria.append(
+            Criterion(
+                name="latency.added_p99",
+                passed=added is not None and added <= limit,
+                detail=f"bridge p99 {_ms_text(ours)} vs {_ms_text(theirs)} without faults (same seed): "
+                f"{_ms_text(added)} added, at most {limit:g} ms allowed",
+            )
+        )
+    return criteria
+
+
+def _ms_text(value: float | None) -> str:
+    return "-" if value is None else f"{value:g} ms"
+
+
+async def _simulate_once(
+    settings: SimulationSettings,
+    *,
+    on_progress: Callable[[Progress], None] | None,
+    interrupt: anyio.Event | None,
+) -> SimulationReport:
     plan = plan_simulation(settings.spec)
     run = _Run(settings, plan)
     wall_start = time.perf_counter()
@@ -285,9 +399,10 @@ async def simulate(
             watchdog = await stack.enter_async_context(open_loop_watchdog(system, threshold=0.1, interval=0.02))
         run.start = start = anyio.current_time()
         run.start_ms = system.clock.now_ms()
+        # Clients are connected and subscribed before the first event, so every event is owed to a follower.
         clients = [
             await system.start(
-                lambda client=client: SimulatedClient(client, runtime.bridge, start),  # type: ignore[misc]
+                partial(SimulatedClient, client, runtime.bridge, start),
                 name=f"sim/{client.client_id}",
                 mailbox=MailboxSpec(capacity=4096),
             )
@@ -295,9 +410,7 @@ async def simulate(
         ]
         agents = [
             system.spawn(
-                lambda agent_id=agent_id, threads=threads: SimulatedAgent(  # type: ignore[misc]
-                    agent_id, runtime.bridge, [(thread, plan.script(thread)) for thread in threads], start
-                ),
+                partial(SimulatedAgent, agent_id, runtime.bridge, [(t, plan.script(t)) for t in threads], start),
                 name=f"sim/{agent_id}",
             )
             for agent_id, threads in plan.agent_groups()
@@ -310,7 +423,7 @@ async def simulate(
                 if interrupt is not None:
                     tasks.start_soon(_cancel_on, interrupt, traffic, run)
                 for fault in plan.runtime_faults:
-                    tasks.start_soon(_apply_at, run, runtime, fault, liar, clients)
+                    tasks.start_soon(_apply_at, run, runtime, fault, liar)
                 await _traffic(run, runtime, agents, clients)
             tasks.cancel_scope.cancel()
         with anyio.CancelScope(shield=True):
@@ -440,33 +553,17 @@ async def _report_progress(run: _Run, runtime: Runtime, on_progress: Callable[[P
 # ---------------------------------------------------------------------------------------------------- runtime faults
 
 
-async def _apply_at(
-    run: _Run,
-    runtime: Runtime,
-    fault: RuntimeFault,
-    liar: LyingComponent | None,
-    clients: Sequence[ActorRef[Any]],
-) -> None:
+async def _apply_at(run: _Run, runtime: Runtime, fault: RuntimeFault, liar: LyingComponent | None) -> None:
     await anyio.sleep_until(run.start + fault.at)
     run.faults_running += 1
     try:
-        await _apply(run, runtime, fault, liar, clients)
+        await _apply(run, runtime, fault, liar)
     finally:
         run.faults_running -= 1
 
 
-async def _apply(
-    run: _Run,
-    runtime: Runtime,
-    fault: RuntimeFault,
-    liar: LyingComponent | None,
-    clients: Sequence[ActorRef[Any]],
-) -> None:
-    system = runtime.system
-    history = run.history
-    supervision = run.settings.runtime.supervision
-    name = fault.name
-    if name == "lying_component":
+async def _apply(run: _Run, runtime: Runtime, fault: RuntimeFault, liar: LyingComponent | None) -> None:
+    if fault.name == "lying_component":
         assert liar is not None
         await _lie(run, runtime, fault, liar)
         return
@@ -474,12 +571,29 @@ async def _apply(
     if monitor is None or runtime.monitoring_state() != "running":
         run.outcome(fault, f"skipped: monitoring is {runtime.monitoring_state()}")
         return
+    if run.monitor_fault_pending:
+        run.outcome(fault, "skipped: the monitor was still recovering from the previous fault")
+        return
+    run.monitor_fault_pending = True
+    try:
+        await _apply_to_monitor(run, runtime, fault, monitor)
+    finally:
+        run.monitor_fault_pending = False
+
+
+async def _apply_to_monitor(run: _Run, runtime: Runtime, fault: RuntimeFault, monitor: ActorRef[Any]) -> None:
+    system = runtime.system
+    history = run.history
+    supervision = run.settings.runtime.supervision
+    name = fault.name
     if name == "monitor_crash":
         restarts = monitor.statistics().restarts
         async with inject(system, monitor, Crash(), history=history) as crash:
             assert isinstance(crash, Crash)
             await _wait_for(lambda: crash.crashes >= 1 and monitor.statistics().restarts > restarts, 10.0)
-        run.outcome(fault, "crashed the monitor" if crash.crashes else "no message reached the monitor")
+        run.outcome(
+            fault, "crashed the monitor" if crash.crashes else "skipped: no message reached the monitor in 10 s"
+        )
     elif name == "monitor_hang":
         restarts = monitor.statistics().restarts
         async with inject(system, monitor, Hang(), history=history) as hang:
@@ -489,14 +603,16 @@ async def _apply(
                 lambda: hang.hangs >= 1 and monitor.statistics().restarts > restarts,
                 supervision.monitor_handler_timeout + 10.0,
             )
-        run.outcome(fault, "hung the monitor" if hang.hangs else "no message reached the monitor")
+        run.outcome(fault, "hung the monitor" if hang.hangs else "skipped: no message reached the monitor in time")
     elif name == "monitor_block":
         assert fault.seconds is not None
         async with inject(system, monitor, BlockLoop(fault.seconds), history=history) as block:
             assert isinstance(block, BlockLoop)
             await _wait_for(lambda: block.blocks >= 1, 10.0)
         run.loop_blocked += fault.seconds * block.blocks
-        run.outcome(fault, f"blocked the loop for {fault.seconds:g} s" if block.blocks else "no message arrived")
+        run.outcome(
+            fault, f"blocked the loop for {fault.seconds:g} s" if block.blocks else "skipped: no message arrived"
+        )
     elif name == "monitor_flood":
         assert fault.messages is not None
         dropped = flood(monitor, lambda _: CheckHealth(), fault.messages, history=history)
@@ -847,7 +963,7 @@ def _fault_outcomes(
         planned = plan.scheduled.get(fault.text, 0)
         if fault_class is FaultClass.RUNTIME:
             details = run.outcomes.get(fault.name, [])
-            applied = sum(1 for detail in details if not detail.startswith(("skipped", "no message")))
+            applied = sum(1 for detail in details if not detail.startswith("skipped"))
             summary = _summarise(details)
         elif fault_class is FaultClass.CLIENT:
             planned = _planned_client_faults(plan, fault.name)
@@ -1052,7 +1168,9 @@ def add_parser(subparsers: _Subparsers) -> None:
     parser.add_argument(
         "--fault", action="append", default=[], metavar="SPEC", help="add a fault, e.g. stuck_tool:2%% (repeatable)"
     )
-    parser.add_argument("--clock", choices=("virtual", "real"), default="virtual", help="default: virtual")
+    parser.add_argument(
+        "--clock", choices=("virtual", "real"), help="default: virtual (the fig presets: real, see docs/simulation.md)"
+    )
     parser.add_argument("--backend", choices=("asyncio", "trio"), default="asyncio", help="default: asyncio")
     parser.add_argument("--json", action="store_true", help="print the report as one JSON object on stdout")
     parser.add_argument("--report", metavar="FILE", help="also write the JSON report to FILE")
@@ -1094,7 +1212,7 @@ def settings_from_args(args: argparse.Namespace) -> SimulationSettings:
         settings = preset_settings(args.preset, clock=args.clock, faults=tuple(args.fault), **overrides)
     else:
         spec = SimulationSpec(faults=tuple(parse_fault(text) for text in args.fault), **overrides)
-        settings = SimulationSettings(spec=spec, clock=args.clock)
+        settings = SimulationSettings(spec=spec, clock=args.clock or "virtual")
     plan_simulation(settings.spec)  # validates every schedule against the traffic before anything runs
     return settings
 
@@ -1158,8 +1276,10 @@ def run(args: argparse.Namespace) -> int:
             spec = settings.spec
             print(
                 f"agentwatch simulate: {spec.duration:g} s of traffic on {spec.threads} threads, {spec.clients} "
-                f"clients, seed {spec.seed}, {settings.clock} clock ({args.backend}); Ctrl-C stops it and writes a "
-                "partial report",
+                f"client{'' if spec.clients == 1 else 's'}, seed {spec.seed}, {settings.clock} clock ({args.backend})"
+                + ("; first without faults, as the baseline" if settings.baseline else "")
+                + "; "
+                "Ctrl-C stops it and writes a partial report",
                 file=sys.stderr,
                 flush=True,
             )

@@ -190,7 +190,8 @@ class WallClock(_Part, frozen=True, kw_only=True):
 class SimulationReport(_Part, frozen=True, kw_only=True):
     """The result of ``agentwatch simulate`` (``--json``): schema version :data:`REPORT_VERSION`.
 
-    Everything outside ``wall`` is a function of the seed and the settings on the virtual clock.
+    Everything outside ``wall`` is a function of the seed and the settings on the virtual clock. ``baseline_latency``
+    is the same seed's latency without faults, for presets that compare against it (``fig1``).
     """
 
     version: int = REPORT_VERSION
@@ -215,6 +216,7 @@ class SimulationReport(_Part, frozen=True, kw_only=True):
     events_per_simulated_second: float
     health: tuple[HealthPoint, ...]
     wall: WallClock
+    baseline_latency: LatencyReport | None = None
 
 
 def report_without_wall(report: SimulationReport) -> dict[str, object]:
@@ -273,7 +275,12 @@ def render_summary(report: SimulationReport, *, color: bool = False) -> str:
         f"{_n(clients.frames)} frames, {clients.resumes} resumes, {clients.missing} missing, "
         f"{clients.duplicates} duplicates; closes: {_by_reason(clients.closes)}",
         f"latency      bridge p50 {_ms(latency.bridge_p50_ms)}, p99 {_ms(latency.bridge_p99_ms)}; clients p50 "
-        f"{_ms(latency.client_p50_ms)}, p99 {_ms(latency.client_p99_ms)}",
+        f"{_ms(latency.client_p50_ms)}, p99 {_ms(latency.client_p99_ms)}"
+        + (
+            ""
+            if report.baseline_latency is None
+            else f"; without faults: bridge p99 {_ms(report.baseline_latency.bridge_p99_ms)}"
+        ),
         f"supervision  {supervision.restarts} restarts ({supervision.handler_timeouts} at a handler deadline), "
         f"{supervision.detaches} detaches, {supervision.reattaches} re-attaches, {supervision.escalations} "
         f"escalations, bridge restarts {supervision.bridge_restarts}",
