@@ -331,9 +331,9 @@ async def measure_tap_cost(system: ActorSystem, blocks: int) -> dict[str, float]
             },
         )
         send.close()
-    stats = monitor.statistics()
-    assert stats.dropped_total == 0, stats
-    assert drain.count == stats.processed - 1  # as many objects through both (the monitor also had RUN_STARTED)
+    assert monitor.statistics().dropped_total == 0, monitor.statistics()
+    health: MonitorHealth = await monitor.ask(CheckHealth())
+    assert health.events_observed == drain.count + 1  # as many through both (the monitor also had RUN_STARTED)
     await monitor.stop()
     return result
 

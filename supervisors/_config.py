@@ -8,6 +8,7 @@ import msgspec
 
 from actors.chat._health import HealthThresholds
 from actors.chat._monitor import MonitorConfig
+from actors.process import ProcessIsolation
 
 if TYPE_CHECKING:
     from actors.chat._detection import DetectionThresholds
@@ -31,6 +32,7 @@ class BridgeSettings(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_f
     frame_kind: Literal["text", "bytes"] = "text"
     thresholds: HealthThresholds = msgspec.field(default_factory=HealthThresholds)
     mailbox_capacity: int = 100_000
+    tap_shed_at: float | None = 0.5
 
 
 class SupervisionSettings(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
@@ -82,14 +84,19 @@ class RuntimeConfig(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fi
     """Everything :func:`open_runtime` needs, in one struct; loadable from TOML with :func:`load_config`.
 
     :param monitor_mailbox: the monitor's mailbox capacity; the bridge's taps beyond it are dropped and counted
-    :param monitor_isolation: where the monitor runs: ``"task"`` (an actor in the same event loop)
+    :param monitor_isolation: where the monitor runs: ``"task"`` (an actor in the same event loop) or
+        ``"process"`` (a worker process of its own: a monitor that spins, blocks or crashes cannot touch the bridge's
+        event loop; it is restarted, and rebuilt from the replay rings, like a task monitor)
+    :param monitor_process: the heartbeats, stop timeouts and CPU priority of the monitor's worker process
+        (``"process"`` only); by default it runs 10 nice levels below the bridge's process
     """
 
     bridge: BridgeSettings = msgspec.field(default_factory=BridgeSettings)
     monitor: MonitorConfig = msgspec.field(default_factory=MonitorConfig)
     supervision: SupervisionSettings = msgspec.field(default_factory=SupervisionSettings)
     monitor_mailbox: int = 100_000
-    monitor_isolation: Literal["task"] = "task"
+    monitor_isolation: Literal["task", "process"] = "task"
+    monitor_process: ProcessIsolation = msgspec.field(default_factory=lambda: ProcessIsolation(nice=10))
 
     def __post_init__(self) -> None:
         if (

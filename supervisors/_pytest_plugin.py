@@ -44,42 +44,51 @@ def _default_backends() -> tuple[str, ...]:
     return _BACKENDS if importlib.util.find_spec("trio") is not None else ("asyncio",)
 
 
-def _has_marker(collector: pytest.Module | pytest.Class, obj: object) -> bool:
-    own = getattr(obj, "pytestmark", ())
-    return collector.get_closest_marker(VIRTUAL_TIME) is not None or any(m.name == VIRTUAL_TIME for m in own)
+def _marker(collector: pytest.Module | pytest.Class, obj: object) -> pytest.Mark | None:
+    own = [mark for mark in getattr(obj, "pytestmark", ()) if mark.name == VIRTUAL_TIME]
+    return own[0] if own else collector.get_closest_marker(VIRTUAL_TIME)
+
+
+def _backends(marker: pytest.Mark) -> tuple[str, ...]:
+    backends = tuple(marker.kwargs.get("backends", ()) or marker.args or _default_backends())
+    unknown = [backend for backend in backends if backend not in _BACKENDS]
+    if unknown:
+        raise pytest.UsageError(f"@pytest.mark.{VIRTUAL_TIME}: backends must be among {_BACKENDS}, got {unknown}")
+    return backends
+
+
+def _parametrized_by_us(obj: object) -> bool:
+    return any(
+        mark.name == "parametrize" and mark.args and mark.args[0] == "anyio_backend"
+        for mark in getattr(obj, "pytestmark", ())
+    )
 
 
 @pytest.hookimpl(tryfirst=True)
 def pytest_pycollect_makeitem(collector: pytest.Module | pytest.Class, name: str, obj: object) -> None:
     if not collector.istestfunction(obj, name):
         return
-    inner = obj.hypothesis.inner_test if hasattr(obj, "hypothesis") else obj
-    if inspect.iscoroutinefunction(inner) and _has_marker(collector, obj):
-        # What @pytest.mark.anyio does (anyio's own hook adds the same fixture for it): the test runs in anyio's
-        # runner with whatever anyio_backend the parametrization below gives it.
-        pytest.mark.anyio(obj)
-        pytest.mark.usefixtures("anyio_backend")(obj)
-
-
-def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
-    marker = metafunc.definition.get_closest_marker(VIRTUAL_TIME)
-    if marker is None:
+    marker = _marker(collector, obj)
+    if marker is None or _parametrized_by_us(obj):
         return
-    if "anyio_backend" not in metafunc.fixturenames:
+    inner = obj.hypothesis.inner_test if hasattr(obj, "hypothesis") else obj
+    if not inspect.iscoroutinefunction(inner):
         raise pytest.UsageError(
-            f"{metafunc.definition.nodeid}: @pytest.mark.{VIRTUAL_TIME} applies to async (anyio) tests only"
+            f"{collector.nodeid}::{name}: @pytest.mark.{VIRTUAL_TIME} applies to async (anyio) tests only"
         )
-    backends = tuple(marker.kwargs.get("backends", ()) or marker.args or _default_backends())
-    unknown = [backend for backend in backends if backend not in _BACKENDS]
-    if unknown:
-        raise pytest.UsageError(f"@pytest.mark.{VIRTUAL_TIME}: backends must be among {_BACKENDS}, got {unknown}")
-    # A direct parametrization shadows any anyio_backend fixture (anyio's, or a conftest's own). Each backend's
-    # options are built here, per test function: trio gets a MockClock of its own.
-    metafunc.parametrize(
+    backends = _backends(marker)
+    # A parametrize mark (not a metafunc.parametrize call) so that it takes precedence over the params of any
+    # anyio_backend fixture in effect (anyio's, or a conftest's own), as a mark written by hand would. Direct, not
+    # indirect: each backend's options are built here, per test function (trio gets a MockClock of its own).
+    pytest.mark.parametrize(
         "anyio_backend",
         [virtual_time_backend(backend) for backend in backends],
         ids=[f"{backend}+virtual" for backend in backends],
-    )
+    )(obj)
+    # What @pytest.mark.anyio does (anyio's own hook adds the same fixture for it): the test runs in anyio's runner
+    # with the parametrized anyio_backend.
+    pytest.mark.anyio(obj)
+    pytest.mark.usefixtures("anyio_backend")(obj)
 
 
 @pytest.fixture

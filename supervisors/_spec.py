@@ -7,6 +7,7 @@ from typing import TYPE_CHECKING
 
 from supervisors._backoff import Backoff
 from supervisors._exceptions import InvalidChildSpec
+from supervisors._isolation import Isolation, isolation_problem
 
 if TYPE_CHECKING:
     from collections.abc import Callable
@@ -127,6 +128,10 @@ class ChildSpec:
         detached (>= 0; unused when ``critical``)
     :param period: that budget's window in seconds (> 0); also how long a re-attached child must stay up for
         its probe to pass (unused when ``critical``)
+    :param isolation: ``"task"`` (default): the child runs in this event loop. ``"process"`` (or a
+        ``ProcessIsolation`` with its own heartbeats and timeouts): it runs in a worker process, represented here
+        by a ``ProcessHost`` actor that fails when the worker crashes, exits, is killed or misses heartbeats;
+        ``start`` must then be an ``ActorRecipe`` and ``handler_timeout`` applies to the actor in the worker
     :raises InvalidChildSpec: when a field breaks its rule
     """
 
@@ -144,6 +149,7 @@ class ChildSpec:
     max_detach_cooldown: float = 600.0
     intensity: int = 3
     period: float = 5.0
+    isolation: Isolation = "task"
 
     def __post_init__(self) -> None:
         problem = self._problem()
@@ -190,7 +196,7 @@ class ChildSpec:
             )
         if (budget_problem := _intensity_problem(self.intensity, self.period)) is not None:
             return budget_problem[:2]
-        return None
+        return isolation_problem(self.isolation, self.start, self.shutdown)
 
 
 def _is_positive_seconds(value: object) -> bool:

@@ -31,6 +31,7 @@ from ._exceptions import (
     UnknownChild,
 )
 from ._intensity import RestartWindow
+from ._isolation import child_start, instance_handler_timeout
 from ._spec import (
     AutoShutdown,
     ChildSpec,
@@ -502,7 +503,7 @@ class Supervisor(Actor[_SupervisorMsg]):
                 ref,
                 self._factory(child),
                 on_exit=self._exit_notifier(spec.id, child.launches),
-                handler_timeout=spec.handler_timeout,
+                handler_timeout=instance_handler_timeout(spec),
             )
         except ActorStartError as exc:
             child.state = ChildState.RESTARTING
@@ -512,9 +513,10 @@ class Supervisor(Actor[_SupervisorMsg]):
 
     def _factory(self, child: _Child) -> Callable[[], Actor[Any]]:
         spec = child.spec
+        start = child_start(spec)  # spec.start, or a ProcessHost for a process-isolated child
 
         def build() -> Actor[Any]:
-            instance = spec.start()
+            instance = start()
             if not isinstance(instance, Actor):
                 raise TypeError(f"ChildSpec.start of {spec.id!r} must return an Actor, got {type(instance).__name__}")
             if isinstance(instance, Supervisor):

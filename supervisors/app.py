@@ -12,6 +12,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import logging
 from contextlib import AsyncExitStack, asynccontextmanager
 from typing import TYPE_CHECKING, Any
@@ -34,6 +35,7 @@ from actors.chat._monitor import (
 )
 
 from ._config import RuntimeConfig
+from ._process_monitor import process_monitor_specs
 from ._spec import ChildSpec, Restart, Shutdown, Strategy
 from ._supervisor import ChildState, Supervisor, SupervisorHealth, SupervisorRef, start_supervisor
 
@@ -199,19 +201,36 @@ def _monitoring_branch(
         )
 
     def branch() -> Supervisor:
+        monitor_mailbox = MailboxSpec(capacity=config.monitor_mailbox, overflow=Overflow.DROP_NEWEST)
+        if config.monitor_isolation == "process":
+            # The monitor in a worker process, and beside it the keeper of its memory (which a kill must not lose).
+            watching = process_monitor_specs(
+                config.monitor,
+                memory,
+                bridge=BRIDGE,
+                alerts=ALERTS,
+                branch=MONITORING,
+                mailbox=monitor_mailbox,
+                handler_timeout=supervision.monitor_handler_timeout,
+                isolation=config.monitor_process,
+            )
+        else:
+            watching = [
+                ChildSpec(
+                    "monitor",
+                    monitor,
+                    mailbox=monitor_mailbox,
+                    handler_timeout=supervision.monitor_handler_timeout,
+                    shutdown=2.0,
+                )
+            ]
         return Supervisor(
             strategy=Strategy.ONE_FOR_ONE,
             intensity=supervision.monitor_intensity,
             period=supervision.monitor_period,
             children=[
                 ChildSpec("alerts", alerts, mailbox=MailboxSpec(capacity=10_000), shutdown=1.0),
-                ChildSpec(
-                    "monitor",
-                    monitor,
-                    mailbox=MailboxSpec(capacity=config.monitor_mailbox, overflow=Overflow.DROP_NEWEST),
-                    handler_timeout=supervision.monitor_handler_timeout,
-                    shutdown=2.0,
-                ),
+                *watching,
                 ChildSpec("components", components, shutdown=Shutdown.INFINITY),
             ],
         )
@@ -270,6 +289,7 @@ async def open_runtime(
             health_window=settings.health_window,
             frame_kind=settings.frame_kind,
             thresholds=settings.thresholds,
+            tap_shed_at=settings.tap_shed_at,
             authorize=authorize,
         )
         wiring = BridgeWiring()
@@ -334,6 +354,12 @@ async def open_runtime(
             yield runtime
         finally:
             await supervisor.stop(timeout=None)
+            # Connection writers and health-observer proxies are spawned outside the tree, under the bridge's name:
+            # stop whatever is left of them, so a runtime inside a longer-lived actor system leaves nothing behind.
+            for name in system.names():
+                if name.startswith(f"{BRIDGE}/"):
+                    with contextlib.suppress(ActorNotFound):
+                        await system.lookup(name).stop(timeout=1.0)
 
 
 class _LiveMonitorRef:

@@ -5,6 +5,7 @@ import logging
 from collections import Counter, OrderedDict, deque
 from typing import TYPE_CHECKING, Any, Final, assert_never
 
+import anyio
 import msgspec
 
 from actors._actor import Actor
@@ -37,7 +38,7 @@ from actors.chat._connection import (
     ConnectionProgress,
     WriterDrained,
 )
-from actors.chat._events import EVENT_CLASSES, StampedEvent, stamp
+from actors.chat._events import EVENT_CLASSES, LIFECYCLE_EVENT_TYPES, StampedEvent, stamp
 from actors.chat._health import (
     ComponentHealth,
     HealthSample,
@@ -55,6 +56,10 @@ if TYPE_CHECKING:
 logger = logging.getLogger("agentwatch.chat.bridge")
 
 _EVENT_TYPES: Final = frozenset(EVENT_CLASSES.values())
+
+#: Seconds each connection may take, at a graceful shutdown, to send what is queued for it before its 1001 close.
+SHUTDOWN_DRAIN: Final = 1.0
+_SHUTDOWN_POLL: Final = 0.005
 _TICK: Final = Tick()
 #: Threads looked at per tick when sweeping out idle ones (bounds the tick's cost, not the memory).
 _SWEEP_PER_TICK: Final = 1000
@@ -174,6 +179,11 @@ class AgentWebSocketBridge(Actor[BridgeMessage]):
         self._tap_lost_before = 0  # tap losses counted on monitor refs replaced since
         self._taps = 0
         self._taps_skipped = 0
+        self._taps_shed = 0
+        # The monitor mailbox's queue and the length from which non-lifecycle taps are shed (config.tap_shed_at):
+        # an overloaded monitor loses content first, and the room left goes to what its detectors cannot do without.
+        self._monitor_queue: deque[Any] | None = None
+        self._shed_above = 0
         self._health: ComponentHealth | None = None
         self._health_window = HealthWindow(config.thresholds, config.health_window)
         # Counters (see BridgeMetrics for the identities they obey).
@@ -212,18 +222,24 @@ class AgentWebSocketBridge(Actor[BridgeMessage]):
         self.send_every(self._config.tick_interval, _TICK)
 
     async def on_stop(self, reason: ExitReason) -> None:
-        failed = reason.kind is ExitKind.ERROR
-        self._close_all(
-            CloseCode.SERVICE_RESTART if failed else CloseCode.GOING_AWAY,
-            "bridge restarting: resume with afterSeq" if failed else "server shutting down",
-        )
+        if reason.kind is ExitKind.ERROR:
+            self._close_all(CloseCode.SERVICE_RESTART, "bridge restarting: resume with afterSeq")
+            return
+        # A graceful shutdown: each writer first sends what is queued for its client (for at most SHUTDOWN_DRAIN
+        # seconds), then closes with 1001. Waiting for them here (bounded) keeps the stop from overtaking the
+        # drain: a client gets the terminal events published before the shutdown, then the close.
+        self._close_all(CloseCode.GOING_AWAY, "server shutting down", drain=SHUTDOWN_DRAIN)
+        writers = [connection.writer for connection in self._connections.values()]
+        with anyio.move_on_after(SHUTDOWN_DRAIN + self._config.close_timeout):
+            while any(writer.is_alive for writer in writers):  # noqa: ASYNC110  # writers signal only by stopping
+                await anyio.sleep(_SHUTDOWN_POLL)
 
     def on_kill(self) -> None:
         self._close_all(CloseCode.GOING_AWAY, "server shutting down")
 
-    def _close_all(self, code: int, reason: str) -> None:
+    def _close_all(self, code: int, reason: str, *, drain: float = 0.0) -> None:
         for connection in list(self._connections.values()):
-            self._close_connection(connection, code, reason)
+            self._close_connection(connection, code, reason, drain=drain)
 
     # ------------------------------------------------------------------ dispatch
 
@@ -314,8 +330,12 @@ class AgentWebSocketBridge(Actor[BridgeMessage]):
             self._unrouted += 1
         monitor = self._monitor
         if monitor is not None:
-            monitor.tell(stamped)
-            self._taps += 1
+            queue = self._monitor_queue
+            if queue is not None and len(queue) >= self._shed_above and type(event) not in LIFECYCLE_EVENT_TYPES:
+                self._taps_shed += 1
+            else:
+                monitor.tell(stamped)
+                self._taps += 1
             if fan_out:
                 self._unconfirmed[thread] = None  # its delivery is reported to the monitor on a tick
         elif self._monitor_ref is not None:
@@ -491,7 +511,9 @@ class AgentWebSocketBridge(Actor[BridgeMessage]):
             if self._monitor_ref is not None:
                 self._unsubscribed[thread.thread_id] = None
 
-    def _close_connection(self, connection: _Connection, code: int, reason: str, *, tell_writer: bool = True) -> None:
+    def _close_connection(
+        self, connection: _Connection, code: int, reason: str, *, tell_writer: bool = True, drain: float = 0.0
+    ) -> None:
         """Stop routing to a connection and have its writer close it; it is forgotten once the writer stops."""
         if connection.closing:
             return
@@ -503,7 +525,7 @@ class AgentWebSocketBridge(Actor[BridgeMessage]):
         self._lagging.pop(connection, None)
         if tell_writer and connection.writer.is_alive:
             # Past the bound: a close must never be dropped, and there is only one per connection.
-            connection.writer.tell_control(Close(code=code, reason=reason))
+            connection.writer.tell_control(Close(code=code, reason=reason, drain=drain))
 
     def _on_writer_drained(self, connection_id: str) -> None:
         connection = self._connections.get(connection_id)
@@ -564,6 +586,10 @@ class AgentWebSocketBridge(Actor[BridgeMessage]):
             stats = previous.statistics()
             self._tap_lost_before += stats.dropped_total + stats.dead_lettered
         self._monitor_ref = monitor
+        # Read once per event on the publish path, so the deque itself is kept (it lives as long as the ref).
+        shed_at = self._config.tap_shed_at
+        self._monitor_queue = monitor._mailbox.queue if monitor is not None and shed_at is not None else None
+        self._shed_above = max(1, int(monitor._mailbox.capacity * shed_at)) if monitor is not None and shed_at else 0
         self._refresh_monitor()
 
     def _refresh_monitor(self) -> None:
@@ -653,7 +679,7 @@ class AgentWebSocketBridge(Actor[BridgeMessage]):
         )
 
     def _tap_lost(self) -> int:
-        lost = self._tap_lost_before + self._taps_skipped
+        lost = self._tap_lost_before + self._taps_skipped + self._taps_shed
         if self._monitor_ref is not None:
             stats = self._monitor_ref.statistics()
             lost += stats.dropped_total + stats.dead_lettered
@@ -815,4 +841,5 @@ class AgentWebSocketBridge(Actor[BridgeMessage]):
             latency_counts=tuple(latency.counts),
             monitor_attached=self._monitor is not None,
             taps=self._taps,
+            taps_shed=self._taps_shed,
         )

@@ -42,6 +42,9 @@ class BridgeConfig(msgspec.Struct, frozen=True, kw_only=True):
     :param authorize: ``(principal, thread_id) -> bool``, called on every subscribe; anything but ``True`` (an
         exception included) refuses. It must be a plain function: it runs inside the bridge's handler
     :param monitor: the monitor's ref to tap events to (``None``: no monitor; ``AttachMonitor`` changes it)
+    :param tap_shed_at: a fraction of the monitor's mailbox capacity: while it is at least this full, only
+        lifecycle events are tapped, so an overloaded monitor loses content (``taps_shed``), never a run or tool
+        call boundary; ``None`` taps every event until the monitor's mailbox itself drops
     """
 
     component_id: str = "agent_websocket_bridge"
@@ -58,6 +61,7 @@ class BridgeConfig(msgspec.Struct, frozen=True, kw_only=True):
     closed_connections_kept: int = 100
     authorize: Callable[[str, str], bool] = allow_all
     monitor: ActorRef[Any] | None = None
+    tap_shed_at: float | None = None
 
     def __post_init__(self) -> None:
         owner = "BridgeConfig"
@@ -83,6 +87,8 @@ class BridgeConfig(msgspec.Struct, frozen=True, kw_only=True):
             raise TypeError(f"{owner}.authorize must be a plain (not async) callable (principal, thread_id) -> bool")
         if self.monitor is not None and not isinstance(self.monitor, ActorRef):
             raise TypeError(f"{owner}.monitor must be an ActorRef or None, got {type(self.monitor).__name__}")
+        if self.tap_shed_at is not None and not 0 < require_number(owner, "tap_shed_at", self.tap_shed_at) <= 1:
+            raise ValueError(f"{owner}.tap_shed_at must be within (0, 1] or None, got {self.tap_shed_at!r}")
 
 
 # ---------------------------------------------------------------- requests
@@ -303,6 +309,9 @@ class BridgeMetrics(msgspec.Struct, frozen=True, kw_only=True):
     latency_samples: int
     monitor_attached: bool
     taps: int
+    #: Non-lifecycle events not tapped because the monitor's mailbox was over half full (also in
+    #: ``dropped["monitor_tap"]``): an overloaded monitor loses content, never a run or tool call boundary.
+    taps_shed: int = 0
     #: The latency histogram's bucket counts (bounds: ``LatencyHistogram.BOUNDS``): the difference of two snapshots
     #: gives the latency quantiles of the interval between them (``supervisors.faults.critical_path_budget``).
     latency_counts: tuple[int, ...] = ()

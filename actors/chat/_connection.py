@@ -205,11 +205,13 @@ class Flush(Message, frozen=True, kw_only=True):
 class Close(Message, frozen=True, kw_only=True):
     """Close the connection with ``code`` and ``reason``: queued frames are discarded (and counted).
 
-    Sent past the mailbox bound (``tell_control``), so it is never dropped.
+    With ``drain`` > 0 (a graceful shutdown), the queued frames are sent first, for at most ``drain`` seconds;
+    what is still queued then is discarded. Sent past the mailbox bound (``tell_control``), so it is never dropped.
     """
 
     code: int
     reason: str
+    drain: float = 0.0
 
 
 class WriterDrained(Message, frozen=True, kw_only=True):
@@ -355,8 +357,8 @@ class ConnectionWriter(Actor[WriterMessage]):
             case Flush():
                 self._flush_scheduled = False
                 await self._flush()
-            case Close(code=code, reason=reason):
-                await self._close(code, reason)
+            case Close(code=code, reason=reason, drain=drain):
+                await self._close(code, reason, drain=drain)
             case _:
                 assert_never(message)
 
@@ -456,9 +458,17 @@ class ConnectionWriter(Actor[WriterMessage]):
         progress.close_code = code
         progress.close_reason = reason
 
-    async def _close(self, code: int, reason: str, *, stop: bool = True) -> None:
+    async def _close(self, code: int, reason: str, *, stop: bool = True, drain: float = 0.0) -> None:
         if self._closed:
             return
+        if drain > 0:
+            # A graceful close: the client gets what was queued for it (the terminal events of its runs) first.
+            # A send that fails or stalls meanwhile closes the connection with its own code, as at any time.
+            with anyio.move_on_after(drain):
+                while self._pending and not self._closed:
+                    await self._flush()
+            if self._closed:
+                return
         # Marked before the await below, so the bridge never routes to (or waits on) a connection being closed.
         self._discard_pending()
         self._mark_closed(code, reason)

@@ -22,7 +22,7 @@ from actors.chat._events import (
 )
 
 if TYPE_CHECKING:
-    from collections.abc import Container, Iterable
+    from collections.abc import Container, Iterable, Mapping
 
 
 class DetectionThresholds(msgspec.Struct, frozen=True, kw_only=True):
@@ -40,7 +40,8 @@ class DetectionThresholds(msgspec.Struct, frozen=True, kw_only=True):
     :param retention: how long a finished run is kept to catch duplicate and late events; also how long a run
         already reported stale is kept before it is forgotten.
     :param max_tracked_runs: most runs in flight (and, separately, most finished runs retained, and most threads
-        with delivery state); beyond it the least recently active one is evicted and counted.
+        with delivery state); beyond it one is evicted and counted: the oldest finished run; the run in flight, or
+        thread, queued longest ago without activity since (second chance: about the least recently active).
     :raises ValueError: when a duration is not a positive finite number or a count is not a positive int.
     """
 
@@ -80,7 +81,7 @@ class TrackerStatistics(msgspec.Struct, frozen=True, kw_only=True):
     :param evictions: runs, and threads with deliveries pending, dropped because ``max_tracked_runs`` was
         reached.
     :param pending_deadlines: live deadlines (run checks, open tool calls, threads awaiting delivery).
-    :param pending_deliveries: events expected for delivery and not yet confirmed.
+    :param pending_deliveries: events expected for delivery, neither confirmed nor found overdue yet.
     :param events_observed: events passed to ``observe`` (and ``rebuild``).
     :param anomalies_by_kind: anomalies returned so far, by kind (kinds never seen are absent).
     """
@@ -134,11 +135,16 @@ _by_observed_at: Final = operator.attrgetter("observed_at")
 class _Run:
     """Per-run state: one per tracked (thread, run)."""
 
-    __slots__ = ("armed", "finished_at", "flags", "key", "last_activity", "tools", "tracked")
+    __slots__ = ("armed", "finished_at", "flags", "flight_id", "key", "last_activity", "queued_at", "tools", "tracked")
 
     def __init__(self, key: tuple[str, str], now: int) -> None:
         self.key = key
+        # The run id while the run is in flight, None once it finished or was dropped: what a thread's cached run
+        # is matched on (ThreadDeliveries.current_run), in one comparison and without touching the key tuple.
+        self.flight_id: str | None = key[1]
         self.last_activity = now
+        # When the run was (re)queued in the in-flight table, for the cap's second-chance eviction.
+        self.queued_at = now
         self.finished_at: int | None = None
         # Deadline of this run's one current heap entry (its stale check, or its expiry once finished or reported
         # stale); an entry for the run with any other deadline is skipped when popped.
@@ -222,7 +228,7 @@ class RunTracker:
     - ``error_burst``: ``error_burst_count`` RUN_ERROR events (across all runs) less than ``error_burst_window``
       apart, first to last. Reported at most once per aligned window (``window_start`` = the detecting error's
       ``observed_at`` rounded down to a multiple of the window), so a continuing burst reports once per window.
-    - ``undelivered_event``: see :meth:`expect_delivery`.
+    - ``undelivered_event``: once per gap of a thread's deliveries, see :meth:`expect_delivery`.
 
     Deadlines live in a :class:`DeadlineHeap` with lazy invalidation (an entry whose target moved on is skipped
     when popped), so each event costs O(1) or O(log n) and nothing ever scans all runs. Memory is bounded by
@@ -239,7 +245,8 @@ class RunTracker:
         self._burst_window_ms = max(1, _ms(thresholds.error_burst_window))
         self._retention_ms = _ms(thresholds.retention)
         self._max_runs = thresholds.max_tracked_runs
-        # Least recently active first (move_to_end on each event), so eviction pops the front in O(1).
+        # Oldest queued first: the cap pops the front in O(1) and gives a run active since a second chance at the
+        # back, so no event has to move its run (see _evict).
         self._in_flight: OrderedDict[tuple[str, str], _Run] = OrderedDict()
         # Oldest finished first: retention expiry and the cap both remove from the front.
         self._finished: OrderedDict[tuple[str, str], _Run] = OrderedDict()
@@ -247,6 +254,7 @@ class RunTracker:
         self._deliveries = DeliveryTracker(
             self._deadlines, undelivered_ms=_ms(thresholds.undelivered_after), max_threads=thresholds.max_tracked_runs
         )
+        self._delivery_threads = self._deliveries.threads
         # Open tool calls not yet reported stuck: each has one current heap entry.
         self._armed_tools = 0
         self._errors: deque[int] = deque(maxlen=thresholds.error_burst_count)
@@ -269,22 +277,57 @@ class RunTracker:
         :return: the anomalies this event reveals (missing start, orphan completion, latency, duplicate or late
             completion, error burst); a shared empty tuple when there are none, which is the common case.
         """
-        found = self._observe(stamped)
+        found = self._observe(stamped, None)
         if found is None:
             return _NOTHING
         self._tally(found)
         return tuple(found)
 
-    def _observe(self, stamped: StampedEvent) -> list[Anomaly] | None:
+    def ingest(self, stamped: StampedEvent) -> tuple[Anomaly, ...]:
+        """:meth:`observe` an event and, when the bridge routed it (``fan_out > 0``), :meth:`expect_delivery` it.
+
+        The same as the two calls, in one pass: the monitor's hot path. The thread's delivery state, looked up for
+        the expectation, also leads to the run it is running, so an event of a busy run costs one dict lookup.
+
+        :return: as :meth:`observe`.
+        """
+        now = stamped.observed_at
+        thread: ThreadDeliveries | None
+        if stamped.fan_out:
+            thread = routed = self._deliveries.expect(stamped.thread_id, stamped.seq, now)
+            run = routed.current_run
+        else:
+            thread = self._delivery_threads.get(stamped.thread_id)
+            run = None if thread is None else thread.current_run
+        if run is None or run.flight_id != stamped.run_id:
+            found = self._observe(stamped, thread)
+        else:
+            self._events_observed += 1
+            if now > run.last_activity:
+                run.last_activity = now
+            event = stamped.event
+            category = _CATEGORY.get(type(event))
+            if category is None:
+                timestamp = event.timestamp
+                if timestamp is None or now - timestamp <= self._latency_ms:
+                    return _NOTHING  # plain activity of a run in flight, in time: the common case
+                category = _ACTIVITY
+            found = self._apply(run, stamped, category, None)
+        if found is None:
+            return _NOTHING
+        self._tally(found)
+        return tuple(found)
+
+    def _observe(self, stamped: StampedEvent, thread: ThreadDeliveries | None) -> list[Anomaly] | None:
+        """Find (or start tracking) the event's run and apply the event; remember the run on ``thread``."""
         self._events_observed += 1
         event = stamped.event
         now = stamped.observed_at
-        category = _CATEGORY.get(event.__class__, _ACTIVITY)
+        category = _CATEGORY.get(type(event), _ACTIVITY)
         key = (stamped.thread_id, stamped.run_id)
         found: list[Anomaly] | None = None
         run = self._in_flight.get(key)
         if run is not None:
-            self._in_flight.move_to_end(key)
             if now > run.last_activity:
                 run.last_activity = now
         else:
@@ -301,6 +344,16 @@ class RunTracker:
                         "not RUN_STARTED",
                     )
                 ]
+        if thread is not None:
+            thread.current_run = run
+        return self._apply(run, stamped, category, found)
+
+    def _apply(
+        self, run: _Run, stamped: StampedEvent, category: int, found: list[Anomaly] | None
+    ) -> list[Anomaly] | None:
+        """Apply an event to its run in flight: latency, tool calls, completion; ``found`` so far is extended."""
+        event = stamped.event
+        now = stamped.observed_at
         timestamp = event.timestamp
         if timestamp is not None and now - timestamp > self._latency_ms and not run.flags & _LATENCY_REPORTED:
             run.flags |= _LATENCY_REPORTED
@@ -371,15 +424,31 @@ class RunTracker:
         return found or None
 
     def _track(self, key: tuple[str, str], now: int) -> _Run:
-        run = _Run(key, now)
         in_flight = self._in_flight
+        if len(in_flight) >= self._max_runs:
+            self._evict()
+        run = _Run(key, now)
         in_flight[key] = run
         self._arm(run, now + self._stale_ms)
-        if len(in_flight) > self._max_runs:
-            _, oldest = in_flight.popitem(last=False)
-            self._drop(oldest)
-            self._evictions += 1
         return run
+
+    def _evict(self) -> None:
+        """Make room for one run: drop the longest queued run that has seen no event since (CLOCK).
+
+        A run active since it was queued goes to the back instead, once per such activity, so no event has to
+        move its run and the eviction is amortised O(1); the result is approximately the least recently active
+        run. It runs before the new run is queued, so the newcomer is never the one dropped.
+        """
+        in_flight = self._in_flight
+        while True:
+            key, run = in_flight.popitem(last=False)
+            if run.last_activity > run.queued_at:
+                run.queued_at = run.last_activity
+                in_flight[key] = run
+                continue
+            self._drop(run)
+            self._evictions += 1
+            return
 
     def _open_tool(self, run: _Run, tool_call_id: str, now: int) -> None:
         tools = run.tools
@@ -424,6 +493,7 @@ class RunTracker:
         finished = self._finished
         finished[key] = run
         run.finished_at = now
+        run.flight_id = None
         tools = run.tools
         if tools:
             # A call whose arguments ended before the run did is a client-side tool: the client runs it after the
@@ -470,8 +540,10 @@ class RunTracker:
         Expectation is explicit: the bridge calls this only for events it routed to a connection, so an event on
         a thread nobody subscribes to never counts as undelivered. Unless :meth:`confirm_delivery` covers ``seq``
         within ``undelivered_after`` of ``observed_at`` (``>=`` elapsed is late), :meth:`advance` reports
-        ``undelivered_event``: once for each batch of seqs found overdue together, keyed by the first of them.
-        Seqs of a thread are expected in increasing order (the bridge numbers them).
+        ``undelivered_event``: once per gap, keyed by its first seq. A gap opens with the first seqs of the thread
+        found overdue; seqs overdue while it is open join it unreported; it closes when a confirmation reaches the
+        highest seq found overdue, after which the next overdue seq opens a new one. Seqs of a thread are expected
+        in increasing order (the bridge numbers them).
 
         :param thread_id: the thread the event belongs to.
         :param seq: its per-thread sequence number.
@@ -486,6 +558,15 @@ class RunTracker:
         overtakes its expectation is remembered, so the expectation is not reported.
         """
         self._deliveries.confirm(thread_id, seq)
+
+    def confirm_deliveries(self, confirmed: Mapping[str, int]) -> int:
+        """:meth:`confirm_delivery` for each thread of a batch (the bridge's ``DeliveryProgress.confirmed``).
+
+        :return: how many seqs the batch newly confirmed on threads with expectations: each thread's advance past
+            its previous confirmation, or past the seq before its first expectation. What a thread's delivery state
+            does not cover (before its first expectation, or on a thread never expected) is not counted.
+        """
+        return self._deliveries.confirm_all(confirmed)
 
     def thread_has_no_subscribers(self, thread_id: str) -> None:
         """Forget the delivery state of a thread whose last connection left.
@@ -601,6 +682,10 @@ class RunTracker:
 
     def _drop(self, run: _Run) -> None:
         run.tracked = False  # every heap entry for it is now stale
+        run.flight_id = None
+        thread = self._delivery_threads.get(run.key[0])
+        if thread is not None and thread.current_run is run:
+            thread.current_run = None  # a thread that stays (idle, subscribed) must not keep a forgotten run alive
         tools = run.tools
         if tools:
             self._armed_tools -= sum(1 for state in tools.values() if _armed(state))
@@ -629,7 +714,7 @@ class RunTracker:
         found: list[Anomaly] = []
         for stamped in sorted(items, key=_by_observed_at):
             self._advance(stamped.observed_at, found)
-            self._observe(stamped)  # what it reveals at once was the previous monitor's to report
+            self._observe(stamped, None)  # what it reveals at once was the previous monitor's to report
         self._advance(now_ms, found)
         fresh = [anomaly for anomaly in found if anomaly.key not in already_reported]
         self._tally(fresh)

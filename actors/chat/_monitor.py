@@ -241,7 +241,6 @@ class ChatEventMonitor(Actor[MonitorMessage]):
         # After a rebuild, events of these threads up to this seq were already replayed from the rings: events
         # queued in our mailbox during the restart are skipped instead of being observed twice.
         self._replayed_through: dict[str, int] = {}
-        self._confirmed: dict[str, int] = {}
         self._pending_audits: dict[int, tuple[str, int]] = {}
         self._audit_ids = 0
         self._direct_seq: dict[str, int] = {}
@@ -396,10 +395,9 @@ class ChatEventMonitor(Actor[MonitorMessage]):
             due = tracker.advance(at)
             if due:
                 self._report(due)
-        found = tracker.observe(stamped)
+        found = tracker.ingest(stamped)  # observe, and expect its delivery when it was routed
         if stamped.fan_out:
             flow.routed += 1
-            tracker.expect_delivery(stamped.thread_id, stamped.seq, stamped.observed_at)
         if found:
             self._report(found)
 
@@ -409,14 +407,9 @@ class ChatEventMonitor(Actor[MonitorMessage]):
         due = tracker.advance(self.clock.now_ms())
         if due:
             self._report(due)
-        confirmed = self._confirmed
-        flow = self.flow
-        for thread_id, seq in progress.confirmed.items():
-            previous = confirmed.get(thread_id, 0)
-            if seq > previous:
-                flow.delivered += seq - previous
-                confirmed[thread_id] = seq
-            tracker.confirm_delivery(thread_id, seq)
+        # Delivered: how far confirmations moved past what each thread had confirmed, or past the seq before its
+        # first routed event, so events routed before a client subscribed are not counted as delivered.
+        self.flow.delivered += tracker.confirm_deliveries(progress.confirmed)
         for thread_id in progress.unsubscribed:
             tracker.thread_has_no_subscribers(thread_id)
 

@@ -17,7 +17,7 @@ def _seconds(owner: str, name: str, value: object, *, allow_zero: bool = False) 
         raise ValueError(f"{owner}.{name} must be {'>= 0' if allow_zero else '> 0'} seconds, got {value!r}")
 
 
-class ProcessIsolation(msgspec.Struct, frozen=True, kw_only=True):
+class ProcessIsolation(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
     """How the worker process of a process-isolated actor is run and watched (``ChildSpec(isolation=...)``).
 
     ``isolation="process"`` means these defaults.
@@ -33,14 +33,18 @@ class ProcessIsolation(msgspec.Struct, frozen=True, kw_only=True):
     :param outbox_limit: messages encoded but not yet written to the worker, beyond which the host stops taking
         messages out of its mailbox (so a worker that cannot keep up fills the host's bounded mailbox, whose
         overflow policy then applies)
+    :param nice: how much lower the worker's CPU priority is than the parent's (0-19, added to its niceness from
+        its first instruction on): when cores are scarce, a spinning or busy worker then takes CPU time only
+        the parent does not want
     """
 
     heartbeat_interval: float = 0.2
-    heartbeat_timeout: float = 2.0
+    heartbeat_timeout: float = 1.0
     start_timeout: float = 15.0
     stop_timeout: float = 1.0
     terminate_timeout: float = 0.5
     outbox_limit: int = 4096
+    nice: int = 0
 
     def __post_init__(self) -> None:
         owner = "ProcessIsolation"
@@ -55,6 +59,8 @@ class ProcessIsolation(msgspec.Struct, frozen=True, kw_only=True):
             )
         if isinstance(self.outbox_limit, bool) or not isinstance(self.outbox_limit, int) or self.outbox_limit < 1:
             raise ValueError(f"ProcessIsolation.outbox_limit must be an int >= 1, got {self.outbox_limit!r}")
+        if isinstance(self.nice, bool) or not isinstance(self.nice, int) or not 0 <= self.nice <= 19:
+            raise ValueError(f"ProcessIsolation.nice must be an int from 0 to 19, got {self.nice!r}")
 
     @property
     def graceful_budget(self) -> float:

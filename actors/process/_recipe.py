@@ -3,10 +3,13 @@ from __future__ import annotations
 import importlib
 import inspect
 import typing
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from typing import Any, Final, TypeVar
 
 import msgspec
+import msgspec.inspect
+
+from actors._ref import ActorRef
 
 F = TypeVar("F", bound=Callable[..., Any])
 
@@ -67,6 +70,11 @@ class MessageSchema:
         self._accept_codes = {tp: code for code, tp in enumerate(self.accepts)}
         self._send_codes = {tp: code for code, tp in enumerate(self.sends)}
 
+    @property
+    def accept_codes(self) -> dict[type, int]:
+        """Type -> wire code of every type in ``accepts`` (read-only by convention)."""
+        return self._accept_codes
+
     def accept_code(self, message: object) -> int | None:
         """The wire code of a message the actor accepts, or None when its type is not in ``accepts``."""
         return self._accept_codes.get(type(message))
@@ -82,9 +90,37 @@ class MessageSchema:
 
 def _require_decodable(field: str, tp: Any) -> None:
     try:
-        msgspec.msgpack.Decoder(tp)
-    except TypeError as exc:
+        info = msgspec.inspect.type_info(tp)
+    except (TypeError, NameError) as exc:
         raise TypeError(f"{field}: {tp!r} is not a type msgspec can decode ({exc})") from None
+    for custom in _custom_types(info, set()):
+        # ActorRefs cross as names (a MessagePack extension); any other class would not decode on the other side.
+        if not issubclass(custom, ActorRef):
+            raise TypeError(
+                f"{field}: {getattr(tp, '__qualname__', tp)!r} contains {custom.__qualname__}, which msgspec "
+                "cannot encode: messages crossing a process boundary hold msgspec types (and ActorRefs) only"
+            )
+
+
+def _custom_types(node: msgspec.inspect.Type, seen: set[type]) -> Iterator[type]:
+    """Every class in a msgspec type tree that msgspec does not know how to encode (its ``CustomType`` leaves)."""
+    if isinstance(node, msgspec.inspect.CustomType):
+        yield node.cls
+        return
+    owner = getattr(node, "cls", None)
+    if isinstance(owner, type):
+        if owner in seen:
+            return  # a recursive type: already walked
+        seen.add(owner)
+    for field in getattr(node, "fields", ()):
+        yield from _custom_types(field.type, seen)
+    for name in ("item_type", "key_type", "value_type", "type"):
+        child = getattr(node, name, None)
+        if isinstance(child, msgspec.inspect.Type):
+            yield from _custom_types(child, seen)
+    for name in ("types", "item_types"):
+        for child in getattr(node, name, ()):
+            yield from _custom_types(child, seen)
 
 
 def worker_factory(schema: MessageSchema) -> Callable[[F], F]:

@@ -1,7 +1,7 @@
 from __future__ import annotations
 
 import traceback
-from typing import TYPE_CHECKING, Any, Final
+from typing import TYPE_CHECKING, Any, Final, cast
 
 import anyio
 import msgspec
@@ -205,12 +205,16 @@ def error_from(failure: Failure, timeout: float | None) -> ActorError:
             return error
 
 
-def frame(items: Any, encoder: msgspec.msgpack.Encoder) -> bytearray:
-    """Encode one frame: the length prefix, then ``items`` in MessagePack, in one buffer (no copy of the body)."""
+def frame(items: Any, encoder: msgspec.msgpack.Encoder) -> bytes:
+    """Encode one frame: the length prefix, then ``items`` in MessagePack, in one buffer (no copy of the body).
+
+    The buffer is a fresh ``bytearray``, never written again once returned: the streams take any bytes-like object,
+    and copying it into ``bytes`` would cost a pass over every frame.
+    """
     buffer = bytearray(LENGTH)
     encoder.encode_into(items, buffer, LENGTH)
     buffer[:LENGTH] = (len(buffer) - LENGTH).to_bytes(LENGTH, "big")
-    return buffer
+    return cast("bytes", buffer)
 
 
 class FrameReader:

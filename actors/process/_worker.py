@@ -1,5 +1,6 @@
 from __future__ import annotations
 
+import contextlib
 import ctypes
 import itertools
 import logging
@@ -9,7 +10,7 @@ import socket
 import sys
 import threading
 import time
-from typing import TYPE_CHECKING, Any, Final
+from typing import TYPE_CHECKING, Any, Final, assert_never
 
 import anyio
 import anyio.abc
@@ -126,17 +127,34 @@ class _FaultTrigger:
         self.fault = fault
 
 
-class _FaultInterceptor:
-    """Wraps the actor's ``receive`` so that a :class:`_FaultTrigger` runs its fault inside a handler."""
+class HandlerClock:
+    """Wraps the worker's actor's ``receive``: times each handler, and runs injected faults inside one.
+
+    The handler deadline (the ChildSpec's ``handler_timeout``) is kept by a watch task that reads :attr:`started`,
+    instead of a cancel scope around every handler: entering and leaving one costs more than a monitor handles a
+    tapped event. A handler past its deadline ends the actor (the worker then exits with that reason), as a
+    ``HandlerTimeout`` would.
+    """
+
+    __slots__ = ("started",)
+
+    def __init__(self) -> None:
+        #: ``time.monotonic()`` when the running handler started, None between handlers.
+        self.started: float | None = None
 
     def instrument(self, actor: Any) -> None:
         original = actor.receive
+        clock = time.monotonic
 
         async def receive(message: Any) -> Any:
-            if type(message) is _FaultTrigger:
-                await _run_fault(message.fault)
-                return None
-            return await original(message)
+            self.started = clock()
+            try:
+                if type(message) is _FaultTrigger:
+                    await _run_fault(message.fault)
+                    return None
+                return await original(message)
+            finally:
+                self.started = None
 
         actor.receive = receive
 
@@ -186,6 +204,8 @@ class WorkerLink:
         self.exited = anyio.Event()
         self.exit_code = EXIT_OK
         self.reader_closed = False
+        self.handlers = HandlerClock()
+        self.deadline_missed: str | None = None
         self.system: ActorSystem
         self.ref: ActorRef[Any]
         self.tasks: anyio.abc.TaskGroup
@@ -271,6 +291,9 @@ class WorkerLink:
             tasks.start_soon(self._heartbeat_loop)
             mailbox = MailboxSpec(capacity=self.init.mailbox_capacity, overflow=Overflow.DROP_NEWEST)
             self.ref = system.create_ref(self.factory, name=self.init.name, mailbox=mailbox)
+            self.ref.add_interceptor(self.handlers)
+            if self.init.handler_timeout is not None:
+                tasks.start_soon(self._watch_deadline, self.init.handler_timeout)
             # The actor's on_start may ask the parent (the monitor asks for the replay snapshot): answers arrive
             # through the reader, so it runs before the actor starts.
             tasks.start_soon(self._read_loop, pending_frames)
@@ -279,7 +302,7 @@ class WorkerLink:
                     self.ref,
                     lambda: self.factory(*self.args),
                     on_exit=self._on_exit,
-                    handler_timeout=self.init.handler_timeout,
+                    handler_timeout=None,  # kept by the HandlerClock and _watch_deadline instead
                 )
             except ActorStartError as exc:
                 self._send((wire.START_FAILED, _describe(exc.cause)))
@@ -293,9 +316,25 @@ class WorkerLink:
             tasks.cancel_scope.cancel()
         return self.exit_code
 
+    async def _watch_deadline(self, timeout: float) -> None:
+        handlers = self.handlers
+        interval = min(timeout / 4, 0.25)
+        while True:
+            await anyio.sleep(interval)
+            started = handlers.started
+            if started is not None and time.monotonic() - started > timeout:
+                incarnation = self.ref._incarnation
+                if incarnation is not None and not incarnation.done.is_set():
+                    self.deadline_missed = f"{self.init.name!r}: a handler ran past its deadline of {timeout} s"
+                    incarnation.kill(self.deadline_missed)
+                return
+
     def _on_exit(self, ref: ActorRef[Any], reason: ExitReason) -> None:
         kind = reason.kind.value
         detail = _describe(reason.exception) if reason.exception is not None else reason.detail
+        if self.deadline_missed is not None:
+            reason = ExitReason(kind=ExitKind.ERROR, detail=self.deadline_missed)
+            kind, detail = reason.kind.value, f"HandlerTimeout: {self.deadline_missed} and was cancelled"
         self.exit_code = EXIT_OK if reason.kind in (ExitKind.NORMAL, ExitKind.SHUTDOWN) else EXIT_FAILED
         self._send((wire.EXITED, kind, detail))
         self.exited.set()
@@ -355,31 +394,42 @@ class WorkerLink:
 
     async def _dispatch(self, body: bytes) -> None:
         ref = self.ref
+        tell = ref.tell
+        queue = ref._mailbox.queue
+        capacity = ref._mailbox.capacity
+        accepts = self.accepts
         for item in wire.DOWN_BATCH.decode(body):
-            kind = type(item)
-            if kind is wire.Tell:
+            if type(item) is wire.Tell:  # the hot path: a batch of tells, each a plain local tell
                 try:
-                    message = self.accepts[item.code].decode(item.body)
+                    message = accepts[item.code].decode(item.body)
                 except (msgspec.DecodeError, IndexError) as exc:
                     logger.error("worker %d: dropped a message that does not decode: %s", os.getpid(), exc)
                     continue
-                try:
-                    await ref.send(message)
-                except ActorStopped:
-                    continue
-            elif kind is wire.Ask:
-                await self._ask_actor(item)
-            elif kind is wire.Answer:
-                self._answer(item)
-            elif kind is wire.AnswerPart:
-                self._answer_part(item)
-            elif kind is wire.Stop:
-                self.tasks.start_soon(self._stop_actor, item.timeout)
-            elif kind is wire.Fault:
-                if item.kind == "exit":
-                    os._exit(item.exit_code)
-                ref.add_interceptor(_FaultInterceptor())
-                await ref.send(_FaultTrigger(item))
+                if len(queue) < capacity:
+                    tell(message)
+                else:
+                    # Backpressure: the link stops being read, so the parent's host stops writing, and the
+                    # messages wait (or drop) in its bounded mailbox, where the senders can see it.
+                    with contextlib.suppress(ActorStopped):
+                        await ref.send(message)
+                continue
+            match item:
+                case wire.Ask():
+                    await self._ask_actor(item)
+                case wire.Answer():
+                    self._answer(item)
+                case wire.AnswerPart():
+                    self._answer_part(item)
+                case wire.Stop():
+                    self.tasks.start_soon(self._stop_actor, item.timeout)
+                case wire.Fault():
+                    if item.kind == "exit":
+                        os._exit(item.exit_code)
+                    await ref.send(_FaultTrigger(item))
+                case wire.Tell():
+                    pass  # handled above
+                case _:
+                    assert_never(item)
 
     async def _ask_actor(self, item: wire.Ask) -> None:
         try:
@@ -434,10 +484,8 @@ class WorkerLink:
         slot.parts.extend(part)
 
     async def _stop_actor(self, timeout: float) -> None:
-        try:
+        with contextlib.suppress(ActorError):
             await self.ref.stop(timeout=timeout)
-        except ActorError:
-            pass
         if not self.exited.is_set():
             self.exited.set()
 
@@ -456,7 +504,7 @@ def encode_batch(
     items: list[tuple[Any, ...]],
     encoder: msgspec.msgpack.Encoder,
     unencodable: Any,
-) -> bytearray:
+) -> bytes:
     """One frame of ``items``; an item that does not encode is replaced (or dropped) by ``unencodable(item, exc)``."""
     try:
         return wire.frame(items, encoder)
@@ -512,17 +560,18 @@ async def _serve(sock: socket.socket) -> int:
             await stream.aclose()
 
 
-def main(argv: list[str] | None = None) -> int:
-    """The worker's entry point: ``python -m actors.process._worker <socket fd> <backend> <parent pid>``."""
-    fd_text, backend, parent_text = argv if argv is not None else sys.argv[1:]
+def run_worker(argv: list[str] | None = None) -> int:
+    """The worker's entry point (``python -m actors.process <socket fd> <backend> <parent pid> <nice>``).
+
+    :return: the exit status (see ``EXIT_*``)
+    """
+    fd_text, backend, parent_text, nice_text = argv if argv is not None else sys.argv[1:]
     _die_with_parent(int(parent_text))
+    if int(nice_text):
+        os.nice(int(nice_text))
     # Frames travel on the socket; stray prints of the actor must not reach the parent's stdout (a bench's JSON).
     os.dup2(2, 1)
     logging.basicConfig(level=logging.WARNING, format=f"worker {os.getpid()} %(name)s %(levelname)s: %(message)s")
     sock = socket.socket(fileno=int(fd_text))
     code: int = anyio.run(_serve, sock, backend=backend)
     return code
-
-
-if __name__ == "__main__":
-    sys.exit(main())

@@ -72,7 +72,7 @@ class Workload:
         # A random interleaving that keeps each thread's own order.
         self.plan: list[tuple[str, str, AgentEvent]] = []
         cursors = [0] * threads
-        remaining = [index for index in range(threads)]
+        remaining = list(range(threads))
         while remaining:
             pick = rng.randrange(len(remaining))
             index = remaining[pick]
@@ -81,6 +81,7 @@ class Workload:
             if cursors[index] == len(queues[index]):
                 remaining.pop(pick)
         self.published: list[Published] = []
+        self._seqs: dict[str, int] = {}
         #: The loop time :meth:`drive` started at (a run's origin when two runs are compared).
         self.origin = 0.0
 
@@ -95,19 +96,21 @@ class Workload:
         """When each (thread, seq) was published."""
         return {(item.thread_id, item.seq): item.at for item in self.published}
 
+    def publish(self, runtime: Runtime, thread_id: str, run_id: str, event: AgentEvent) -> None:
+        """Publish one event through the runtime's bridge and record it (with the seq the bridge will give it)."""
+        runtime.bridge.publish(thread_id, run_id, event)
+        self._seqs[thread_id] = seq = self._seqs.get(thread_id, 0) + 1
+        self.published.append(Published(thread_id, seq, anyio.current_time(), event.__struct_config__.tag))  # type: ignore[arg-type]
+
     async def drive(self, runtime: Runtime, *, rate: float, tick: float = 0.01) -> None:
         """Publish the whole plan at ``rate`` events per second (in bursts every ``tick`` seconds)."""
-        bridge = runtime.bridge
         per_tick = max(1, round(rate * tick))
-        seqs: dict[str, int] = {}
+        step = per_tick / rate  # the tick, corrected for rounding (a low rate sends one event per step)
         origin = self.origin = anyio.current_time()
         for start in range(0, len(self.plan), per_tick):
-            await anyio.sleep_until(origin + (start // per_tick) * tick)
-            now = anyio.current_time()
+            await anyio.sleep_until(origin + (start // per_tick) * step)
             for thread_id, run_id, event in self.plan[start : start + per_tick]:
-                bridge.publish(thread_id, run_id, event)
-                seq = seqs[thread_id] = seqs.get(thread_id, 0) + 1
-                self.published.append(Published(thread_id, seq, now, event.__struct_config__.tag))  # type: ignore[arg-type]
+                self.publish(runtime, thread_id, run_id, event)
 
 
 def _run_events(thread_id: str, run_id: str, rng: random.Random) -> list[AgentEvent]:
@@ -188,3 +191,23 @@ def delivery_latencies(clients: Sequence[BridgeClient], workload: Workload) -> l
     """For every (client, seq) received: arrival time minus publish time, in seconds."""
     published = workload.published_at()
     return [at - published[key] for client in clients for key, at in client.log.times().items() if key in published]
+
+
+def report(figure: str, **figures: object) -> None:
+    """Append a figure's measured numbers to the JSON-lines file named by AGENTWATCH_FAULTS_REPORT (if set): how
+    docs/reliability.md's tables are produced, at the size AGENTWATCH_FAULTS_SCALE sets."""
+    path = os.environ.get("AGENTWATCH_FAULTS_REPORT")
+    if not path:
+        return
+    line = msgspec.json.encode({"figure": figure, "scale": SCALE, "backend": _backend(), **figures})
+    with open(path, "ab") as out:
+        out.write(line + b"\n")
+
+
+def _backend() -> str:
+    try:
+        import sniffio
+
+        return sniffio.current_async_library()
+    except Exception:  # outside an event loop (fig10 runs both backends itself)
+        return "-"

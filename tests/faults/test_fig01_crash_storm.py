@@ -19,7 +19,7 @@ from supervisors.faults import (
     run_schedule,
 )
 from tests.conftest import virtual_time
-from tests.faults._harness import Workload, all_received, fast_config, logs, runtime_with_clients, scaled
+from tests.faults._harness import Workload, all_received, fast_config, logs, report, runtime_with_clients, scaled
 
 pytestmark = pytest.mark.anyio
 
@@ -84,3 +84,15 @@ class TestMonitorCrashStorm:
         assert latency.missing == 0
         assert latency.compared == sum(last.values()) * CLIENTS_PER_THREAD
         assert latency.max == 0.0
+        report(
+            "fig1",
+            threads=THREADS,
+            clients=len(clients),
+            events=sum(last.values()),
+            deliveries=latency.compared,
+            crashes=history.count("poison"),
+            monitor_restarts=counts["monitor_restarts"],
+            bridge_restarts=counts["bridge_restarts"],
+            added_latency_p99_ms=latency.p99_ms,
+            added_latency_max_ms=latency.max * 1000,
+        )

@@ -42,6 +42,11 @@ def stamped(event: AgentEvent, *, at: int = T0, thread: str = "t1", run: str = "
     return StampedEvent(thread_id=thread, run_id=run, seq=seq, observed_at=at, event=event, frame=b"")
 
 
+def routed(event: AgentEvent, *, at: int = T0, thread: str = "t1", run: str = "r1", seq: int = 1) -> StampedEvent:
+    """As the bridge taps an event it routed to one connection."""
+    return StampedEvent(thread_id=thread, run_id=run, seq=seq, observed_at=at, event=event, frame=b"", fan_out=1)
+
+
 def started(thread: str = "t1", run: str = "r1") -> RunStarted:
     return RunStarted(thread_id=thread, run_id=run)
 
@@ -259,7 +264,9 @@ class TestStuckTool:
         assert tracker.next_deadline() == T0 + STUCK_MS
         assert tracker.advance(T0 + STUCK_MS - 1) == ()
         found = tracker.advance(T0 + STUCK_MS)
-        assert [(a.kind, a.tool_call_id, a.detected_at) for a in found] == [(AnomalyKind.STUCK_TOOL, "c1", T0 + STUCK_MS)]
+        assert [(a.kind, a.tool_call_id, a.detected_at) for a in found] == [
+            (AnomalyKind.STUCK_TOOL, "c1", T0 + STUCK_MS)
+        ]
         assert "had its TOOL_CALL_END but no TOOL_CALL_RESULT" in found[0].detail
 
     @pytest.mark.parametrize("ending", [finished(), RunError(message="cancelled")])
@@ -806,23 +813,151 @@ class TestMemoryBounds:
         tracker.advance(T0 + 99 + RETENTION_MS)
         assert tracker.statistics().runs_retained == 0
 
-    def test_memory_per_in_flight_run_with_an_open_call_is_under_2_kb(self) -> None:
-        runs = 20_000
+    def test_cap_second_chance_never_evicts_the_newcomer(self) -> None:
+        # Every run was active since it was queued: each gets its second chance, and the one queued longest ago
+        # (also the least recently active here) goes, not the run that is starting.
+        tracker = RunTracker(DetectionThresholds(max_tracked_runs=2))
+        feed(tracker, (started(run="r1"), T0), run="r1")
+        feed(tracker, (started(run="r2"), T0 + 1), run="r2")
+        feed(tracker, (text(), T0 + 2), run="r1")
+        feed(tracker, (text(), T0 + 3), run="r2")
+        feed(tracker, (started(run="r3"), T0 + 4), run="r3")
+        assert tracker.statistics().evictions == 1
+        assert feed(tracker, (text(), T0 + 5), run="r2") == []
+        assert feed(tracker, (text(), T0 + 6), run="r3") == []
+        assert kinds(feed(tracker, (text(), T0 + 7), run="r1")) == [AnomalyKind.MISSING_AGENT_STARTED]
+
+    def test_cap_evicts_the_thread_with_nothing_expected_since_it_was_queued(self) -> None:
+        tracker = RunTracker(DetectionThresholds(max_tracked_runs=2))
+        tracker.expect_delivery("t1", 1, T0)
+        tracker.expect_delivery("t2", 1, T0 + 1)
+        tracker.expect_delivery("t1", 2, T0 + 2)  # t1 active again: t2 goes
+        tracker.expect_delivery("t3", 1, T0 + 3)
+        assert tracker.statistics().evictions == 1
+        assert sorted(a.thread_id for a in tracker.advance(T0 + 3 + UNDELIVERED_MS)) == ["t1", "t3"]
+
+
+class TestIngest:
+    """``ingest`` is ``observe`` then ``expect_delivery``; it finds a thread's run through its delivery state."""
+
+    def test_ingest_routed_events_are_observed_and_expected(self) -> None:
+        tracker = RunTracker()
+        assert tracker.ingest(routed(started(), at=T0)) == ()
+        assert tracker.ingest(routed(text(), at=T0 + 1, seq=2)) == ()
+        stats = tracker.statistics()
+        assert (stats.events_observed, stats.runs_in_flight, stats.pending_deliveries) == (2, 1, 2)
+        assert [a.seq for a in tracker.advance(T0 + UNDELIVERED_MS)] == [1]
+
+    def test_ingest_unrouted_events_are_observed_only(self) -> None:
+        tracker = RunTracker()
+        tracker.ingest(stamped(started(), at=T0))
+        tracker.ingest(stamped(tool_start(), at=T0 + 1, seq=2))
+        assert tracker.statistics().pending_deliveries == 0
+        assert [a.kind for a in tracker.advance(T0 + 1 + STUCK_MS)] == [AnomalyKind.STUCK_TOOL]
+
+    def test_ingest_interleaved_runs_of_one_thread_keep_their_own_state(self) -> None:
+        tracker = RunTracker()
+        events = [
+            (started(run="r1"), "r1"),
+            (started(run="r2"), "r2"),
+            (tool_start("a"), "r1"),
+            (text(), "r2"),
+            (finished(run="r2"), "r2"),
+            (text(), "r1"),
+        ]
+        found = [
+            a for seq, (event, run) in enumerate(events, 1) for a in tracker.ingest(routed(event, run=run, seq=seq))
+        ]
+        assert found == []
+        stats = tracker.statistics()
+        assert (stats.runs_in_flight, stats.runs_retained) == (1, 1)
+        tracker.confirm_delivery("t1", len(events))
+        stuck = tracker.advance(T0 + STUCK_MS)
+        assert [(a.kind, a.run_id, a.tool_call_id) for a in stuck] == [(AnomalyKind.STUCK_TOOL, "r1", "a")]
+
+    def test_ingest_event_for_the_run_just_finished_is_after_completion(self) -> None:
+        tracker = RunTracker()
+        tracker.ingest(routed(started(), at=T0))
+        tracker.ingest(routed(finished(), at=T0 + 1, seq=2))
+        assert kinds(tracker.ingest(routed(text(), at=T0 + 2, seq=3))) == [AnomalyKind.EVENT_AFTER_COMPLETION]
+
+    def test_ingest_event_for_an_evicted_run_is_a_missing_start(self) -> None:
+        tracker = RunTracker(DetectionThresholds(max_tracked_runs=2))
+        tracker.ingest(routed(started(run="r1"), at=T0, run="r1"))
+        tracker.ingest(routed(text(), at=T0, run="r1", seq=2))  # thread t1 now leads to r1
+        tracker.ingest(routed(started("t2", "r2"), at=T0 + 1, thread="t2", run="r2"))
+        tracker.ingest(routed(started("t2", "r3"), at=T0 + 1, thread="t2", run="r3", seq=2))  # r1 is evicted
+        assert tracker.statistics().evictions == 1  # a run; both threads keep their delivery state
+        found = tracker.ingest(routed(text(), at=T0 + 2, run="r1", seq=3))
+        assert [(a.kind, a.run_id) for a in found] == [(AnomalyKind.MISSING_AGENT_STARTED, "r1")]
+
+    def test_ingest_event_for_an_abandoned_run_is_a_missing_start(self) -> None:
+        tracker = RunTracker()
+        tracker.ingest(routed(started(), at=T0))
+        tracker.ingest(routed(text(), at=T0, seq=2))  # the thread now leads to the run
+        tracker.confirm_delivery("t1", 2)
+        assert kinds(tracker.advance(T0 + STALE_MS)) == [AnomalyKind.STALE_THREAD]
+        tracker.advance(T0 + STALE_MS + RETENTION_MS)
+        assert tracker.statistics().runs_abandoned == 1
+        found = tracker.ingest(routed(text(), at=T0 + STALE_MS + RETENTION_MS + 1, seq=3))
+        assert kinds(found) == [AnomalyKind.MISSING_AGENT_STARTED]
+
+    def test_ingest_late_event_of_a_known_run_is_reported_once(self) -> None:
+        tracker = RunTracker()
+        tracker.ingest(routed(started(), at=T0))
+        tracker.ingest(routed(text(), at=T0 + 1, seq=2))  # the thread now leads to the run
+        assert kinds(tracker.ingest(routed(text(timestamp=T0), at=T0 + LATENCY_MS + 1, seq=3))) == [
+            AnomalyKind.HIGH_LATENCY
+        ]
+        assert tracker.ingest(routed(text(timestamp=T0), at=T0 + LATENCY_MS + 2, seq=4)) == ()
+
+    def test_confirm_deliveries_counts_what_each_thread_newly_confirmed(self) -> None:
+        tracker = RunTracker()
+        for seq in (5, 6, 7):  # a client subscribed at seq 5: seqs 1-4 were never routed
+            tracker.expect_delivery("t1", seq, T0)
+        tracker.expect_delivery("t2", 1, T0)
+        assert tracker.confirm_deliveries({"t1": 6, "t2": 1, "t3": 9}) == 3  # t3: never expected, not counted
+        assert tracker.confirm_deliveries({"t1": 7, "t2": 1}) == 1
+        assert tracker.confirm_deliveries({"t1": 2}) == 0
+        assert tracker.statistics().pending_deliveries == 0
+
+
+class TestConcurrentRuns:
+    def test_100k_runs_in_flight_fit_in_2_kb_each_and_all_complete(self) -> None:
+        # Each run: RUN_STARTED, a tool call left open, a text delta, all routed, on its own thread (so each run
+        # also carries a thread's delivery state with three events pending). Ids are made inside the measurement.
+        runs = 100_000
         tracker = RunTracker()
         gc.collect()
         tracemalloc.start()
         try:
             before = tracemalloc.get_traced_memory()[0]
             for n in range(runs):
-                thread, run = f"thread-{n:08d}", f"run-{n:08d}"
-                tracker.observe(stamped(started(thread, run), at=T0 + n, thread=thread, run=run))
-                tracker.observe(stamped(tool_start(f"call-{n:08d}"), at=T0 + n, thread=thread, run=run, seq=2))
+                thread, run, at = f"thread-{n:08d}", f"run-{n:08d}", T0 + n // 100
+                for seq, event in enumerate((started(thread, run), tool_start(f"call-{n:08d}"), text()), start=1):
+                    tracker.ingest(routed(event, at=at, thread=thread, run=run, seq=seq))
             gc.collect()
-            retained = tracemalloc.get_traced_memory()[0] - before
+            held = tracemalloc.get_traced_memory()[0] - before
         finally:
             tracemalloc.stop()
-        assert tracker.statistics().runs_in_flight == runs
-        assert retained / runs < 2048
+        stats = tracker.statistics()
+        assert (stats.runs_in_flight, stats.pending_deliveries, stats.evictions) == (runs, 3 * runs, 0)
+        assert held / runs < 2048
+        # Every one then completes in time: delivered, its call ended and resulted, its run finished.
+        end = T0 + runs // 100 + 1
+        tracker.confirm_deliveries({f"thread-{n:08d}": 3 for n in range(runs)})
+        for n in range(runs):
+            thread, run, call = f"thread-{n:08d}", f"run-{n:08d}", f"call-{n:08d}"
+            closing = (ToolCallEnd(tool_call_id=call), result(call), finished(thread, run))
+            for seq, event in enumerate(closing, start=4):
+                assert tracker.ingest(routed(event, at=end, thread=thread, run=run, seq=seq)) == ()
+        assert tracker.confirm_deliveries({f"thread-{n:08d}": 6 for n in range(runs)}) == 3 * runs
+        assert tracker.advance(end + STALE_MS) == ()
+        stats = tracker.statistics()
+        assert (stats.runs_in_flight, stats.runs_retained, stats.pending_deliveries) == (0, runs, 0)
+        assert (stats.evictions, stats.anomalies_by_kind) == (0, {})
+        assert tracker.advance(end + RETENTION_MS) == ()
+        assert tracker.statistics().runs_retained == 0
 
 
 class TestRebuild:

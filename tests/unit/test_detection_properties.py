@@ -168,16 +168,23 @@ def run_actions(
 
 
 def stamped(event: AgentEvent, thread: str, run: str, seq: int, at: int) -> StampedEvent:
-    return StampedEvent(thread_id=thread, run_id=run, seq=seq, observed_at=at, event=event, frame=b"")
+    # Routed to one connection: every event is expected to be delivered.
+    return StampedEvent(thread_id=thread, run_id=run, seq=seq, observed_at=at, event=event, frame=b"", fan_out=1)
 
 
-def drive(tracker: RunTracker, actions: Iterator[Action]) -> list[Anomaly]:
-    """Play a timeline the way the monitor actor does: fire each deadline exactly when it comes due."""
+def drive(tracker: RunTracker, actions: Iterator[Action], *, ingest: bool = False) -> list[Anomaly]:
+    """Play a timeline the way the monitor actor does: fire each deadline exactly when it comes due.
+
+    :param ingest: feed each event with ``ingest`` (the monitor's path), rather than ``observe`` then
+        ``expect_delivery``; the two must not differ.
+    """
     found: list[Anomaly] = []
     for at, _, _, item, confirmation in actions:
         while (deadline := tracker.next_deadline()) is not None and deadline <= at:
             found += fire(tracker, deadline)
-        if item is not None:
+        if item is not None and ingest:
+            found += tracker.ingest(item)
+        elif item is not None:
             found += tracker.observe(item)
             tracker.expect_delivery(item.thread_id, item.seq, item.observed_at)
         else:
@@ -331,9 +338,14 @@ thresholds_strategy = st.builds(
 
 class TestValidRunsProperties:
     @settings(max_examples=300, deadline=None)
-    @given(thresholds=thresholds_strategy, rng=st.randoms(use_true_random=False), runs=st.integers(1, 8))
+    @given(
+        thresholds=thresholds_strategy,
+        rng=st.randoms(use_true_random=False),
+        runs=st.integers(1, 8),
+        ingest=st.booleans(),
+    )
     def test_valid_runs_under_thresholds_report_nothing(
-        self, thresholds: DetectionThresholds, rng: random.Random, runs: int
+        self, thresholds: DetectionThresholds, rng: random.Random, runs: int, ingest: bool
     ) -> None:
         limits = Limits(thresholds)
         tiebreak = itertools.count()
@@ -344,7 +356,7 @@ class TestValidRunsProperties:
             timed = valid_run(rng, limits, f"t{n}", f"r{n}", start, error=n < errors)
             actions += run_actions(rng, limits, f"t{n}", f"r{n}", timed, tiebreak)
         tracker = RunTracker(thresholds)
-        assert drive(tracker, timeline(actions)) == []
+        assert drive(tracker, timeline(actions), ingest=ingest) == []
         stats = tracker.statistics()
         assert (stats.runs_in_flight, stats.runs_retained, stats.pending_deadlines) == (0, 0, 0)
 
@@ -354,9 +366,10 @@ class TestValidRunsProperties:
         rng=st.randoms(use_true_random=False),
         runs=st.integers(0, 6),
         kind=st.sampled_from([*INJECTABLE, AnomalyKind.ERROR_BURST]),
+        ingest=st.booleans(),
     )
     def test_injected_anomaly_is_detected_once_at_its_deadline(
-        self, thresholds: DetectionThresholds, rng: random.Random, runs: int, kind: AnomalyKind
+        self, thresholds: DetectionThresholds, rng: random.Random, runs: int, kind: AnomalyKind, ingest: bool
     ) -> None:
         limits = Limits(thresholds)
         tiebreak = itertools.count()
@@ -371,7 +384,7 @@ class TestValidRunsProperties:
         else:
             faulty, expected = inject(kind, rng, limits, "faulty", "faulty-run", T0 + rng.randint(0, 120_000), tiebreak)
         tracker = RunTracker(thresholds)
-        assert report(drive(tracker, timeline(actions + faulty))) == [expected]
+        assert report(drive(tracker, timeline(actions + faulty), ingest=ingest)) == [expected]
 
 
 # ---------------------------------------------------------------- at scale, fixed seed
@@ -416,9 +429,93 @@ class TestAtScale:
         faults = dict(zip(faulty, INJECTABLE, strict=True))
         expected: list[Expected] = []
         tracker = RunTracker(thresholds)
-        found = drive(tracker, scaled_timeline(rng, Limits(thresholds), runs, faults, expected))
+        found = drive(tracker, scaled_timeline(rng, Limits(thresholds), runs, faults, expected), ingest=True)
         assert report(found) == sorted(expected)
         assert len(expected) == len(INJECTABLE) + 1
         stats = tracker.statistics()
         assert stats.events_observed > 5 * runs
         assert (stats.runs_in_flight, stats.runs_retained, stats.evictions) == (0, 0, 0)
+
+
+# ---------------------------------------------------------------- undelivered_event, against a plain model
+
+
+class GapModel:
+    """The ``undelivered_event`` rule of one thread stated plainly: every expected seq with its deadline.
+
+    A gap opens when seqs are first found overdue (reported once, keyed by the first of them) and closes when a
+    confirmation reaches the highest seq found overdue; seqs overdue while it is open are not reported.
+    """
+
+    def __init__(self, undelivered_ms: int) -> None:
+        self.undelivered_ms = undelivered_ms
+        self.known = False
+        self.confirmed = 0
+        self.due: dict[int, int] = {}
+        self.gap = 0
+        self.overdue_through = 0
+
+    def expect(self, seq: int, at: int) -> None:
+        if not self.known:
+            self.known, self.confirmed = True, seq - 1
+        if seq > self.confirmed:
+            self.due[seq] = at + self.undelivered_ms
+
+    def confirm(self, seq: int) -> None:
+        if not self.known:
+            self.known, self.confirmed = True, seq
+            return
+        if seq <= self.confirmed:
+            return
+        self.confirmed = seq
+        if self.gap and seq >= self.overdue_through:
+            self.gap = 0
+        self.due = {pending: due for pending, due in self.due.items() if pending > seq}
+
+    def advance(self, now: int) -> list[int]:
+        overdue = sorted(seq for seq, due in self.due.items() if due <= now)
+        if not overdue:
+            return []
+        for seq in overdue:
+            del self.due[seq]
+        self.overdue_through = overdue[-1]
+        if self.gap:
+            return []
+        self.gap = overdue[0]
+        return [overdue[0]]
+
+
+DeliveryOp = tuple[str, int, int]  # (thread, what: 0 expect / 1 confirm / 2 advance, amount)
+
+
+class TestUndeliveredGapsProperties:
+    @settings(max_examples=400, deadline=None)
+    @given(
+        undelivered=st.integers(1, 50),
+        ops=st.lists(
+            st.tuples(st.sampled_from(["t1", "t2"]), st.integers(0, 2), st.integers(0, 40)), min_size=1, max_size=80
+        ),
+    )
+    def test_reports_match_the_gap_model(self, undelivered: int, ops: list[DeliveryOp]) -> None:
+        tracker = RunTracker(DetectionThresholds(undelivered_after=undelivered / 1000))
+        models = {thread: GapModel(undelivered) for thread in ("t1", "t2")}
+        expected_through = {"t1": 0, "t2": 0}
+        now = T0
+        for thread, what, amount in ops:
+            if what == 0:  # the next seq of the thread is routed, `amount` ms from now
+                now += amount % 5
+                expected_through[thread] += 1 + amount // 30  # sometimes a seq was not routed (skipped)
+                seq = expected_through[thread]
+                tracker.expect_delivery(thread, seq, now)
+                models[thread].expect(seq, now)
+            elif what == 1:  # a confirmation anywhere up to a little past what was expected: stale, partial, ahead
+                seq = amount * (expected_through[thread] + 2) // 40
+                tracker.confirm_delivery(thread, seq)
+                models[thread].confirm(seq)
+            else:
+                now += amount
+                found = tracker.advance(now)
+                wanted = sorted((thread, seq) for thread, model in models.items() for seq in model.advance(now))
+                assert sorted((a.thread_id, a.seq) for a in found) == wanted
+                assert all(a.kind is AnomalyKind.UNDELIVERED_EVENT and a.detected_at == now for a in found)
+            assert tracker.statistics().pending_deliveries == sum(len(model.due) for model in models.values())

@@ -181,8 +181,8 @@ def _mutate(kind: str, base: AgentEvent, rng: random.Random, index: int, max_byt
     frame = encode_event(base)
     obj: dict[str, Any] = msgspec.json.decode(frame)
     if kind == "truncated":
-        # Every strict prefix of a JSON object is incomplete (the closing brace is missing).
-        return FrameMutation(kind=kind, frame=frame[: rng.randrange(len(frame))])
+        # Every non-empty strict prefix of a JSON object is incomplete (the closing brace is missing).
+        return FrameMutation(kind=kind, frame=frame[: rng.randrange(1, len(frame))])
     if kind == "not_json":
         junk = "".join(rng.choice("abcdefxyz<>!@#%^&*() ") for _ in range(rng.randint(1, 40)))
         return FrameMutation(kind=kind, frame=b"<" + junk.encode())

@@ -17,8 +17,8 @@ if TYPE_CHECKING:
     from actors.chat._bridge_handle import BridgeHandle
     from actors.chat._bridge_messages import BridgeMetrics
 
-    from ._fault_clients import DeliveryLog
-    from .faults import FaultHistory
+    from ._clients import DeliveryLog
+    from ._history import FaultHistory
 
 #: How many problems a result spells out (the count is always exact).
 _SHOWN: Final = 20
@@ -240,7 +240,7 @@ def added_latency(
                 missing += 1
             else:
                 # Rounded to the ns: below that, the difference is float arithmetic on two time axes, not latency.
-                added.append(round((arrived - faulty_origin) - (at - baseline_origin), 9))
+                added.append(round((arrived - faulty_origin) - (at - baseline_origin), 9) + 0.0)  # no -0.0
     added.sort()
     return LatencyComparison(
         compared=len(added),

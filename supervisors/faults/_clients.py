@@ -13,7 +13,7 @@ if TYPE_CHECKING:
     from actors.chat._bridge_handle import BridgeHandle
     from actors.chat._bridge_messages import SubscribeResult
 
-    from .faults import FaultHistory
+    from ._history import FaultHistory
 
 #: Close codes after which a client resumes with afterSeq (docs/bridge.md, "Close codes").
 RESUMABLE_CLOSES: Final = frozenset(

@@ -1,0 +1,256 @@
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+import msgspec
+
+from actors import ActorError, ActorRef, Message
+from actors.chat import _components
+from actors.chat._anomaly import Anomaly, AnomalyKey, ReportedKeys
+from actors.chat._audit import AuditResult
+from actors.chat._bridge_messages import AttachMonitor
+from actors.chat._components import ComponentHealthChanged, ComponentReport, ProbeComponent
+from actors.chat._events import StampedEvent
+from actors.chat._monitor import (
+    AuditSummary,
+    ChatEventMonitor,
+    CheckHealth,
+    GetAlerts,
+    GetAuditSummary,
+    JudgeReport,
+    MonitorConfig,
+    MonitorHealth,
+    MonitorMemory,
+    RecordEvent,
+    RegisterComponent,
+    RegisteredComponent,
+    SetMonitoring,
+    UnregisterComponent,
+)
+from actors.chat._tap import DeliveryProgress, ReplaySnapshot
+
+from ._recipe import MessageSchema, worker_factory
+from ._worker import parent_ref
+
+logger = logging.getLogger("agentwatch.monitor")
+
+# The ChatEventMonitor as it runs in a worker process (RuntimeConfig(monitor_isolation="process")). It lives here,
+# not with the application tree in supervisors, so that a worker imports only what the monitor needs: starting one
+# is then about half as long, and every restart of a killed monitor pays it.
+
+# ProbeComponent annotates ``reply_to`` with ActorRef, which actors.chat._components imports for type checking only;
+# msgspec resolves annotations at run time in the class's module, so decoding one fails there. Until that module
+# imports ActorRef at run time (a one-line fix, reported), supply the name without changing anything else.
+if not hasattr(_components, "ActorRef"):
+    setattr(_components, "ActorRef", ActorRef)  # noqa: B010  # mypy does not know the name is missing
+
+
+class MonitorPlacement(msgspec.Struct, frozen=True, kw_only=True):
+    """The names of the parent actors a monitor in a worker process talks to."""
+
+    bridge: str
+    memory: str
+
+
+class FetchMemory(Message, frozen=True, kw_only=True):
+    """Asked by a (re)starting process monitor of the parent's memory keeper: the reply is a MemorySnapshot."""
+
+
+class MemorySnapshot(msgspec.Struct, frozen=True, kw_only=True):
+    """What a monitor instance inherits from the ones before it (MonitorMemory, across the process boundary)."""
+
+    instances: int
+    reported: list[AnomalyKey]
+    alerts: list[Anomaly]
+    by_kind: dict[str, int]
+    components: list[RegisteredComponent]
+    audits: dict[str, AuditResult]
+    mismatch_since: dict[str, int]
+    claims: dict[str, str]
+    last_tapped: StampedEvent | None
+    direct: list[StampedEvent]
+    suppressed: int
+    rebuilt_events: int
+
+
+class MemorySync(Message, frozen=True, kw_only=True):
+    """Told by a process monitor to the memory keeper every ``check_interval`` and when it stops.
+
+    Reported anomalies are not in it: each one reaches the keeper as it is reported (the keeper forwards it to the
+    alert dispatcher), so a monitor killed between two syncs never reports one twice.
+    """
+
+    last_tapped: StampedEvent | None
+    components: list[RegisteredComponent]
+    audits: dict[str, AuditResult]
+    mismatch_since: dict[str, int]
+    claims: dict[str, str]
+    direct: list[StampedEvent]
+    suppressed: int
+    rebuilt_events: int
+
+
+class HostMailbox(Message, frozen=True, kw_only=True):
+    """Told back to a process monitor after each sync: its host's mailbox, where the bridge's taps queue and drop."""
+
+    queued: int
+    dropped: int
+    capacity: int
+
+
+class _SyncMemory(Message, frozen=True, kw_only=True):
+    pass
+
+
+MONITOR_SCHEMA = MessageSchema(
+    accepts=(
+        StampedEvent,
+        DeliveryProgress,
+        RecordEvent,
+        SetMonitoring,
+        CheckHealth,
+        RegisterComponent,
+        UnregisterComponent,
+        JudgeReport,
+        ComponentReport,
+        ComponentHealthChanged,
+        GetAuditSummary,
+        GetAlerts,
+        HostMailbox,
+    ),
+    replies={
+        CheckHealth: MonitorHealth,
+        JudgeReport: AuditResult,
+        GetAuditSummary: AuditSummary,
+        GetAlerts: list[Anomaly],
+    },
+    sends=(ReplaySnapshot, AttachMonitor, Anomaly, ProbeComponent, FetchMemory, MemorySync),
+    send_replies={ReplaySnapshot: list[StampedEvent], FetchMemory: MemorySnapshot},
+)
+"""What crosses the boundary for a ChatEventMonitor in a worker process."""
+
+
+class ProcessChatEventMonitor(ChatEventMonitor):
+    """The ChatEventMonitor as it runs in a worker process.
+
+    On (re)start it takes over the memory kept in the parent (reported anomalies, registrations, audits), rebuilds
+    from the bridge's replay rings as a task monitor does, and attaches its host to the bridge's tap. Its anomalies
+    go to the parent's memory keeper, which records each one before handing it to the alert dispatcher.
+    """
+
+    def __init__(self, config: MonitorConfig, *, bridge: ActorRef[Any], memory: ActorRef[Any]) -> None:
+        super().__init__(config, bridge=bridge, dispatcher=memory)
+        self.keeper = memory
+        self._direct_unsynced = 0
+        self._host: HostMailbox | None = None
+
+    async def on_start(self) -> None:
+        try:
+            snapshot = await self.keeper.ask(FetchMemory(), timeout=self.config.rebuild_timeout)
+        except (ActorError, TimeoutError) as exc:
+            logger.warning("process monitor: no memory from the parent (%s); starting without it", exc)
+        else:
+            restore_memory(self.memory, snapshot)
+        await super().on_start()
+        assert self.bridge is not None
+        self.bridge.tell(AttachMonitor(monitor=self.ref))
+        sync: Any = _SyncMemory()  # a timer of this subclass, outside the base monitor's message union
+        self.send_every(self.config.check_interval, sync)
+
+    async def on_stop(self, reason: Any) -> None:
+        self._sync()
+
+    async def receive(self, message: Any) -> Any:
+        kind = type(message)
+        if kind is _SyncMemory:
+            self._sync()
+            return None
+        if kind is HostMailbox:
+            self._host = message
+            return None
+        if kind is RecordEvent:
+            self._direct_unsynced += 1
+        reply = await super().receive(message)
+        if kind is CheckHealth:
+            return self._with_host(reply)
+        return reply
+
+    def _sync(self) -> None:
+        memory = self.memory
+        fresh = min(self._direct_unsynced, len(memory.direct))
+        self._direct_unsynced = 0
+        self.keeper.tell(
+            MemorySync(
+                last_tapped=memory.last_tapped,
+                components=list(memory.components.values()),
+                audits=dict(memory.audits),
+                mismatch_since=dict(memory.mismatch_since),
+                claims=dict(memory.claims),
+                direct=list(memory.direct)[len(memory.direct) - fresh :] if fresh else [],
+                suppressed=memory.suppressed,
+                rebuilt_events=memory.rebuilt_events,
+            )
+        )
+
+    def _with_host(self, health: MonitorHealth) -> MonitorHealth:
+        # The bridge's taps queue (and drop) in the host's mailbox, in the parent: that is the backlog that matters.
+        host = self._host
+        if host is None:
+            return health
+        reasons = [reason for reason in health.reasons if not reason.startswith(("backlog", "tapped events dropped"))]
+        backlog = health.backlog + host.queued
+        drops = health.tap_drops + host.dropped
+        if host.queued > host.capacity // 2:
+            reasons.insert(0, f"backlog {host.queued} of {host.capacity} (in the parent)")
+        if drops:
+            reasons.insert(0, f"{drops} tapped events dropped by a full mailbox")
+        status = "degraded" if reasons else "healthy"
+        return msgspec.structs.replace(health, backlog=backlog, tap_drops=drops, reasons=tuple(reasons), status=status)
+
+
+@worker_factory(MONITOR_SCHEMA)
+def build_process_monitor(config: MonitorConfig, placement: MonitorPlacement) -> ProcessChatEventMonitor:
+    """Build the application's monitor in a worker process (the factory of its ActorRecipe)."""
+    return ProcessChatEventMonitor(config, bridge=parent_ref(placement.bridge), memory=parent_ref(placement.memory))
+
+
+def snapshot_of(memory: MonitorMemory) -> MemorySnapshot:
+    """The part of a MonitorMemory that a monitor instance in a worker process inherits."""
+    reported: list[Any] = list(memory.reported)
+    return MemorySnapshot(
+        instances=memory.instances,
+        reported=reported,
+        alerts=list(memory.alerts),
+        by_kind=dict(memory.by_kind),
+        components=list(memory.components.values()),
+        audits=dict(memory.audits),
+        mismatch_since=dict(memory.mismatch_since),
+        claims=dict(memory.claims),
+        last_tapped=memory.last_tapped,
+        direct=list(memory.direct),
+        suppressed=memory.suppressed,
+        rebuilt_events=memory.rebuilt_events,
+    )
+
+
+def restore_memory(memory: MonitorMemory, snapshot: MemorySnapshot) -> None:
+    """Load a snapshot into a fresh MonitorMemory (in the worker, before the monitor rebuilds)."""
+    reported = ReportedKeys(memory.reported.capacity)
+    for key in snapshot.reported:
+        reported.add(key)
+    memory.reported = reported
+    memory.instances = snapshot.instances
+    memory.alerts.clear()
+    memory.alerts.extend(snapshot.alerts)
+    memory.by_kind.clear()
+    memory.by_kind.update(snapshot.by_kind)
+    memory.components = {component.component_id: component for component in snapshot.components}
+    memory.audits = dict(snapshot.audits)
+    memory.mismatch_since = dict(snapshot.mismatch_since)
+    memory.claims = dict(snapshot.claims)
+    memory.last_tapped = snapshot.last_tapped
+    memory.direct.clear()
+    memory.direct.extend(snapshot.direct)
+    memory.suppressed = snapshot.suppressed
+    memory.rebuilt_events = snapshot.rebuilt_events
