@@ -10,9 +10,13 @@ from typing import IO, TYPE_CHECKING, Final
 import msgspec
 
 from actors.chat._detection import DetectionThresholds
-from supervisors import serve, simulate
 from supervisors._config import ConfigError, load_config, thresholds_with
 from supervisors._replay import InvalidTraceLine, JsonReportWriter, TableReportWriter, TraceReplay
+
+# By function, not by module attribute: the package re-exports a function named `simulate`, which shadows the
+# submodule's name on the package object.
+from supervisors.serve import add_parser as add_serve_parser
+from supervisors.simulate import add_parser as add_simulate_parser
 
 if TYPE_CHECKING:
     from collections.abc import Callable, Sequence
@@ -150,7 +154,11 @@ def _replay(args: argparse.Namespace) -> int:
 
 #: Every subcommand: a function that adds its parser to the subparsers and sets ``handler`` (args -> exit code).
 #: Adding one is that function and one entry here.
-SUBCOMMANDS: Final[Sequence[Callable[[_Subparsers], None]]] = (_register_replay, serve.add_parser, simulate.add_parser)
+SUBCOMMANDS: Final[Sequence[Callable[[_Subparsers], None]]] = (
+    _register_replay,
+    add_serve_parser,
+    add_simulate_parser,
+)
 
 
 def build_parser() -> argparse.ArgumentParser:

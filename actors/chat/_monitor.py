@@ -257,6 +257,9 @@ class ChatEventMonitor(Actor[MonitorMessage]):
                 logger.warning("monitor: no replay snapshot from the bridge (%s); rebuilding without it", exc)
         if snapshot or self.memory.direct:
             self._rebuild(snapshot)
+            # Deadlines that passed while we were down fire on this tick: queued behind whatever reached our
+            # mailbox meanwhile (delivery confirmations included), so that is handled first.
+            self.ref.tell(_Tick())
         self.send_every(self.config.check_interval, _Tick())
         if self.config.audit_interval > 0:
             self.send_every(self.config.audit_interval, _AuditRound())
@@ -276,16 +279,21 @@ class ChatEventMonitor(Actor[MonitorMessage]):
         seen: list[StampedEvent] = list(memory.direct)
         unseen: list[StampedEvent] = []
         for stamped in snapshot:
-            if last is not None and (
+            # With no event seen yet (the very first tap crashed or hung the previous instance), every replayed
+            # event is new to the monitor.
+            if last is None or (
                 stamped.observed_at > last.observed_at
                 or (stamped.thread_id == last.thread_id and stamped.seq > last.seq)
             ):
                 unseen.append(stamped)
             else:
                 seen.append(stamped)  # an event stamped in the same ms on another thread counts as seen
-        now = self.clock.now_ms()
         unseen.sort(key=_by_observed_at)
-        found = list(tracker.rebuild(seen, unseen[0].observed_at if unseen else now, already_reported=memory.reported))
+        # Deadlines are advanced only as far as what the previous instance had seen. Confirmations of later
+        # deliveries are still queued in our mailbox (DeliveryProgress, advanced to its own time as it is handled):
+        # advancing to "now" here would call delivered events undelivered. The first tick advances to now.
+        horizon = last.observed_at if last is not None else (unseen[0].observed_at if unseen else 0)
+        found = list(tracker.rebuild(seen, horizon, already_reported=memory.reported))
         if unseen:
             # A thread's oldest replayed event with seq > 1 may not be the first of its run (the ring is bounded):
             # its run cannot be called a missing start.
@@ -297,7 +305,6 @@ class ChatEventMonitor(Actor[MonitorMessage]):
             truncated = {(head.thread_id, head.run_id) for head in heads.values() if head.seq > 1}
             flow = self.flow
             for stamped in unseen:
-                found.extend(tracker.advance(stamped.observed_at))
                 found.extend(
                     anomaly
                     for anomaly in tracker.observe(stamped)
@@ -308,7 +315,6 @@ class ChatEventMonitor(Actor[MonitorMessage]):
                 if stamped.fan_out:
                     flow.routed += 1
                     tracker.expect_delivery(stamped.thread_id, stamped.seq, stamped.observed_at)
-            found.extend(tracker.advance(now))
         through = self._replayed_through
         for stamped in snapshot:
             if stamped.seq > through.get(stamped.thread_id, 0):
@@ -403,13 +409,16 @@ class ChatEventMonitor(Actor[MonitorMessage]):
 
     def _on_progress(self, progress: DeliveryProgress) -> None:
         tracker = self.tracker
-        # A confirmation that comes after the delivery deadline is late even if no tick ran in between.
-        due = tracker.advance(self.clock.now_ms())
+        # A confirmation that comes after the delivery deadline is late even if no tick ran in between. Judged as
+        # of when the bridge made the report: the time it waited in this mailbox is not the bridge's delay.
+        due = tracker.advance(self.clock.now_ms() if progress.at is None else progress.at)
         if due:
             self._report(due)
-        # Delivered: how far confirmations moved past what each thread had confirmed, or past the seq before its
-        # first routed event, so events routed before a client subscribed are not counted as delivered.
-        self.flow.delivered += tracker.confirm_deliveries(progress.confirmed)
+        confirmed = tracker.confirm_deliveries(progress.confirmed)
+        # Delivered: what the bridge's writers actually sent. A confirmation can jump (a client that resumed is
+        # confirmed from where it subscribed) with nothing read by anyone, so jumps are only counted for a
+        # hand-made report that does not say.
+        self.flow.delivered += confirmed if progress.delivered is None else progress.delivered
         for thread_id in progress.unsubscribed:
             tracker.thread_has_no_subscribers(thread_id)
 
