@@ -234,6 +234,7 @@ class Incarnation:
         mailbox = ref._mailbox
         queue = mailbox.queue
         receive = actor.receive
+        version = ref._interceptor_version
         deadline = self.handler_timeout
         now = loop_clock()
         if deadline is not None:
@@ -250,12 +251,15 @@ class Incarnation:
                 depth = len(queue)
                 if depth > mailbox.high_water:
                     mailbox.high_water = depth
-                # Re-read once per batch: a fault injector may wrap or unwrap the instance's receive meanwhile.
-                receive = actor.receive
                 handled = 0
                 with anyio.CancelScope() if deadline is not None else _NO_SCOPE as batch_scope:
                     self._batch_scope = batch_scope
                     while queue and handled < BATCH_SIZE:
+                        # A fault injector may wrap or unwrap the instance's receive at any await: re-read it
+                        # as soon as the ref's interceptors change, so a reverted fault ends with the message.
+                        if ref._interceptor_version != version:
+                            version = ref._interceptor_version
+                            receive = actor.receive
                         item = queue.popleft()
                         mailbox.processed += 1
                         handled += 1

@@ -190,6 +190,7 @@ class ActorRef(Generic[MsgT]):
         "_failed",
         "_incarnation",
         "_incarnations",
+        "_interceptor_version",
         "_interceptors",
         "_mailbox",
         "_name",
@@ -211,6 +212,8 @@ class ActorRef(Generic[MsgT]):
         self._watchers: list[ActorRef[Any]] = []
         # Fault injectors applied to every new instance behind this ref (see supervisors.faults).
         self._interceptors: list[Interceptor] = []
+        #: Bumped whenever the interceptors change: the drain loop re-reads the instance's ``receive`` then.
+        self._interceptor_version = 0
         self._deadlines: AskDeadlines | None = None
 
     @property
@@ -414,12 +417,16 @@ class ActorRef(Generic[MsgT]):
         incarnation = self._incarnation
         if incarnation is not None and incarnation.actor is not None and not incarnation.done.is_set():
             interceptor.instrument(incarnation.actor)
+            self._interceptor_version += 1
             self._mailbox.wake()
 
     def remove_interceptor(self, interceptor: Interceptor) -> None:
         """Stop instrumenting new instances; the interceptor undoes its own changes to the running one."""
         if interceptor in self._interceptors:
             self._interceptors.remove(interceptor)
+            # The caller restores the running instance's methods right after this (synchronously), before the
+            # drain loop can look at the version again.
+            self._interceptor_version += 1
 
     @property
     def current_instance(self) -> Any:

@@ -61,6 +61,8 @@ _EVENT_TYPES: Final = frozenset(EVENT_CLASSES.values())
 SHUTDOWN_DRAIN: Final = 1.0
 _SHUTDOWN_POLL: Final = 0.005
 _TICK: Final = Tick()
+#: How long after its deadline a blocked turn of sends is ended (1 µs: "longer than", robustly in floats).
+_DEADLINE_SLACK: Final = 1e-6
 #: Threads looked at per tick when sweeping out idle ones (bounds the tick's cost, not the memory).
 _SWEEP_PER_TICK: Final = 1000
 
@@ -176,14 +178,19 @@ class AgentWebSocketBridge(Actor[BridgeMessage]):
         # Taps go to _monitor; _monitor_ref is the configured monitor even while it is detached.
         self._monitor: ActorRef[Any] | None = None
         self._monitor_ref: ActorRef[Any] | None = None
-        self._tap_lost_before = 0  # tap losses counted on monitor refs replaced since
         self._taps = 0
+        #: Taps the monitor's mailbox refused (full, or the monitor stopped since the last tick).
+        self._taps_lost = 0
         self._taps_skipped = 0
         self._taps_shed = 0
         # The monitor mailbox's queue and the length from which non-lifecycle taps are shed (config.tap_shed_at):
         # an overloaded monitor loses content first, and the room left goes to what its detectors cannot do without.
         self._monitor_queue: deque[Any] | None = None
         self._shed_above = 0
+        # The monitor mailbox's queue, always: a tap that is not its last item after the tell was refused.
+        self._monitor_inbox: deque[Any] | None = None
+        #: Events sent to clients (delivered + coalesced, all connections) as of the last DeliveryProgress.
+        self._reported_delivered = 0
         self._health: ComponentHealth | None = None
         self._health_window = HealthWindow(config.thresholds, config.health_window)
         # Counters (see BridgeMetrics for the identities they obey).
@@ -334,8 +341,18 @@ class AgentWebSocketBridge(Actor[BridgeMessage]):
             if queue is not None and len(queue) >= self._shed_above and type(event) not in LIFECYCLE_EVENT_TYPES:
                 self._taps_shed += 1
             else:
-                monitor.tell(stamped)
+                # A monitor on a REJECT mailbox: the tap is lost all the same, never the bridge's problem. (A try
+                # costs nothing on this path until it raises; contextlib.suppress would cost a call per event.)
+                try:  # noqa: SIM105
+                    monitor.tell(stamped)
+                except MailboxFull:
+                    pass
                 self._taps += 1
+                # Counted here, per tap, rather than from the mailbox's drop counters: whatever else floods the
+                # monitor (health checks, reports) is not a tap the bridge lost.
+                inbox = self._monitor_inbox
+                if inbox is not None and (not inbox or inbox[-1] is not stamped):
+                    self._taps_lost += 1
             if fan_out:
                 self._unconfirmed[thread] = None  # its delivery is reported to the monitor on a tick
         elif self._monitor_ref is not None:
@@ -561,6 +578,7 @@ class AgentWebSocketBridge(Actor[BridgeMessage]):
     def _on_tick(self) -> None:
         assert self._clock is not None
         now = self._clock.now()
+        self._close_stalled_writers(now)
         if self._lagging:
             deadline = self._config.slow_consumer_after
             for connection in list(self._lagging):
@@ -580,12 +598,44 @@ class AgentWebSocketBridge(Actor[BridgeMessage]):
         self._sweep_idle_threads()
         self._evaluate_health(record=True)
 
+    def _close_stalled_writers(self, now: float) -> None:
+        """Close every connection whose writer has been blocked in one turn of sends for ``slow_consumer_after``.
+
+        The writer keeps no timer of its own (one per turn cost more than the frames): it records when its turn
+        started, and the tick looks. A turn whose deadline falls before the next tick gets one extra tick just after
+        the deadline, so a client that stopped reading is closed when its time is up, not at a tick boundary.
+        """
+        after = self._config.slow_consumer_after
+        next_tick = now + self._config.tick_interval
+        stalled: list[_Connection] = []
+        for connection in self._connections.values():
+            started = connection.progress.turn_started
+            if started is None:
+                continue
+            # Just past the deadline: a send that completes at the deadline itself is not a stalled one (and
+            # which of the two happens first at one instant would be up to the scheduler).
+            due = started + after + _DEADLINE_SLACK
+            if now >= due:
+                stalled.append(connection)
+            elif due < next_tick:
+                self.send_after(due - now, _TICK)
+        for connection in stalled:
+            progress = connection.progress
+            assert progress.turn_started is not None
+            reason = f"slow consumer: a send blocked for {now - progress.turn_started:.3g} s; resume with afterSeq"
+            if not connection.closing:
+                self._close_connection(connection, CloseCode.SLOW_CONSUMER, reason)
+            else:
+                # Already closing (its Close waits behind the blocked send): closed with the code it was given.
+                reason = f"{reason} (while closing)"
+            interrupt = progress.interrupt
+            if interrupt is not None:
+                assert connection.close_code is not None
+                interrupt(connection.close_code, reason)
+
     def _set_monitor(self, monitor: ActorRef[Any] | None) -> None:
-        previous = self._monitor_ref
-        if previous is not None and previous is not monitor:
-            stats = previous.statistics()
-            self._tap_lost_before += stats.dropped_total + stats.dead_lettered
         self._monitor_ref = monitor
+        self._monitor_inbox = monitor._mailbox.queue if monitor is not None else None
         # Read once per event on the publish path, so the deque itself is kept (it lives as long as the ref).
         shed_at = self._config.tap_shed_at
         self._monitor_queue = monitor._mailbox.queue if monitor is not None and shed_at is not None else None
@@ -600,6 +650,9 @@ class AgentWebSocketBridge(Actor[BridgeMessage]):
 
     def _report_delivery(self, monitor: ActorRef[Any]) -> None:
         """Tell the monitor how far delivery got per thread, and which threads lost their last connection."""
+        assert self._clock is not None
+        delivered_total = self._delivered_total()
+        delivered = delivered_total - self._reported_delivered
         confirmed: dict[str, int] = {}
         for thread in self._unconfirmed:
             thread_id = thread.thread_id
@@ -609,14 +662,24 @@ class AgentWebSocketBridge(Actor[BridgeMessage]):
             )
             if low > thread.reported_seq:
                 confirmed[thread_id] = low
-        if not confirmed and not self._unsubscribed:
+        if not confirmed and not self._unsubscribed and not delivered:
             return
         # The report goes through the monitor's drop-on-full mailbox like the taps; one that is dropped is kept
-        # and sent again on the next tick (confirmations are cumulative, so a late one is as good).
-        dropped = monitor.statistics().dropped_total
-        monitor.tell(DeliveryProgress(confirmed=confirmed, unsubscribed=tuple(self._unsubscribed)))
-        if monitor.statistics().dropped_total != dropped:
+        # and sent again on the next tick (confirmations are cumulative, and so is what it says was delivered).
+        report = DeliveryProgress(
+            confirmed=confirmed,
+            unsubscribed=tuple(self._unsubscribed),
+            at=self._clock.now_ms(),
+            delivered=delivered,
+        )
+        try:
+            monitor.tell(report)
+        except MailboxFull:
             return
+        inbox = self._monitor_inbox
+        if inbox is not None and (not inbox or inbox[-1] is not report):
+            return
+        self._reported_delivered = delivered_total
         self._unsubscribed.clear()
         threads = self._threads
         for thread_id, seq in confirmed.items():
@@ -624,6 +687,14 @@ class AgentWebSocketBridge(Actor[BridgeMessage]):
             thread.reported_seq = seq
             if seq >= thread.routed_seq:
                 del self._unconfirmed[thread]
+
+    def _delivered_total(self) -> int:
+        """Events sent to clients so far, every connection included (a coalesced frame counts what it carries)."""
+        total = self._closed_delivered + self._closed_coalesced
+        for connection in self._connections.values():
+            progress = connection.progress
+            total += progress.delivered + progress.coalesced
+        return total
 
     def _sweep_idle_threads(self) -> None:
         # A thread nobody listens to whose ring has aged out holds nothing anyone can replay: forget it (a client
@@ -679,11 +750,7 @@ class AgentWebSocketBridge(Actor[BridgeMessage]):
         )
 
     def _tap_lost(self) -> int:
-        lost = self._tap_lost_before + self._taps_skipped + self._taps_shed
-        if self._monitor_ref is not None:
-            stats = self._monitor_ref.statistics()
-            lost += stats.dropped_total + stats.dead_lettered
-        return lost
+        return self._taps_lost + self._taps_skipped + self._taps_shed
 
     def _evaluate_health(self, *, record: bool) -> ComponentHealth:
         """Judge the health now; tell every observer when it changed (the first judgement only if not healthy)."""

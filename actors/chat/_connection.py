@@ -24,6 +24,8 @@ from actors.chat._events import (
 from actors.chat._health import LatencyHistogram
 
 if TYPE_CHECKING:
+    from collections.abc import Callable
+
     from actors._clock import Clock
     from actors._message import ExitReason
     from actors._ref import ActorRef
@@ -31,7 +33,7 @@ if TYPE_CHECKING:
 logger = logging.getLogger("agentwatch.chat.connection")
 
 #: Frames a writer sends per turn before it lets a queued Close (or anything else) in.
-FRAMES_PER_FLUSH: Final = 64
+FRAMES_PER_TURN: Final = 64
 
 
 class CloseCode(enum.IntEnum):
@@ -154,10 +156,11 @@ class ConnectionProgress:
     This is the one sanctioned cross-actor read in the system. The bridge and the writers run on one event loop,
     so a read between two of the writer's statements always sees consistent integers; the bridge never writes
     here. It reads ``settled`` on every routed event (to keep the writer's queue bounded without a message per
-    frame) and the rest on its tick (delivery progress for the monitor) and for metrics.
+    frame) and the rest on its tick (delivery progress for the monitor, stalled turns) and for metrics.
 
     Conservation, kept by the writer at every instant: ``taken == delivered + coalesced + discarded + pending``
-    where ``pending`` is the writer's own queue; ``settled == delivered + coalesced + discarded``.
+    where ``pending`` is the events in the writer's own queue (a merged frame counts every event it carries);
+    ``settled == delivered + coalesced + discarded``.
     """
 
     __slots__ = (
@@ -168,11 +171,13 @@ class ConnectionProgress:
         "delivered",
         "delivered_seq",
         "discarded",
+        "interrupt",
         "latency",
         "pending",
         "send_errors",
         "settled",
         "taken",
+        "turn_started",
     )
 
     def __init__(self) -> None:
@@ -180,7 +185,7 @@ class ConnectionProgress:
         self.taken = 0
         #: Events sent as a frame of their own, or as the last event of a coalesced frame.
         self.delivered = 0
-        #: Events merged into a later event's frame (their content travels in it).
+        #: Events merged into a later event's frame that was sent (their content travelled in it).
         self.coalesced = 0
         #: Events thrown away because the connection closed before they were sent.
         self.discarded = 0
@@ -196,10 +201,12 @@ class ConnectionProgress:
         self.closed = False
         self.close_code: int | None = None
         self.close_reason: str | None = None
-
-
-class Flush(Message, frozen=True, kw_only=True):
-    """A writer's note to itself: everything queued before this is in its batch; write it."""
+        #: Loop time at which the current turn of sends started; None while the writer is not sending. The
+        #: bridge's tick closes a connection whose turn has been blocked for ``slow_consumer_after``.
+        self.turn_started: float | None = None
+        #: Set by the writer while it runs: ``interrupt(code, reason)`` ends a blocked turn of sends and closes
+        #: the connection with ``code`` (the one call the bridge makes here; a stalled writer reads no message).
+        self.interrupt: Callable[[int, str], None] | None = None
 
 
 class Close(Message, frozen=True, kw_only=True):
@@ -221,10 +228,9 @@ class WriterDrained(Message, frozen=True, kw_only=True):
     connection_id: str
 
 
-WriterMessage = StampedEvent | Flush | Close
+WriterMessage = StampedEvent | Close
 """Everything a :class:`ConnectionWriter` accepts."""
 
-_FLUSH: Final = Flush()
 _DELTA_TYPES: Final = (TextMessageContent, ReasoningMessageContent, ToolCallArgs)
 
 
@@ -272,35 +278,51 @@ def coalesce(items: deque[StampedEvent]) -> tuple[deque[StampedEvent], int]:
 
     :return: the merged queue and how many events were folded into another (``len(items) - len(result)``)
     """
+    merged = _coalesce(items, None)
+    return merged, len(items) - len(merged)
+
+
+def _coalesce(items: deque[StampedEvent], carried: dict[int, int] | None) -> deque[StampedEvent]:
+    """:func:`coalesce`, keeping ``carried`` (``id(frame)`` → events the frame carries, for merged frames only)
+    up to date when given: a merged frame carries what each of its parts carried."""
     merged: deque[StampedEvent] = deque()
     run: list[StampedEvent] = []
     run_key: tuple[str, type[Any], str] | None = None
-    folded = 0
     for item in items:
         key = _delta_key(item)
         if key is not None and key == run_key:
             run.append(item)
             continue
         if run:
-            merged.append(run[0] if len(run) == 1 else _merge(run))
-            folded += len(run) - 1
+            merged.append(_fold(run, carried))
         run = [item]
         run_key = key
     if run:
-        merged.append(run[0] if len(run) == 1 else _merge(run))
-        folded += len(run) - 1
-    return merged, folded
+        merged.append(_fold(run, carried))
+    return merged
+
+
+def _fold(run: list[StampedEvent], carried: dict[int, int] | None) -> StampedEvent:
+    if len(run) == 1:
+        return run[0]
+    frame = _merge(run)
+    if carried is not None:
+        carried[id(frame)] = sum(carried.pop(id(part), 1) for part in run)
+    return frame
 
 
 class ConnectionWriter(Actor[WriterMessage]):
     """Writes one connection's frames to its sink, in order, so that a slow client only ever delays itself.
 
     The bridge tells it stamped events and keeps at most ``queue_capacity`` of them unsettled (it reads
-    :class:`ConnectionProgress`); the writer moves them from its mailbox into its own queue, then writes them in
-    turns of up to 64 frames. Under backlog (``coalesce_at`` or more queued) consecutive deltas of one message
-    or tool call are merged into one frame first. A turn that cannot finish within ``send_deadline`` means the
-    client stopped reading: the writer closes with 4001. A send that raises closes with 1011. Closing discards
-    what is still queued (counted) and stops the writer; the bridge watches it and learns the outcome.
+    :class:`ConnectionProgress`); the writer moves them from its mailbox into its own queue and, once its mailbox
+    is empty (the end of what arrived together), writes them in turns of up to 64 frames, letting any message
+    that arrived meanwhile (a Close) in between turns. Under backlog (``coalesce_at`` or more queued)
+    consecutive deltas of one message or tool call are merged into one frame first. A turn blocked for
+    ``send_deadline`` means the client stopped reading: the bridge's tick sees it (``turn_started``) and calls
+    ``interrupt``, and the writer closes with 4001 (no timer per turn: arming and cancelling one cost more than a
+    frame). A send that raises closes with 1011. Closing discards what is still queued (counted) and stops the
+    writer; the bridge watches it and learns the outcome.
 
     :param connection_id: the bridge's id for this connection
     :param sink: where frames go
@@ -308,7 +330,8 @@ class ConnectionWriter(Actor[WriterMessage]):
     :param queue_capacity: the bound the bridge keeps; a queue half this full makes the writer report when it has
         drained to a quarter (:class:`WriterDrained`)
     :param coalesce_at: queue length from which deltas are merged; ``None`` never merges
-    :param send_deadline: seconds one turn of sends may take before the client counts as stuck
+    :param send_deadline: seconds one turn of sends may stay blocked before the client counts as stuck: enforced
+        by whoever watches ``progress.turn_started`` (the bridge, with its ``slow_consumer_after``)
     :param close_timeout: seconds the sink's ``close`` may take before it is abandoned
     :param frame_kind: send frames as WebSocket ``"text"`` (AG-UI clients expect it) or ``"bytes"``
     :param bridge: told :class:`WriterDrained` when a backlog has drained
@@ -340,23 +363,29 @@ class ConnectionWriter(Actor[WriterMessage]):
         self._text = frame_kind == "text"
         self._bridge = bridge
         self._pending: deque[StampedEvent] = deque()
-        self._flush_scheduled = False
+        # id(frame) → how many events a merged frame in _pending carries (frames not in here carry one).
+        self._carried: dict[int, int] = {}
         self._backlogged = False
         self._closed = False
-        self._self: ActorRef[WriterMessage] | None = None
+        # Why the bridge interrupted a blocked turn: the close to make once the send is cancelled.
+        self._interrupted: tuple[int, str] | None = None
+        self._inbox: deque[Any] | None = None
         self._clock: Clock | None = None
 
     async def on_start(self) -> None:
-        self._self = self.ref
         self._clock = self.clock
+        # Same-package shortcut (as the bridge's tap shedding): the writer's own mailbox queue, read to learn
+        # whether the message in hand is the last one that arrived together; statistics() would build a struct.
+        self._inbox = self.ref._mailbox.queue
+        self._progress.interrupt = self._interrupt_turn
 
     async def receive(self, message: WriterMessage) -> None:
         match message:
             case StampedEvent():
                 self._accept(message)
-            case Flush():
-                self._flush_scheduled = False
-                await self._flush()
+                assert self._inbox is not None
+                if not self._inbox:
+                    await self._flush()
             case Close(code=code, reason=reason, drain=drain):
                 await self._close(code, reason, drain=drain)
             case _:
@@ -371,6 +400,15 @@ class ConnectionWriter(Actor[WriterMessage]):
             self._discard_pending()
             self._mark_closed(CloseCode.ABNORMAL, "writer killed before the connection was closed")
 
+    def _interrupt_turn(self, code: int, reason: str) -> None:
+        """End a blocked turn of sends (the bridge saw it blocked too long) and close with ``code``."""
+        if self._closed or self._progress.turn_started is None or self._interrupted is not None:
+            return
+        self._interrupted = (code, reason)
+        # The writer is parked in its sink's send and reads no message: cancelling the instance is the only way
+        # in. _flush catches the cancellation, closes the sink (shielded) and lets the instance end.
+        self._current.kill(f"turn of sends blocked: {reason}")
+
     def _accept(self, item: StampedEvent) -> None:
         progress = self._progress
         progress.taken += 1
@@ -378,65 +416,80 @@ class ConnectionWriter(Actor[WriterMessage]):
             progress.discarded += 1
             progress.settled += 1
             return
-        pending = self._pending
-        pending.append(item)
+        self._pending.append(item)
         progress.pending += 1
-        if len(pending) >= self._refill_above:
+        if progress.pending >= self._refill_above:
             self._backlogged = True
-        if not self._flush_scheduled:
-            # Past the bound, so it is never refused: there is at most one Flush queued at a time.
-            self._flush_scheduled = True
-            assert self._self is not None
-            self._self.tell_control(_FLUSH)
 
     async def _flush(self) -> None:
         pending = self._pending
         if self._closed or not pending:
             return
         progress = self._progress
+        carried = self._carried
         if self._coalesce_at is not None and len(pending) >= self._coalesce_at:
-            pending, folded = coalesce(pending)
-            self._pending = pending
-            progress.coalesced += folded
-            progress.settled += folded
-            progress.pending -= folded
+            # Folded events count as coalesced only once their frame is sent (see below): a merged frame that is
+            # discarded on close discards every event it carries.
+            self._pending = pending = _coalesce(pending, carried)
         sink = self._sink
         text = self._text
         clock = self._clock
+        inbox = self._inbox
         assert clock is not None
+        assert inbox is not None
+        now = clock.now
+        now_ms = clock.now_ms
         delivered_seq = progress.delivered_seq
         record_latency = progress.latency.record
         failure: Exception | None = None
-        with anyio.CancelScope(deadline=anyio.current_time() + self._send_deadline) as turn:
-            try:
-                for _ in range(min(len(pending), FRAMES_PER_FLUSH)):
-                    item = pending[0]
-                    if text:
-                        await sink.send_text(item.frame.decode())
-                    else:
-                        await sink.send_bytes(item.frame)
-                    pending.popleft()
-                    progress.delivered += 1
-                    progress.settled += 1
-                    progress.pending -= 1
-                    delivered_seq[item.thread_id] = item.seq
-                    record_latency(clock.now_ms() - item.observed_at)
-            except Exception as exc:  # the sink is foreign I/O: any failure means the client is gone
-                failure = exc
+        progress.turn_started = now()
+        try:
+            in_turn = 0
+            while pending:
+                item = pending[0]
+                if text:
+                    await sink.send_text(item.frame.decode())
+                else:
+                    await sink.send_bytes(item.frame)
+                pending.popleft()
+                events = carried.pop(id(item), 1) if carried else 1
+                progress.delivered += 1
+                progress.coalesced += events - 1
+                progress.settled += events
+                progress.pending -= events
+                delivered_seq[item.thread_id] = item.seq
+                record_latency(now_ms() - item.observed_at)
+                in_turn += 1
+                if in_turn == FRAMES_PER_TURN:
+                    if inbox:
+                        break  # the rest is sent after the waiting messages, when the mailbox is empty again
+                    in_turn = 0
+                    progress.turn_started = now()
+        except anyio.get_cancelled_exc_class():
+            progress.turn_started = None
+            interrupted = self._interrupted
+            if interrupted is not None:
+                code, reason = interrupted
+                logger.info(
+                    "connection %s: a turn of sends blocked past %s s, closing with %s: %s",
+                    self._connection_id,
+                    self._send_deadline,
+                    code,
+                    reason,
+                )
+                with anyio.CancelScope(shield=True):
+                    await self._close(code, reason)
+            raise
+        except Exception as exc:  # the sink is foreign I/O: any failure means the client is gone
+            failure = exc
+        finally:
+            progress.turn_started = None
         if failure is not None:
             progress.send_errors += 1
             logger.info("connection %s: send failed, closing: %r", self._connection_id, failure)
             await self._close(CloseCode.INTERNAL_ERROR, f"send failed: {type(failure).__name__}")
             return
-        if turn.cancelled_caught:
-            logger.info("connection %s: client stopped reading for %s s", self._connection_id, self._send_deadline)
-            await self._close(CloseCode.SLOW_CONSUMER, "slow consumer: resume with afterSeq")
-            return
-        if pending and not self._flush_scheduled:
-            self._flush_scheduled = True
-            assert self._self is not None
-            self._self.tell_control(_FLUSH)
-        if self._backlogged and len(pending) <= self._refill_below:
+        if self._backlogged and progress.pending <= self._refill_below:
             self._backlogged = False
             if self._bridge is not None:
                 # A hint only: if the bridge's mailbox refuses it, the bridge's next tick catches up instead.
@@ -445,8 +498,10 @@ class ConnectionWriter(Actor[WriterMessage]):
 
     def _discard_pending(self) -> None:
         progress = self._progress
-        count = len(self._pending)
+        carried = self._carried
+        count = len(self._pending) + sum(carried.values()) - len(carried)
         self._pending.clear()
+        carried.clear()
         progress.discarded += count
         progress.settled += count
         progress.pending -= count
@@ -457,13 +512,14 @@ class ConnectionWriter(Actor[WriterMessage]):
         progress.closed = True
         progress.close_code = code
         progress.close_reason = reason
+        progress.interrupt = None
 
     async def _close(self, code: int, reason: str, *, stop: bool = True, drain: float = 0.0) -> None:
         if self._closed:
             return
         if drain > 0:
             # A graceful close: the client gets what was queued for it (the terminal events of its runs) first.
-            # A send that fails or stalls meanwhile closes the connection with its own code, as at any time.
+            # A send that fails meanwhile closes the connection with its own code, as at any time.
             with anyio.move_on_after(drain):
                 while self._pending and not self._closed:
                     await self._flush()

@@ -9,10 +9,17 @@ class DeliveryProgress(Message, frozen=True, kw_only=True):
     :param confirmed: per thread, the highest seq that reached every connection subscribed to the thread
     :param unsubscribed: threads whose last connection left since the previous report (what they had not yet
         received is not "undelivered": a reconnecting client gets it from the replay ring)
+    :param at: the bridge's clock (ms) when it made the report: the monitor judges delivery deadlines as of then,
+        not as of when it got round to the report; None (a hand-made report) means "when received"
+    :param delivered: events whose frame was sent to a client since the previous report, summed over the
+        connections (a coalesced frame counts every event it carries); None (a hand-made report) means "not
+        known": the monitor then counts how far the confirmations moved
     """
 
     confirmed: dict[str, int]
     unsubscribed: tuple[str, ...] = ()
+    at: int | None = None
+    delivered: int | None = None
 
 
 class ReplaySnapshot(Message, frozen=True, kw_only=True):

@@ -75,10 +75,9 @@ class TestSimulation:
         assert (lie.injected, lie.true_positives) == (1, 1)
         assert report.passed, [item for item in report.criteria if not item.passed]
 
-    # Regression (runtime): a monitor restarted after a hang of monitor_handler_timeout (5 s) rebuilds its run state
-    # and fires the delivery deadline of the event it hung on before handling the DeliveryProgress that confirmed it,
+    # Regression (runtime): a monitor restarted after a hang of monitor_handler_timeout (5 s) rebuilt its run state
+    # and fired the delivery deadline of the event it hung on before handling the DeliveryProgress that confirmed it,
     # queued meanwhile (actors/chat/_monitor.py, ChatEventMonitor._rebuild and _on_progress).
-    @pytest.mark.xfail(strict=True, reason="runtime: false undelivered_event after a monitor hang (see the comment)")
     @virtual_time
     async def test_simulation_monitor_hang_no_false_undelivered_event(self) -> None:
         report = await simulate(settings("monitor_hang:at=100s", duration=150.0))

@@ -81,9 +81,8 @@ class TestDemoPreset:
         assert clients["resumes"] > 0
         assert clients["missing"] == clients["duplicates"] == 0
 
-    # The runtime reports one false undelivered_event after the monitor hang (see tests/behaviour/test_simulation.py,
-    # test_simulation_monitor_hang_no_false_undelivered_event); once that is fixed this passes and the mark goes.
-    @pytest.mark.xfail(strict=True, reason="runtime: false undelivered_event after a monitor hang")
+    # Regression: the runtime reported one false undelivered_event after the monitor hang (see
+    # tests/behaviour/test_simulation.py, test_simulation_monitor_hang_no_false_undelivered_event).
     def test_demo_passes_every_criterion_exit_0(
         self, demo: tuple[subprocess.CompletedProcess[str], dict[str, Any]]
     ) -> None:

@@ -128,11 +128,12 @@ def check_bounded_and_accounted(run: Overload) -> None:
     for stats in [*run.samples, final]:
         check_mailbox(stats).raise_for_problems()
     assert set(final.dropped) <= {"drop_newest"}
-    # Every accepted event was tapped or shed (content only, above half the monitor's mailbox), and the bridge
-    # reports both the shed taps and what the monitor's mailbox dropped (of everyone's messages) as tap losses.
+    # Every accepted event was tapped or shed (content only, above half the monitor's mailbox). The bridge counts as
+    # tap losses its shed taps and its own taps the monitor's mailbox refused, never other senders' dropped messages.
     assert metrics.events_accepted == metrics.taps + metrics.taps_shed
     assert metrics.taps_shed > 0  # really overloaded
-    assert metrics.dropped.get("monitor_tap", 0) == final.dropped_total + final.dead_lettered + metrics.taps_shed
+    lost = metrics.dropped.get("monitor_tap", 0) - metrics.taps_shed
+    assert 0 <= lost <= final.dropped_total + final.dead_lettered - run.flood_drops
     check_bridge_accounting(metrics).raise_for_problems()
     # The critical path: every event to every client, in order, at the instant it was published.
     check_delivery(logs(run.clients), last_seqs=run.workload.last_seqs()).raise_for_problems()
