@@ -857,7 +857,7 @@ class TestIngest:
 
     def test_ingest_interleaved_runs_of_one_thread_keep_their_own_state(self) -> None:
         tracker = RunTracker()
-        events = [
+        events: list[tuple[AgentEvent, str]] = [
             (started(run="r1"), "r1"),
             (started(run="r2"), "r2"),
             (tool_start("a"), "r1"),
@@ -934,7 +934,8 @@ class TestConcurrentRuns:
             before = tracemalloc.get_traced_memory()[0]
             for n in range(runs):
                 thread, run, at = f"thread-{n:08d}", f"run-{n:08d}", T0 + n // 100
-                for seq, event in enumerate((started(thread, run), tool_start(f"call-{n:08d}"), text()), start=1):
+                opening: tuple[AgentEvent, ...] = (started(thread, run), tool_start(f"call-{n:08d}"), text())
+                for seq, event in enumerate(opening, start=1):
                     tracker.ingest(routed(event, at=at, thread=thread, run=run, seq=seq))
             gc.collect()
             held = tracemalloc.get_traced_memory()[0] - before
@@ -948,7 +949,7 @@ class TestConcurrentRuns:
         tracker.confirm_deliveries({f"thread-{n:08d}": 3 for n in range(runs)})
         for n in range(runs):
             thread, run, call = f"thread-{n:08d}", f"run-{n:08d}", f"call-{n:08d}"
-            closing = (ToolCallEnd(tool_call_id=call), result(call), finished(thread, run))
+            closing: tuple[AgentEvent, ...] = (ToolCallEnd(tool_call_id=call), result(call), finished(thread, run))
             for seq, event in enumerate(closing, start=4):
                 assert tracker.ingest(routed(event, at=end, thread=thread, run=run, seq=seq)) == ()
         assert tracker.confirm_deliveries({f"thread-{n:08d}": 6 for n in range(runs)}) == 3 * runs
