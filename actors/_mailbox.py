@@ -2,10 +2,13 @@ from __future__ import annotations
 
 import enum
 from collections import deque
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import anyio
 import msgspec
+
+if TYPE_CHECKING:
+    from collections.abc import Callable
 
 
 class Overflow(enum.Enum):
@@ -81,6 +84,7 @@ class Mailbox:
         "sent",
         "space_waiters",
         "waiter",
+        "waiter_class",
     )
 
     def __init__(self, spec: MailboxSpec) -> None:
@@ -98,6 +102,9 @@ class Mailbox:
         self.high_water = 0
         # The actor's wake-up: set only while its drain loop sleeps on an empty queue.
         self.waiter: anyio.Event | None = None
+        # The running backend's Event class, found on the first sleep: ``anyio.Event()`` looks the backend up on
+        # every call, and a busy actor sleeps once per batch (a mailbox serves one event loop all its life).
+        self.waiter_class: Callable[[], anyio.Event] | None = None
         # Senders blocked in ``ActorRef.send`` waiting for room.
         self.space_waiters: list[anyio.Event] = []
 
@@ -112,7 +119,13 @@ class Mailbox:
         """Sleep until a message arrives or :meth:`wake` is called."""
         if self.queue:
             return
-        waiter = self.waiter = anyio.Event()
+        waiter_class = self.waiter_class
+        if waiter_class is None:
+            waiter = anyio.Event()
+            self.waiter_class = type(waiter)
+        else:
+            waiter = waiter_class()
+        self.waiter = waiter
         await waiter.wait()
 
     def wake_senders(self) -> None:

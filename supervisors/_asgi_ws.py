@@ -2,12 +2,13 @@ from __future__ import annotations
 
 import inspect
 import logging
+from collections import deque
 from collections.abc import Awaitable, Callable
-from typing import TYPE_CHECKING, Final
+from typing import TYPE_CHECKING, Any, Final
 
 import anyio
 import msgspec
-from starlette.websockets import WebSocket, WebSocketState
+from starlette.websockets import WebSocket, WebSocketDisconnect, WebSocketState
 
 from actors import ActorError
 from actors.chat._bridge_messages import SubscribeOutcome
@@ -79,12 +80,18 @@ class StarletteSink:
     the two from interleaving inside one ASGI send on servers that do not serialise sends themselves.
     """
 
-    __slots__ = ("_closed", "_lock", "_websocket", "close_code")
+    __slots__ = ("_asgi_send", "_busy", "_closed", "_waiters", "_websocket", "close_code")
 
     def __init__(self, websocket: WebSocket) -> None:
         self._websocket = websocket
-        # fast_acquire: an uncontended acquire must not cost a trip through the event loop on every frame.
-        self._lock = anyio.Lock(fast_acquire=True)
+        # The ASGI send under the WebSocket (a private attribute of Starlette's: without it, its public send).
+        asgi_send = getattr(websocket, "_send", None)
+        self._asgi_send: Callable[[dict[str, Any]], Awaitable[None]] | None = asgi_send if callable(asgi_send) else None
+        # A lock of its own rather than anyio.Lock: an uncontended acquire is one attribute test here, where
+        # anyio's costs a task lookup and a walk of the cancel scopes on every frame (the send that follows
+        # is where a cancellation lands). Contended, it is handed over in FIFO order, as anyio's.
+        self._busy = False
+        self._waiters: deque[anyio.Event] = deque()
         self._closed = anyio.Event()
         #: The code this side closed with, once it did.
         self.close_code: int | None = None
@@ -96,13 +103,62 @@ class StarletteSink:
 
     async def send_text(self, data: str) -> None:
         """Send one text frame."""
-        async with self._lock:
-            await self._websocket.send_text(data)
+        if self._busy or self._waiters:
+            await self._acquire()
+        else:
+            self._busy = True
+        try:
+            await self._send({"type": "websocket.send", "text": data})
+        finally:
+            self._release()
 
     async def send_bytes(self, data: bytes) -> None:
         """Send one binary frame."""
-        async with self._lock:
-            await self._websocket.send_bytes(data)
+        if self._busy or self._waiters:
+            await self._acquire()
+        else:
+            self._busy = True
+        try:
+            await self._send({"type": "websocket.send", "bytes": data})
+        finally:
+            self._release()
+
+    async def _send(self, message: dict[str, Any]) -> None:
+        websocket = self._websocket
+        asgi_send = self._asgi_send
+        if asgi_send is None or websocket.application_state is not WebSocketState.CONNECTED:
+            await websocket.send(message)  # Starlette's own checks (and its error for a closed socket)
+            return
+        # Open: what Starlette's WebSocket.send does in this state, without its two calls and checks per frame.
+        try:
+            await asgi_send(message)
+        except OSError as exc:
+            websocket.application_state = WebSocketState.DISCONNECTED
+            raise WebSocketDisconnect(code=1006) from exc
+
+    async def _acquire(self) -> None:
+        """Wait for the sends in progress or queued before this one; on return this one holds the lock."""
+        if not self._busy and not self._waiters:
+            self._busy = True
+            return
+        turn = anyio.Event()
+        self._waiters.append(turn)
+        try:
+            await turn.wait()
+        except BaseException:
+            if turn.is_set():
+                self._release()  # handed the lock while being cancelled: pass it on
+            else:
+                self._waiters.remove(turn)
+            raise
+
+    def _release(self) -> None:
+        # Handed straight to the longest waiter (the lock stays held), so a busy writer cannot starve a control frame.
+        waiters = self._waiters
+        if waiters:
+            waiters.popleft().set()
+        else:
+            self._busy = False
 
     async def close(self, code: int = 1000, reason: str = "") -> None:
         """Send a close frame (once; a connection the client already closed is only marked closed)."""
@@ -110,13 +166,16 @@ class StarletteSink:
             return
         self.close_code = code
         try:
-            async with self._lock:
+            await self._acquire()
+            try:
                 websocket = self._websocket
                 if (
                     websocket.application_state is WebSocketState.CONNECTED
                     and websocket.client_state is WebSocketState.CONNECTED
                 ):
                     await websocket.close(code, reason.encode()[:_MAX_REASON].decode(errors="ignore"))
+            finally:
+                self._release()
         finally:
             self._closed.set()
 

@@ -380,6 +380,12 @@ class ConnectionWriter(Actor[WriterMessage]):
         self._progress.interrupt = self._interrupt_turn
 
     async def receive(self, message: WriterMessage) -> None:
+        if type(message) is StampedEvent:  # the one message per frame: no pattern match for it
+            self._accept(message)
+            assert self._inbox is not None
+            if not self._inbox:
+                await self._flush()
+            return
         match message:
             case StampedEvent():
                 self._accept(message)
@@ -452,11 +458,15 @@ class ConnectionWriter(Actor[WriterMessage]):
                 else:
                     await sink.send_bytes(item.frame)
                 pending.popleft()
-                events = carried.pop(id(item), 1) if carried else 1
                 progress.delivered += 1
-                progress.coalesced += events - 1
-                progress.settled += events
-                progress.pending -= events
+                events = carried.pop(id(item), 1) if carried else 1
+                if events == 1:
+                    progress.settled += 1
+                    progress.pending -= 1
+                else:
+                    progress.coalesced += events - 1
+                    progress.settled += events
+                    progress.pending -= events
                 delivered_seq[item.thread_id] = item.seq
                 record_latency(now_ms() - item.observed_at)
                 in_turn += 1
