@@ -429,6 +429,7 @@ def main() -> None:
         rate_events_per_s=RATE,
         heartbeat={"interval": FAST_HEARTBEATS.heartbeat_interval, "timeout": FAST_HEARTBEATS.heartbeat_timeout},
         worker_nice=DEFAULT_PROCESS.nice,
+        worker_start_method=DEFAULT_PROCESS.start_method,
     )
 
 

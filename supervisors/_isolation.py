@@ -79,7 +79,13 @@ def child_start(spec: ChildSpec) -> Callable[[], Any]:
 def instance_handler_timeout(spec: ChildSpec) -> float | None:
     """The handler deadline of the instance behind a child's ref.
 
-    None for a process host: the deadline applies to the actor's handlers in the worker, where it is enforced; the
-    host only forwards (and waits for the replies of asks, which a hung worker handler would otherwise cut short).
+    A process host forwards; the spec's deadline applies to the actor's handlers in the worker, where it is kept.
+    The host's own deadline is longer: twice that, plus the heartbeat timeout. Its handlers wait for room in the
+    outbox and for the answers of asks, which a live worker gives well within it (the worker's own deadline cuts a
+    hung handler and reports it first, a stuck worker misses its heartbeats first); so it cuts only a host that is
+    itself stuck, such as one a fault injector made hang.
     """
-    return spec.handler_timeout if process_options(spec.isolation) is None else None
+    options = process_options(spec.isolation)
+    if options is None or spec.handler_timeout is None:
+        return spec.handler_timeout
+    return 2 * spec.handler_timeout + options.heartbeat_timeout

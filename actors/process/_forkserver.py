@@ -95,7 +95,7 @@ class ForkServer:
         if len(reply) != _PID.size:
             self.alive = False
             raise OSError("the fork server is gone")
-        (pid,) = _PID.unpack(reply)
+        pid: int = _PID.unpack(reply)[0]
         if pid < 0:
             raise OSError(-pid, os.strerror(-pid))
         with self._lock:
@@ -177,11 +177,11 @@ def fork_server() -> ForkServer | None:
 # -- the fork server's side ---------------------------------------------------------------------------------------
 
 
-def serve(requests_fd: int, exits_fd: int, parent: int) -> int:
+def run_fork_server(requests_fd: int, exits_fd: int, parent: int) -> int:
     """The fork server's main loop: ``python -m actors.process fork-server <requests fd> <exits fd> <parent pid>``."""
-    from ._worker import die_with_parent, run_worker
+    from ._worker import _die_with_parent, run_worker
 
-    die_with_parent(parent)
+    _die_with_parent(parent)
     requests = socket.socket(fileno=requests_fd)
     exits = socket.socket(fileno=exits_fd)
     report_lock = threading.Lock()
@@ -205,6 +205,9 @@ def serve(requests_fd: int, exits_fd: int, parent: int) -> int:
         if not payload:
             return 0  # the parent closed the link: it is gone, or done with us
         request = msgspec.msgpack.decode(payload, type=ForkRequest)
+        sys.path[:] = request.path
+        # The worker's socket has a number of its own here; and its parent, to die with, is this process.
+        argv = [str(fds[0]), request.argv[1], str(os.getpid()), *request.argv[3:]]
         if request.preload:
             with contextlib.suppress(Exception):  # the worker reports an import failure itself
                 importlib.import_module(request.preload)
@@ -220,8 +223,7 @@ def serve(requests_fd: int, exits_fd: int, parent: int) -> int:
             try:
                 requests.close()
                 exits.close()
-                sys.path[:] = request.path
-                code = run_worker(request.argv)
+                code = run_worker(argv)
             finally:
                 logging.shutdown()
                 os._exit(code)

@@ -31,10 +31,9 @@ if TYPE_CHECKING:
 
 logger = logging.getLogger("agentwatch.process")
 
-WORKER_MODULE: Final = "actors.process"
 #: A list answer longer than this goes to the worker in slices, one frame each, so that encoding a large replay
 #: snapshot never holds the parent's event loop for long.
-ANSWER_SLICE: Final = 2048
+ANSWER_SLICE: Final = 512
 _NO_REPLY: Final = object()
 _DANGLING_MAILBOX: Final = MailboxSpec(capacity=1)
 
@@ -74,9 +73,10 @@ def current_backend() -> str:
 class ProcessHost(Actor[Any]):
     """Stands in the parent for an actor that runs in a worker process; an ordinary actor in every other respect.
 
-    It starts the worker (``python -m actors.process``) and speaks to it over a socketpair: the messages
-    told to its ref are taken out of its mailbox in batches, encoded with MessagePack and written one frame per
-    batch; the asks whose type has a declared reply wait for the worker's answer. It fails (raises, so its
+    It starts the worker (forked by the fork server, or ``python -m actors.process``; see ``ProcessIsolation``)
+    and speaks to it over a socketpair: the messages told to its ref are taken out of its mailbox in batches,
+    encoded with MessagePack and written one frame per batch; the asks whose type has a declared reply wait for
+    the worker's answer. It fails (raises, so its
     supervisor's rules apply) when the worker crashes, exits, is killed or misses its heartbeats; stopping it stops
     the worker: a Stop frame, then SIGTERM, then SIGKILL, and the process is always reaped.
 
@@ -165,19 +165,15 @@ class ProcessHost(Actor[Any]):
     async def _spawn(self) -> None:
         parent_end, child_end = socket.socketpair()
         try:
-            command = [
-                sys.executable,
-                "-m",
-                WORKER_MODULE,
-                str(child_end.fileno()),
-                current_backend(),
-                str(os.getpid()),
-                str(self.isolation.nice),
-            ]
-            # The worker imports the factory as this process would: give it this process's import path.
+            argv = [str(child_end.fileno()), current_backend(), str(os.getpid()), str(self.isolation.nice)]
+            # A new interpreter imports the factory as this process would: give it this process's import path.
             path = os.pathsep.join(entry or os.getcwd() for entry in sys.path)
             self._process = await WorkerProcess.start(
-                command, pass_fds=(child_end.fileno(),), env={**os.environ, "PYTHONPATH": path}
+                argv,
+                fd=child_end.fileno(),
+                env={**os.environ, "PYTHONPATH": path},
+                preload=self.recipe.target.partition(":")[0],
+                start_method=self.isolation.start_method,
             )
         except BaseException:
             parent_end.close()

@@ -36,6 +36,10 @@ class ProcessIsolation(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown
     :param nice: how much lower the worker's CPU priority is than the parent's (0-19, added to its niceness from
         its first instruction on): when cores are scarce, a spinning or busy worker then takes CPU time only
         the parent does not want
+    :param start_method: ``"forkserver"``: forked by this process's fork server, which has the runtime and the
+        factory's module imported already (milliseconds per start, so a restart costs the parent's cores
+        almost nothing); ``"spawn"``: a new interpreter per worker, with this process's environment of the moment
+        (hundreds of milliseconds of imports)
     """
 
     heartbeat_interval: float = 0.2
@@ -45,6 +49,7 @@ class ProcessIsolation(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown
     terminate_timeout: float = 0.5
     outbox_limit: int = 4096
     nice: int = 0
+    start_method: Literal["forkserver", "spawn"] = "forkserver"
 
     def __post_init__(self) -> None:
         owner = "ProcessIsolation"

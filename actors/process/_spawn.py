@@ -1,9 +1,11 @@
 from __future__ import annotations
 
 import contextlib
+import logging
 import os
 import signal
 import subprocess
+import sys
 import threading
 from concurrent.futures import ThreadPoolExecutor
 from typing import TYPE_CHECKING, Any
@@ -11,8 +13,12 @@ from typing import TYPE_CHECKING, Any
 import anyio
 import anyio.to_thread
 
+from ._forkserver import ForkServer, fork_server
+
 if TYPE_CHECKING:
-    from collections.abc import Sequence
+    from collections.abc import Callable, Sequence
+
+logger = logging.getLogger("agentwatch.process")
 
 _spawner: ThreadPoolExecutor | None = None
 _spawner_lock = threading.Lock()
@@ -33,37 +39,63 @@ def _spawn_thread() -> ThreadPoolExecutor:
 class WorkerProcess:
     """A worker process, started off the event loop and awaited without blocking it (a pidfd where available).
 
-    :param popen: the started process
+    Forked by the fork server (``start_method="forkserver"``; the fork server reaps it and reports its exit), or
+    started as a new interpreter (``"spawn"``, or when there is no fork server), a child of this process.
     """
 
-    __slots__ = ("_pidfd", "_popen", "pid")
+    __slots__ = ("_pidfd", "_popen", "_returncode", "_server", "pid")
 
-    def __init__(self, popen: subprocess.Popen[bytes]) -> None:
+    def __init__(
+        self, pid: int, *, popen: subprocess.Popen[bytes] | None = None, server: ForkServer | None = None
+    ) -> None:
+        self.pid = pid
         self._popen = popen
-        self.pid = popen.pid
+        self._server = server
+        self._returncode: int | None = None
         self._pidfd: int | None = None
         with contextlib.suppress(AttributeError, OSError):  # no pidfd_open (not Linux, or Linux < 5.3)
-            self._pidfd = os.pidfd_open(popen.pid)
+            self._pidfd = os.pidfd_open(pid)
 
     @classmethod
-    async def start(cls, command: Sequence[str], *, pass_fds: Sequence[int], env: dict[str, str]) -> WorkerProcess:
-        """Start ``command`` from the spawning thread; stdout goes to stderr, stdin is /dev/null."""
+    async def start(
+        cls, argv: Sequence[str], *, fd: int, env: dict[str, str], preload: str, start_method: str
+    ) -> WorkerProcess:
+        """Start ``python -m actors.process <argv>`` with ``fd`` as its socket, from the spawning thread.
 
-        def spawn() -> subprocess.Popen[bytes]:
-            return subprocess.Popen(command, stdin=subprocess.DEVNULL, pass_fds=pass_fds, env=env)
+        :param preload: the module the fork server imports before forking (the factory's), for later workers
+        """
+
+        def spawn() -> WorkerProcess:
+            if start_method == "forkserver":
+                server = fork_server()
+                if server is not None:
+                    try:
+                        return cls(server.fork(argv, fd, preload), server=server)
+                    except OSError as exc:
+                        logger.warning("the fork server failed (%s): starting a new interpreter instead", exc)
+            command = [sys.executable, "-m", "actors.process", *argv]
+            popen = subprocess.Popen(command, stdin=subprocess.DEVNULL, pass_fds=(fd,), env=env)
+            return cls(popen.pid, popen=popen)
 
         future = _spawn_thread().submit(spawn)
-        return cls(await anyio.to_thread.run_sync(future.result))
+        worker: WorkerProcess = await anyio.to_thread.run_sync(future.result)
+        return worker
 
     @property
     def returncode(self) -> int | None:
         """The exit status once reaped (negative: the signal that killed it), else None."""
-        return self._popen.returncode
+        if self._popen is not None:
+            return self._popen.returncode
+        return self._returncode
 
     def send_signal(self, signum: int) -> None:
         """Signal the process unless it was already reaped (its pid may belong to another process by then)."""
-        if self._popen.returncode is None:
-            with contextlib.suppress(ProcessLookupError):
+        if self.returncode is not None:
+            return
+        with contextlib.suppress(ProcessLookupError, OSError):
+            if self._pidfd is not None:
+                signal.pidfd_send_signal(self._pidfd, signum)  # race-free: never reaches a recycled pid
+            else:
                 os.kill(self.pid, signum)
 
     def kill(self) -> None:
@@ -75,17 +107,27 @@ class WorkerProcess:
         self.send_signal(signal.SIGTERM)
 
     async def wait(self) -> int:
-        """Wait for the process to exit and reap it; return its exit status. One waiter at a time."""
-        if self._popen.returncode is None:
+        """Wait for the process to exit and be reaped; return its exit status. One waiter at a time."""
+        if self.returncode is None:
             if self._pidfd is not None:
                 await anyio.wait_readable(self._pidfd)  # readable once the process has exited
-                self._popen.wait()  # reaps it: returns at once
+            if self._popen is not None:
+                if self._pidfd is not None:
+                    self._popen.wait()  # reaps it: returns at once
+                else:
+                    await _wait_in_thread(self._popen.wait)
             else:
-                # A thread for the worker's lifetime, with a limiter of its own: never queued behind anyio's 40.
-                limiter = anyio.CapacityLimiter(1)
-                await anyio.to_thread.run_sync(self._popen.wait, abandon_on_cancel=True, limiter=limiter)
+                assert self._server is not None
+                exited = self._server.exited(self.pid)
+                if not exited.is_set():  # the fork server reaps, then reports: a moment after the pidfd
+                    await _wait_in_thread(exited.wait)
+                returncode = self._server.returncode(self.pid)
+                # No report: the fork server died, and the kernel killed its workers with it.
+                self._returncode = returncode if returncode is not None else -signal.SIGKILL
+                self._server.forget(self.pid)
         self._close_pidfd()
-        returncode: int = self._popen.returncode
+        returncode = self.returncode
+        assert returncode is not None
         return returncode
 
     def _close_pidfd(self) -> None:
@@ -96,3 +138,8 @@ class WorkerProcess:
     def __del__(self, _close: Any = os.close) -> None:
         if self._pidfd is not None:
             _close(self._pidfd)
+
+
+async def _wait_in_thread(wait: Callable[[], object]) -> None:
+    # A thread of its own, with a limiter of its own: never queued behind anyio's 40 default tokens.
+    await anyio.to_thread.run_sync(wait, abandon_on_cancel=True, limiter=anyio.CapacityLimiter(1))

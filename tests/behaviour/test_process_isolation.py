@@ -7,6 +7,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import anyio
+import msgspec
 import pytest
 
 from actors import ActorFailed, ActorRef, ActorStartError, ActorSystem, open_actor_system
@@ -171,6 +172,27 @@ class TestProcessRef:
             assert tree.pid() != first
 
 
+def parent_of(pid: int) -> int:
+    stat = Path(f"/proc/{pid}/stat").read_text()
+    return int(stat.rsplit(")", 1)[1].split()[1])
+
+
+class TestStartMethods:
+    @pytest.mark.parametrize("start_method", ["forkserver", "spawn"])
+    async def test_start_method_worker_works_killed_restarted_reaped(self, start_method: str) -> None:
+        isolation = msgspec.structs.replace(FAST, start_method=start_method)
+        async with open_tree(counter(isolation=isolation)) as tree:
+            first = tree.pid()
+            # A fork server's worker is its child; a spawned one is ours.
+            assert (parent_of(first) == os.getpid()) is (start_method == "spawn")
+            tree.ref().tell(Add(value=4))
+            assert await tree.ref().ask(Total()) == 4
+            os.kill(first, signal.SIGKILL)
+            await tree.wait_restarted()
+            assert await tree.ref().ask(Total()) == 0
+            assert_reaped(first)
+
+
 class TestProcessSupervision:
     async def test_nonzero_exit_failure_restarted_with_new_worker(self) -> None:
         async with open_tree(counter()) as tree:
@@ -211,6 +233,29 @@ class TestProcessSupervision:
             tree.ref().tell(ProcessFault(kind="hang"))
             await tree.wait_restarted()
             assert "deadline of 0.2 s" in tree.reasons(SupervisorEventKind.FAILED)[0]
+
+    async def test_hanging_host_cut_by_its_own_longer_deadline(self) -> None:
+        # A fault injected into the host itself (interceptors instrument the local instance behind the ref): the
+        # worker is fine and keeps its heartbeats, so only the host's own deadline can end the hang.
+        class HangOnMarker:
+            def instrument(self, actor: Any) -> None:
+                original = actor.receive
+
+                async def receive(message: Any) -> Any:
+                    if message == "hang the host":
+                        await anyio.sleep_forever()
+                    return await original(message)
+
+                actor.receive = receive
+
+        async with open_tree(counter(handler_timeout=0.1)) as tree:
+            first = tree.pid()
+            tree.ref().add_interceptor(HangOnMarker())
+            tree.ref().tell("hang the host")
+            await tree.wait_restarted()
+            assert "deadline of 0.7 s" in tree.reasons(SupervisorEventKind.FAILED)[0]  # 2 x 0.1 + 0.5
+            assert tree.pid() != first
+            assert_reaped(first)
 
     async def test_worker_start_failure_raised_as_start_error(self, tmp_path: Path) -> None:
         marker = tmp_path / "ran"
