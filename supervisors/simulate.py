@@ -1172,6 +1172,11 @@ def add_parser(subparsers: _Subparsers) -> None:
         "--clock", choices=("virtual", "real"), help="default: virtual (the fig presets: real, see docs/simulation.md)"
     )
     parser.add_argument("--backend", choices=("asyncio", "trio"), default="asyncio", help="default: asyncio")
+    parser.add_argument(
+        "--monitor-isolation",
+        choices=("task", "process"),
+        help="run the monitor as an actor in this loop (task, the default) or in a child process (needs --clock real)",
+    )
     parser.add_argument("--json", action="store_true", help="print the report as one JSON object on stdout")
     parser.add_argument("--report", metavar="FILE", help="also write the JSON report to FILE")
     parser.set_defaults(handler=run)
@@ -1213,6 +1218,15 @@ def settings_from_args(args: argparse.Namespace) -> SimulationSettings:
     else:
         spec = SimulationSpec(faults=tuple(parse_fault(text) for text in args.fault), **overrides)
         settings = SimulationSettings(spec=spec, clock=args.clock or "virtual")
+    isolation = getattr(args, "monitor_isolation", None)
+    if isolation is not None:
+        if isolation == "process" and settings.clock != "real":
+            raise ValueError(
+                "--monitor-isolation process needs --clock real (a virtual clock does not cross process boundaries)"
+            )
+        settings = msgspec.structs.replace(
+            settings, runtime=msgspec.structs.replace(settings.runtime, monitor_isolation=isolation)
+        )
     plan_simulation(settings.spec)  # validates every schedule against the traffic before anything runs
     return settings
 

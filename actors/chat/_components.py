@@ -3,14 +3,13 @@ from __future__ import annotations
 import inspect
 import logging
 from collections.abc import Callable, Mapping
-from typing import TYPE_CHECKING, Any, Protocol, runtime_checkable
+from typing import Any, Protocol, runtime_checkable
 
 import msgspec
 
-from actors import Actor, Message
-
-if TYPE_CHECKING:
-    from actors import ActorRef
+# ActorRef at run time: msgspec resolves ProbeComponent's annotations in this module when it decodes one (the
+# process-isolated monitor receives ProbeComponent over its pipe).
+from actors import Actor, ActorRef, Message
 
 logger = logging.getLogger("agentwatch.components")
 

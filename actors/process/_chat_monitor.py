@@ -6,7 +6,6 @@ from typing import Any
 import msgspec
 
 from actors import ActorError, ActorRef, Message
-from actors.chat import _components
 from actors.chat._anomaly import Anomaly, AnomalyKey, ReportedKeys
 from actors.chat._audit import AuditResult
 from actors.chat._bridge_messages import AttachMonitor
@@ -38,12 +37,6 @@ logger = logging.getLogger("agentwatch.monitor")
 # The ChatEventMonitor as it runs in a worker process (RuntimeConfig(monitor_isolation="process")). It lives here,
 # not with the application tree in supervisors, so that a worker imports only what the monitor needs: starting one
 # is then about half as long, and every restart of a killed monitor pays it.
-
-# ProbeComponent annotates ``reply_to`` with ActorRef, which actors.chat._components imports for type checking only;
-# msgspec resolves annotations at run time in the class's module, so decoding one fails there. Until that module
-# imports ActorRef at run time (a one-line fix, reported), supply the name without changing anything else.
-if not hasattr(_components, "ActorRef"):
-    setattr(_components, "ActorRef", ActorRef)  # noqa: B010  # mypy does not know the name is missing
 
 
 class MonitorPlacement(msgspec.Struct, frozen=True, kw_only=True):

@@ -139,3 +139,48 @@ class TestExitCodes:
         assert partial["interrupted"] is True
         assert partial["passed"] is False
         assert partial["simulatedS"] < partial["durationS"]
+
+
+class TestMonitorIsolationFlag:
+    def test_process_isolation_on_virtual_clock_is_a_usage_error_naming_the_rule(self) -> None:
+        result = subprocess.run(
+            [sys.executable, "-m", "supervisors.cli", "simulate", "--monitor-isolation", "process", "--duration", "10"],
+            capture_output=True,
+            text=True,
+            timeout=60,
+            check=False,
+        )
+        assert result.returncode == 2
+        assert "--monitor-isolation process needs --clock real" in result.stderr
+
+    def test_process_isolated_monitor_detects_a_stuck_tool_end_to_end(self) -> None:
+        result = subprocess.run(
+            [
+                sys.executable,
+                "-m",
+                "supervisors.cli",
+                "simulate",
+                "--clock",
+                "real",
+                "--duration",
+                "20",
+                "--threads",
+                "5",
+                "--clients",
+                "3",
+                "--monitor-isolation",
+                "process",
+                "--fault",
+                "stuck_tool:30%",
+                "--json",
+            ],
+            capture_output=True,
+            text=True,
+            timeout=120,
+            check=False,
+        )
+        assert result.returncode == 0, result.stderr[-2000:]
+        report = msgspec.json.decode(result.stdout)
+        kinds = {score["kind"]: score for score in report["detection"]["kinds"]}
+        assert kinds["stuck_tool"]["injected"] >= 1
+        assert kinds["stuck_tool"]["truePositives"] == kinds["stuck_tool"]["injected"]
