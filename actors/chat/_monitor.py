@@ -572,18 +572,19 @@ class ChatEventMonitor(Actor[MonitorMessage]):
             reasons.append(f"{stats.dropped_total} tapped events dropped by a full mailbox")
         if not self.enabled:
             reasons.append("monitoring is stopped")
+        tracker = self.tracker.statistics()
         return MonitorHealth(
             status="degraded" if reasons else "healthy",
             reasons=tuple(reasons),
             monitoring=self.enabled,
             backlog=stats.queued,
             tap_drops=stats.dropped_total,
-            events_observed=self.tracker.statistics().events_observed,
-            runs_in_flight=self.tracker.statistics().runs_in_flight,
+            events_observed=tracker.events_observed,
+            runs_in_flight=tracker.runs_in_flight,
             anomalies_by_kind=dict(self.memory.by_kind),
             components={cid: r.verdict.value for cid, r in self.memory.audits.items()},
             instance=self.memory.instances,
-            tracker=self.tracker.statistics(),
+            tracker=tracker,
             suppressed_while_paused=self.memory.suppressed,
         )
 

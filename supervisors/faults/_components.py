@@ -3,7 +3,8 @@ from __future__ import annotations
 from typing import TYPE_CHECKING, Any
 
 import anyio
-import msgspec
+
+from actors.chat import as_plain
 
 from ._actor_faults import InjectedFault
 
@@ -30,14 +31,14 @@ class LyingComponent:
     async def get_health_status(self) -> dict[str, Any]:
         """The claim: ``healthy`` while lying, the component's own report otherwise."""
         if not self.lying:
-            return dict(_as_mapping(await self.component.get_health_status()))
+            return as_plain(await self.component.get_health_status())
         if self.history is not None:
             self.history.record(self.target, "lying_component", "trigger", "claimed healthy")
         return {"status": "healthy", "reasons": []}
 
     async def get_metrics(self) -> dict[str, Any]:
         """The component's metrics, without the error rate while lying."""
-        metrics = dict(_as_mapping(await self.component.get_metrics()))
+        metrics = as_plain(await self.component.get_metrics())
         if self.lying:
             metrics.pop("error_rate", None)
         return metrics
@@ -60,15 +61,6 @@ class _WithheldWhileLying:
                 self._liar.history.record(self._liar.target, "lying_component", "trigger", "withheld a health change")
             return None
         return self._observer.on_component_health_change(component_id, health)
-
-
-def _as_mapping(value: Any) -> dict[str, Any]:
-    if isinstance(value, dict):
-        return value
-    if isinstance(value, msgspec.Struct):
-        plain = msgspec.to_builtins(value)
-        return plain if isinstance(plain, dict) else {"value": plain}
-    return {"value": value}
 
 
 def raising_sink(history: FaultHistory | None = None) -> Callable[[Any], None]:
