@@ -19,10 +19,20 @@ from typing import TYPE_CHECKING, Any
 
 import msgspec
 
-from actors import Actor, ActorError, ActorNotFound, ActorRef, ActorSystem, MailboxSpec, Overflow, open_actor_system
+from actors import (
+    Actor,
+    ActorError,
+    ActorNotFound,
+    ActorRef,
+    ActorStopped,
+    ActorSystem,
+    MailboxSpec,
+    Overflow,
+    open_actor_system,
+)
 from actors.chat._bridge import AgentWebSocketBridge, BridgeWiring
 from actors.chat._bridge_handle import BridgeHandle
-from actors.chat._bridge_messages import BridgeConfig, allow_all
+from actors.chat._bridge_messages import AttachMonitor, BridgeConfig, allow_all
 from actors.chat._health import ComponentHealth
 from actors.chat._monitor import (
     AlertDispatcher,
@@ -166,8 +176,6 @@ class _AttachingMonitor(ChatEventMonitor):
     async def on_start(self) -> None:
         await super().on_start()
         if self.bridge is not None:
-            from actors.chat._bridge_messages import AttachMonitor
-
             self.bridge.tell(AttachMonitor(monitor=self.ref))
 
 
@@ -396,7 +404,5 @@ class _LiveMonitorRef:
         try:
             ref = self._current()
         except ActorNotFound:
-            from actors import ActorStopped
-
             raise ActorStopped(MONITOR, "stopped") from None
         return await ref.ask(message, timeout=timeout)
