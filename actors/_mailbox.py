@@ -27,10 +27,15 @@ class MailboxSpec(msgspec.Struct, frozen=True, kw_only=True):
 
     :param capacity: the most messages queued at once (>= 1); every mailbox is bounded
     :param overflow: what happens to one more message when it is full
+    :param reserved: slots at the top of ``capacity`` that only :meth:`ActorRef.tell_reserved` may fill (0 <=
+        reserved < capacity): a lane kept for one privileged sender, so that a flood by the others cannot take it.
+        ``tell``, ``send`` and ``ask`` see a mailbox of ``capacity - reserved``. The queue stays one FIFO: a
+        reserved message keeps its place in the order of arrival.
     """
 
     capacity: int = 1000
     overflow: Overflow = Overflow.DROP_NEWEST
+    reserved: int = 0
 
     def __post_init__(self) -> None:
         if isinstance(self.capacity, bool) or not isinstance(self.capacity, int):
@@ -39,6 +44,13 @@ class MailboxSpec(msgspec.Struct, frozen=True, kw_only=True):
             raise ValueError(f"MailboxSpec.capacity must be >= 1 (every mailbox is bounded), got {self.capacity}")
         if not isinstance(self.overflow, Overflow):
             raise TypeError(f"MailboxSpec.overflow must be an Overflow member, got {self.overflow!r}")
+        if isinstance(self.reserved, bool) or not isinstance(self.reserved, int):
+            raise TypeError(f"MailboxSpec.reserved must be an int, got {type(self.reserved).__name__}")
+        if not 0 <= self.reserved < self.capacity:
+            raise ValueError(
+                f"MailboxSpec.reserved must be >= 0 and < capacity ({self.capacity}) so that ordinary messages keep "
+                f"room, got {self.reserved}"
+            )
 
 
 class MailboxStatistics(msgspec.Struct, frozen=True, kw_only=True):
@@ -49,6 +61,8 @@ class MailboxStatistics(msgspec.Struct, frozen=True, kw_only=True):
 
     capacity: int
     overflow: Overflow
+    #: Slots of ``capacity`` kept for :meth:`ActorRef.tell_reserved`.
+    reserved: int
     sent: int
     received: int
     processed: int
@@ -77,6 +91,7 @@ class Mailbox:
         "dropped_newest",
         "dropped_oldest",
         "high_water",
+        "limit",
         "overflow",
         "processed",
         "queue",
@@ -90,6 +105,8 @@ class Mailbox:
     def __init__(self, spec: MailboxSpec) -> None:
         self.capacity = spec.capacity
         self.overflow = spec.overflow
+        # The bound that ordinary messages see; the slots between it and ``capacity`` are the reserved lane.
+        self.limit = spec.capacity - spec.reserved
         self.queue: deque[Any] = deque()
         self.sent = 0
         self.processed = 0
@@ -164,6 +181,7 @@ class Mailbox:
         return MailboxStatistics(
             capacity=self.capacity,
             overflow=self.overflow,
+            reserved=self.capacity - self.limit,
             sent=self.sent,
             received=self.processed + self.dropped_oldest + queued + self.drained,
             processed=self.processed,

@@ -253,12 +253,32 @@ class ActorRef(Generic[MsgT]):
             self._dead_letter(message)
             return
         queue = mailbox.queue
-        if len(queue) < mailbox.capacity:
+        if len(queue) < mailbox.limit:
             queue.append(message)
             waiter = mailbox.waiter
             if waiter is not None:
                 mailbox.waiter = None
                 waiter.set()
+            return
+        self._overflow(message)
+
+    def tell_reserved(self, message: MsgT) -> None:
+        """Like :meth:`tell`, but may also fill the mailbox's reserved slots (``MailboxSpec.reserved``).
+
+        For one privileged sender whose messages must survive a flood by the others (the bridge's lifecycle taps
+        into the monitor). Once the whole ``capacity`` is taken, the overflow policy applies as for ``tell``.
+
+        :raises MailboxFull: when the mailbox is full and its policy is REJECT
+        """
+        mailbox = self._mailbox
+        mailbox.sent += 1
+        if self._state in _CLOSED_STATES:
+            self._dead_letter(message)
+            return
+        queue = mailbox.queue
+        if len(queue) < mailbox.capacity:
+            queue.append(message)
+            mailbox.wake()
             return
         self._overflow(message)
 
@@ -278,7 +298,7 @@ class ActorRef(Generic[MsgT]):
 
     def _overflow(self, message: Any) -> None:
         mailbox = self._mailbox
-        mailbox.high_water = mailbox.capacity
+        mailbox.high_water = max(mailbox.high_water, len(mailbox.queue))
         if mailbox.overflow is Overflow.DROP_NEWEST:
             mailbox.dropped_newest += 1
             if type(message) is AskRequest:
@@ -308,7 +328,7 @@ class ActorRef(Generic[MsgT]):
         :raises ActorStopped: when the actor is stopped or detached (the message is also counted as a dead letter)
         """
         mailbox = self._mailbox
-        while len(mailbox.queue) >= mailbox.capacity and self._state not in _CLOSED_STATES:
+        while len(mailbox.queue) >= mailbox.limit and self._state not in _CLOSED_STATES:
             await mailbox.wait_for_space()
         if self._state in _CLOSED_STATES:
             state = self._state
@@ -334,7 +354,7 @@ class ActorRef(Generic[MsgT]):
         mailbox = self._mailbox
         deadlines: AskDeadlines | None = None
         deadline = math.inf
-        if len(mailbox.queue) >= mailbox.capacity:
+        if len(mailbox.queue) >= mailbox.limit:
             return await self._ask_scoped(message, timeout)
         if timeout is not None and timeout != math.inf:
             if not timeout > 0:  # zero, negative or NaN: the cancel scope's own rules decide, as they always did
@@ -381,7 +401,7 @@ class ActorRef(Generic[MsgT]):
             # An ask waits anyway, so it also waits for room (backpressure) instead of being dropped.
             with anyio.move_on_after(timeout if timeout is not None else math.inf):
                 mailbox = self._mailbox
-                while len(mailbox.queue) >= mailbox.capacity and self._state not in _CLOSED_STATES:
+                while len(mailbox.queue) >= mailbox.limit and self._state not in _CLOSED_STATES:
                     await mailbox.wait_for_space()
                 self.tell(request)  # type: ignore[arg-type]  # the drain loop unwraps it
                 await request.done.wait()

@@ -6,6 +6,7 @@ from typing import TYPE_CHECKING, Any, Literal
 
 import msgspec
 
+from actors import MailboxSpec, Overflow
 from actors.chat._health import HealthThresholds
 from actors.chat._monitor import MonitorConfig
 from actors.process import ProcessIsolation
@@ -84,6 +85,9 @@ class RuntimeConfig(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fi
     """Everything :func:`open_runtime` needs, in one struct; loadable from TOML with :func:`load_config`.
 
     :param monitor_mailbox: the monitor's mailbox capacity; the bridge's taps beyond it are dropped and counted
+    :param monitor_lifecycle_reserve: the fraction of ``monitor_mailbox`` (0 <= f < 1) kept for the bridge's
+        lifecycle taps (``RUN_*``, ``TOOL_CALL_*``): other senders, and content taps, see a mailbox that much
+        smaller, so that a flood of other messages cannot make the monitor miss a run or tool-call boundary
     :param monitor_isolation: where the monitor runs: ``"task"`` (an actor in the same event loop) or
         ``"process"`` (a worker process of its own: a monitor that spins, blocks or crashes cannot touch the bridge's
         event loop; it is restarted, and rebuilt from the replay rings, like a task monitor)
@@ -95,6 +99,7 @@ class RuntimeConfig(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fi
     monitor: MonitorConfig = msgspec.field(default_factory=MonitorConfig)
     supervision: SupervisionSettings = msgspec.field(default_factory=SupervisionSettings)
     monitor_mailbox: int = 100_000
+    monitor_lifecycle_reserve: float = 0.25
     monitor_isolation: Literal["task", "process"] = "task"
     monitor_process: ProcessIsolation = msgspec.field(default_factory=lambda: ProcessIsolation(nice=10))
 
@@ -105,6 +110,18 @@ class RuntimeConfig(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fi
             or self.monitor_mailbox < 1
         ):
             raise ValueError(f"monitor_mailbox must be an int >= 1, got {self.monitor_mailbox!r}")
+        reserve = self.monitor_lifecycle_reserve
+        if isinstance(reserve, bool) or not isinstance(reserve, int | float) or not 0 <= reserve < 1:
+            raise ValueError(f"monitor_lifecycle_reserve must be a number >= 0 and < 1, got {reserve!r}")
+
+    @property
+    def monitor_mailbox_spec(self) -> MailboxSpec:
+        """The monitor's mailbox: ``monitor_mailbox`` slots, drop-newest, with the lifecycle taps' reserved lane."""
+        return MailboxSpec(
+            capacity=self.monitor_mailbox,
+            overflow=Overflow.DROP_NEWEST,
+            reserved=min(self.monitor_mailbox - 1, int(self.monitor_mailbox * self.monitor_lifecycle_reserve)),
+        )
 
 
 class ConfigError(ValueError):

@@ -27,7 +27,6 @@ from actors import (
     ActorStopped,
     ActorSystem,
     MailboxSpec,
-    Overflow,
     open_actor_system,
 )
 from actors.chat._bridge import AgentWebSocketBridge, BridgeWiring
@@ -209,7 +208,7 @@ def _monitoring_branch(
         )
 
     def branch() -> Supervisor:
-        monitor_mailbox = MailboxSpec(capacity=config.monitor_mailbox, overflow=Overflow.DROP_NEWEST)
+        monitor_mailbox = config.monitor_mailbox_spec
         if config.monitor_isolation == "process":
             # The monitor in a worker process, and beside it the keeper of its memory (which a kill must not lose).
             watching = process_monitor_specs(

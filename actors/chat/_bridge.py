@@ -183,10 +183,11 @@ class AgentWebSocketBridge(Actor[BridgeMessage]):
         self._taps_lost = 0
         self._taps_skipped = 0
         self._taps_shed = 0
-        # The monitor mailbox's queue and the length from which non-lifecycle taps are shed (config.tap_shed_at):
-        # an overloaded monitor loses content first, and the room left goes to what its detectors cannot do without.
-        self._monitor_queue: deque[Any] | None = None
+        # The queue length from which non-lifecycle taps are shed (config.tap_shed_at), and lifecycle taps use the
+        # mailbox's reserved lane: an overloaded monitor loses content first, and the room left goes to what its
+        # detectors cannot do without.
         self._shed_above = 0
+        self._shedding = False
         # The monitor mailbox's queue, always: a tap that is not its last item after the tell was refused.
         self._monitor_inbox: deque[Any] | None = None
         #: Events sent to clients (delivered + coalesced, all connections) as of the last DeliveryProgress.
@@ -337,14 +338,26 @@ class AgentWebSocketBridge(Actor[BridgeMessage]):
             self._unrouted += 1
         monitor = self._monitor
         if monitor is not None:
-            queue = self._monitor_queue
-            if queue is not None and len(queue) >= self._shed_above and type(event) not in LIFECYCLE_EVENT_TYPES:
-                self._taps_shed += 1
+            queue = self._monitor_inbox
+            # Below the mark (the usual case) one plain tell. At or above it, content taps are shed (when shedding
+            # is configured) and lifecycle taps go into the reserved lane of the monitor's mailbox, which a flood
+            # by other senders cannot take: the detectors need every boundary to tell a missing start from a real
+            # one.
+            if queue is not None and len(queue) >= self._shed_above:
+                if type(event) in LIFECYCLE_EVENT_TYPES:
+                    tell = monitor.tell_reserved
+                elif self._shedding:
+                    self._taps_shed += 1
+                    tell = None
+                else:
+                    tell = monitor.tell
             else:
+                tell = monitor.tell
+            if tell is not None:
                 # A monitor on a REJECT mailbox: the tap is lost all the same, never the bridge's problem. (A try
                 # costs nothing on this path until it raises; contextlib.suppress would cost a call per event.)
                 try:  # noqa: SIM105
-                    monitor.tell(stamped)
+                    tell(stamped)
                 except MailboxFull:
                     pass
                 self._taps += 1
@@ -635,11 +648,18 @@ class AgentWebSocketBridge(Actor[BridgeMessage]):
 
     def _set_monitor(self, monitor: ActorRef[Any] | None) -> None:
         self._monitor_ref = monitor
-        self._monitor_inbox = monitor._mailbox.queue if monitor is not None else None
         # Read once per event on the publish path, so the deque itself is kept (it lives as long as the ref).
+        self._monitor_inbox = monitor._mailbox.queue if monitor is not None else None
         shed_at = self._config.tap_shed_at
-        self._monitor_queue = monitor._mailbox.queue if monitor is not None and shed_at is not None else None
-        self._shed_above = max(1, int(monitor._mailbox.capacity * shed_at)) if monitor is not None and shed_at else 0
+        self._shedding = shed_at is not None
+        if monitor is None:
+            self._shed_above = 0
+        else:
+            # The mark from which a tap needs a decision: the shedding level if configured, and never above the
+            # point where ordinary tells are refused (the mailbox's limit below its reserved lane).
+            mailbox = monitor._mailbox
+            shed_mark = max(1, int(mailbox.capacity * shed_at)) if shed_at is not None else mailbox.limit
+            self._shed_above = min(shed_mark, mailbox.limit)
         self._refresh_monitor()
 
     def _refresh_monitor(self) -> None:
