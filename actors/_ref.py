@@ -271,16 +271,13 @@ class ActorRef(Generic[MsgT]):
         :raises MailboxFull: when the mailbox is full and its policy is REJECT
         """
         mailbox = self._mailbox
-        mailbox.sent += 1
-        if self._state in _CLOSED_STATES:
-            self._dead_letter(message)
-            return
         queue = mailbox.queue
-        if len(queue) < mailbox.capacity:
+        if mailbox.limit <= len(queue) < mailbox.capacity and self._state not in _CLOSED_STATES:
+            mailbox.sent += 1
             queue.append(message)
             mailbox.wake()
             return
-        self._overflow(message)
+        self.tell(message)  # below the limit, completely full, or closed: exactly an ordinary tell
 
     def tell_control(self, message: Any) -> None:
         """Queue a runtime control message (``Terminated``, a child's exit) past the mailbox bound.
