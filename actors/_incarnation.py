@@ -15,6 +15,8 @@ from ._timers import Timer
 from ._virtual_time import loop_clock
 
 if TYPE_CHECKING:
+    from anyio import TaskHandle
+
     from ._actor import Actor
     from ._ref import ActorRef
 
@@ -43,6 +45,7 @@ class Incarnation:
 
     __slots__ = (
         "_batch_scope",
+        "_done_event",
         "_guard_scope",
         "_handler_serial",
         "_handler_since",
@@ -51,10 +54,11 @@ class Incarnation:
         "_kill_scope",
         "_owner_stop",
         "_stop_reason",
+        "_task",
         "_timers",
         "actor",
-        "done",
         "exit_reason",
+        "finished",
         "handler_timeout",
         "on_exit",
         "ref",
@@ -67,7 +71,11 @@ class Incarnation:
         self.on_exit = on_exit
         self.handler_timeout = handler_timeout
         self.actor: Actor[Any] | None = None
-        self.done = anyio.Event()
+        #: True once the instance has ended (its exit reason is recorded); :attr:`done` is the Event to wait on.
+        self.finished = False
+        # Made only for whoever waits for the end (a stop): an Event per live instance would be three more objects
+        # for the cyclic GC to rescan for as long as the actor lives (bench/supervisor_scale.py).
+        self._done_event: anyio.Event | None = None
         #: Given by a starter that waits (:meth:`ActorSystem.start_incarnation`), which drops it once set: set
         #: when ``on_start`` completed, or when the instance ended without getting there (``start_failure``).
         self.started: anyio.Event | None = None
@@ -75,14 +83,19 @@ class Incarnation:
         self.exit_reason: ExitReason | None = None
         self._stop_reason: ExitReason | None = None
         self._owner_stop = False
+        # What a kill cancels: the task's own scope, which anyio (>= 4.16) gives every task it spawns and hands
+        # back as a TaskHandle, or else (an older anyio) a scope of ours around the whole instance. A second scope
+        # per instance would be four to six more objects per live actor for the cyclic GC to rescan.
+        self._task: TaskHandle[None] | None = None
         self._kill_scope: anyio.CancelScope | None = None
         self._kill_requested = False
         self._kill_detail = "cancelled"
-        # The live timers of this instance, while it may set them (from on_start until its drain loop ends). They
-        # run in the system's task group, not in one of the instance's own: a task group per instance costs every
-        # restart its set-up and cancellation (~15 µs on asyncio, bench/restart.py) and every live actor a
+        # The live timers of this instance, while it may set them (from on_start until its drain loop ends): None
+        # when it may not, ``_NO_TIMERS`` while it may but has none (most actors never set one: no set per actor).
+        # They run in the system's task group, not in one of the instance's own: a task group per instance costs
+        # every restart its set-up and cancellation (~15 µs on asyncio, bench/restart.py) and every live actor a
         # handful of objects that the cyclic GC rescans (bench/supervisor_scale.py).
-        self._timers: set[Timer] | None = None
+        self._timers: set[Timer] | frozenset[Timer] | None = None
         # Handler deadlines (hang detection): the drain loop only stamps when each handler starts; one watcher task
         # per instance cancels the batch's scope when the running handler passes its deadline. A cancel scope per
         # message (move_on_after) would cost several microseconds on every message of a busy actor.
@@ -90,6 +103,16 @@ class Incarnation:
         self._handler_serial = 0
         self._batch_scope: anyio.CancelScope | None = None
         self._guard_scope: anyio.CancelScope | None = None
+
+    @property
+    def done(self) -> anyio.Event:
+        """An Event set once the instance has ended (made on first use; :attr:`finished` reads the same state)."""
+        event = self._done_event
+        if event is None:
+            event = self._done_event = anyio.Event()
+            if self.finished:
+                event.set()
+        return event
 
     @property
     def stop_requested(self) -> bool:
@@ -113,11 +136,19 @@ class Incarnation:
         self._kill_requested = True  # a kill before the task runs takes effect as soon as it does
         if self._kill_scope is not None:
             self._kill_scope.cancel()
+        elif self._task is not None:
+            self._task.cancel()
+
+    def spawn(self, task_group: anyio.abc.TaskGroup, factory: Callable[[], Actor[Any]]) -> None:
+        """Run this instance (:meth:`run`) as a new task of ``task_group``; return at once."""
+        self._task = task_group.start_soon(self.run, factory, name=f"actor:{self.ref.name}")
 
     def start_timer(self, delay: float, interval: float | None, message: Any) -> Timer:
         timers = self._timers
-        if timers is None or self.done.is_set():
+        if timers is None or self.finished:
             raise RuntimeError("timers can only be set while the actor is running")
+        if not isinstance(timers, set):
+            timers = self._timers = set()
         timer = Timer(interval)
         timers.add(timer)
         self.ref._system._task_group.start_soon(self._run_timer, timer, delay, message)
@@ -130,8 +161,9 @@ class Incarnation:
             # A timer runs in the system's task group: whatever goes wrong must not take every actor down.
             logger.exception("%s: a timer failed and was dropped", self.ref.name)
         finally:
-            if self._timers is not None:
-                self._timers.discard(timer)
+            timers = self._timers
+            if isinstance(timers, set):
+                timers.discard(timer)
 
     def _cancel_timers(self) -> None:
         timers, self._timers = self._timers, None
@@ -171,11 +203,15 @@ class Incarnation:
         killed = True
         ref = self.ref
         try:
-            with anyio.CancelScope() as kill_scope:
-                self._kill_scope = kill_scope
-                if self._kill_requested:
-                    kill_scope.cancel()
-                self._timers = set()
+            # A kill cancels the task's own scope (see ``_task``): it ends this coroutine with the backend's
+            # cancellation, which that scope then absorbs. Without a task handle (an older anyio, or an eager task
+            # factory that ran this before ``spawn`` got the handle) a scope of ours absorbs it here instead.
+            with anyio.CancelScope() if self._task is None else _NO_SCOPE as kill_scope:
+                if kill_scope is not None:
+                    self._kill_scope = kill_scope
+                    if self._kill_requested:
+                        kill_scope.cancel()
+                self._timers = _NO_TIMERS
                 try:
                     actor = factory()
                     # The factory (often a closure over its supervisor's state) is not needed again: dropping it
@@ -205,13 +241,19 @@ class Incarnation:
                     reason is not None
                     and self.actor is not None
                     and reason.kind is not ExitKind.KILLED
-                    and not kill_scope.cancel_called
+                    and not self._kill_requested
                 ):
                     try:
                         await self.actor.on_stop(reason)
                     except Exception:
                         logger.exception("%s: on_stop raised (exit reason kept: %s)", ref.name, reason)
-                killed = kill_scope.cancel_called
+                killed = self._kill_requested
+        except anyio.get_cancelled_exc_class():
+            if not self._kill_requested or self._kill_scope is not None:
+                raise
+            # Our own kill, through the task's scope: absorbed here, at the top of the task, which ends anyway.
+            # Let through, the task handle would keep the cancellation, whose traceback holds the frames of the
+            # code that called kill(), which hold the handle: a reference cycle, garbage for a full collection.
         finally:
             if killed or reason is None:
                 reason = ExitReason(kind=ExitKind.KILLED, detail=self._kill_detail)
@@ -222,12 +264,20 @@ class Incarnation:
                         logger.exception("%s: on_kill raised", ref.name)
             self.exit_reason = reason
             self._cancel_timers()  # also after a failed start or a kill: a timer never outlives its instance
-            self.done.set()
+            self.finished = True
+            if self._done_event is not None:
+                self._done_event.set()
             ref._system._incarnation_ended(self, reason)
             if not started:
                 self.start_failure = start_failure if start_failure is not None else ActorStartError(ref.name, reason)
                 if self.started is not None:
                     self.started.set()
+            # The instance and this object refer to each other, and so do the task handle (through the
+            # cancellation it records) and this object: unlinked here, an ended instance is freed by reference
+            # counting at once instead of waiting, as cyclic garbage, for a full collection.
+            self.actor = None
+            self._task = None
+            self._kill_scope = None
 
     async def _drain(self, actor: Actor[Any]) -> ExitReason:
         ref = self.ref
@@ -236,8 +286,11 @@ class Incarnation:
         receive = actor.receive
         version = ref._interceptor_version
         deadline = self.handler_timeout
-        now = loop_clock()
+        # Only an actor with a handler deadline stamps its handlers (on asyncio the clock is a bound method: one
+        # more object per live actor for the GC to rescan, kept only where it is used).
+        now = _no_clock
         if deadline is not None:
+            now = loop_clock()
             self._guard_scope = anyio.CancelScope()
             ref._system._task_group.start_soon(self._watch_handler_deadlines, deadline)
         item: Any = None
@@ -299,13 +352,28 @@ class Incarnation:
 
 
 class _NoScope:
-    """Stands in for the batch's cancel scope when the actor has no handler deadline (no scope to pay for)."""
+    """Stands in for a cancel scope that is not needed (no handler deadline, or the task's own scope kills).
 
-    def __enter__(self) -> None:
+    Static methods: a ``with`` block keeps its ``__exit__`` for as long as it runs, and a bound method would be one
+    more object per live actor for the cyclic GC to rescan (the function itself is shared).
+    """
+
+    @staticmethod
+    def __enter__() -> None:
         return None
 
-    def __exit__(self, *exc_info: object) -> None:
+    @staticmethod
+    def __exit__(*exc_info: object) -> None:
         return None
 
 
 _NO_SCOPE = _NoScope()
+
+
+def _no_clock() -> float:
+    """Stands in for the loop's clock in the drain loop of an actor without a handler deadline (never called)."""
+    raise AssertionError("an actor without a handler deadline never reads the clock")
+
+
+#: ``Incarnation._timers`` of an instance that may set timers and has set none yet.
+_NO_TIMERS: frozenset[Timer] = frozenset()

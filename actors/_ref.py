@@ -209,9 +209,11 @@ class ActorRef(Generic[MsgT]):
         self._incarnations = 0
         self._failed = 0
         self._stop_reason: ExitReason | None = None
-        self._watchers: list[ActorRef[Any]] = []
+        # Both empty tuples until used: most refs are never watched nor instrumented, and a list per ref is one
+        # more object for the cyclic GC to rescan for as long as the actor lives (bench/supervisor_scale.py).
+        self._watchers: tuple[ActorRef[Any], ...] = ()
         # Fault injectors applied to every new instance behind this ref (see supervisors.faults).
-        self._interceptors: list[Interceptor] = []
+        self._interceptors: tuple[Interceptor, ...] = ()
         #: Bumped whenever the interceptors change: the drain loop re-reads the instance's ``receive`` then.
         self._interceptor_version = 0
         self._deadlines: AskDeadlines | None = None
@@ -430,9 +432,9 @@ class ActorRef(Generic[MsgT]):
 
     def add_interceptor(self, interceptor: Interceptor) -> None:
         """Instrument the running instance now and every later one (fault injection)."""
-        self._interceptors.append(interceptor)
+        self._interceptors = (*self._interceptors, interceptor)
         incarnation = self._incarnation
-        if incarnation is not None and incarnation.actor is not None and not incarnation.done.is_set():
+        if incarnation is not None and incarnation.actor is not None and not incarnation.finished:
             interceptor.instrument(incarnation.actor)
             self._interceptor_version += 1
             self._mailbox.wake()
@@ -440,7 +442,9 @@ class ActorRef(Generic[MsgT]):
     def remove_interceptor(self, interceptor: Interceptor) -> None:
         """Stop instrumenting new instances; the interceptor undoes its own changes to the running one."""
         if interceptor in self._interceptors:
-            self._interceptors.remove(interceptor)
+            interceptors = list(self._interceptors)
+            interceptors.remove(interceptor)
+            self._interceptors = tuple(interceptors)
             # The caller restores the running instance's methods right after this (synchronously), before the
             # drain loop can look at the version again.
             self._interceptor_version += 1
@@ -449,7 +453,7 @@ class ActorRef(Generic[MsgT]):
     def current_instance(self) -> Any:
         """The actor instance running behind this ref right now, or None (for tests and fault injection)."""
         incarnation = self._incarnation
-        if incarnation is None or incarnation.done.is_set():
+        if incarnation is None or incarnation.finished:
             return None
         return incarnation.actor
 

@@ -5,7 +5,6 @@ import random
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
-import anyio
 import msgspec
 
 from actors import (
@@ -96,7 +95,7 @@ class _ChildExited(Message, frozen=True, kw_only=True):
     child_id: str
     ref: ActorRef[Any]
     reason: ExitReason
-    launch: int  # which start of the child this instance was (_Child.launches when it was started)
+    launch: int  # which instance of the ref it was (its ``_incarnations`` count; _Child.launches once started)
 
 
 class _RestartDue(Message, frozen=True, kw_only=True):
@@ -164,13 +163,19 @@ class _Child:
     restarts: int = 0
     # Bumped whenever a scheduled restart/re-attach/probe for this child must be forgotten.
     generation: int = 0
-    # Bumped at every start attempt: an exit notice from an earlier attempt (a failed start, or an instance that
-    # exited while a restart plan was already replacing it) is stale and must not count as a new failure.
+    # The number of the ref's instance started last (set at every start attempt): an exit notice from an earlier
+    # attempt (a failed start, or an instance that exited while a restart plan was already replacing it) is stale
+    # and must not count as a new failure.
     launches: int = 0
     window: RestartWindow | None = None
     backoff: BackoffState | None = None
     cooldown: CooldownState | None = None
     is_supervisor: bool = field(default=False)
+
+
+def _retire_orphan(ref: ActorRef[Any], reason: ExitReason) -> None:
+    """The ``on_exit`` of a child whose supervisor has stopped: nobody restarts it, so it is stopped for good."""
+    ref._system.retire(ref, reason)
 
 
 def _shutdown_timeout(shutdown: float | Shutdown) -> float | None:
@@ -227,8 +232,18 @@ class Supervisor(Actor[_SupervisorMsg]):
         self._order: list[str] = []  # start order of the children we hold
         self._restarts = 0
         self._dead = False
+        # Bound once: every child's instance keeps its on_exit for its lifetime (a bound method per child would be
+        # one more object per live child for the cyclic GC to rescan). It refers back to this instance: replaced
+        # once the supervisor has stopped, so that a stopped supervisor and its child records are freed by
+        # reference counting rather than left, as cyclic garbage, to a full collection.
+        self._on_child_exit: Callable[[ActorRef[Any], ExitReason], None] = self._child_exit
 
     # -- lifecycle -----------------------------------------------------------------------------------------------
+
+    @property
+    def _child_prefix(self) -> str:
+        """What our children's ref names start with: ours and a "/" (child ids never contain one)."""
+        return self.ref.name + "/"
 
     @property
     def events(self) -> SupervisionEventStream:
@@ -249,14 +264,16 @@ class Supervisor(Actor[_SupervisorMsg]):
     async def on_stop(self, reason: ExitReason) -> None:
         await self._stop_all_children()
         self._publish(SupervisorEventKind.SHUT_DOWN, None, reason=str(reason))
+        self._on_child_exit = _retire_orphan  # see __init__: unlinks this instance from itself
 
     def on_kill(self) -> None:
         # Cancelled: we cannot await our children's graceful stop, so cancel them and retire them as they end.
         self._dead = True
+        self._on_child_exit = _retire_orphan  # see __init__ (the children being killed keep the bound method)
         for child in self._children.values():
             child.generation += 1
             ref = child.ref
-            if ref is not None and ref._incarnation is not None and not ref._incarnation.done.is_set():
+            if ref is not None and ref._incarnation is not None and not ref._incarnation.finished:
                 ref._incarnation.kill(f"its supervisor {self.ref.name!r} was cancelled")
             elif ref is not None and ref.state != RefState.STOPPED:  # also a detached ref: its name must be freed
                 self.system.retire(ref, ExitReason(kind=ExitKind.KILLED, detail="supervisor cancelled"))
@@ -495,14 +512,15 @@ class Supervisor(Actor[_SupervisorMsg]):
         system = self.system
         if child.ref is None or not child.ref.is_alive:
             mailbox = spec.mailbox if isinstance(spec.mailbox, MailboxSpec) else _DEFAULT_MAILBOX
-            child.ref = system.create_ref(spec.start, name=f"{self.ref.name}/{spec.id}", mailbox=mailbox)
+            child.ref = system.create_ref(spec.start, name=self._child_prefix + spec.id, mailbox=mailbox)
         ref = child.ref
-        child.launches += 1
+        # The instance about to start is the ref's next one: its exit notice carries that number (see _child_exit).
+        child.launches = ref._incarnations + 1
         try:
             await system.start_incarnation(
                 ref,
                 self._factory(child),
-                on_exit=self._exit_notifier(spec.id, child.launches),
+                on_exit=self._on_child_exit,
                 handler_timeout=instance_handler_timeout(spec),
             )
         except ActorStartError as exc:
@@ -527,15 +545,19 @@ class Supervisor(Actor[_SupervisorMsg]):
 
         return build
 
-    def _exit_notifier(self, child_id: str, launch: int) -> Callable[[ActorRef[Any], ExitReason], None]:
-        def notify(ref: ActorRef[Any], reason: ExitReason) -> None:
-            if self._dead:
-                self.system.retire(ref, reason)
-                return
-            # A control message: never dropped, even when our mailbox is full of admin requests.
-            self.ref.tell_control(_ChildExited(child_id=child_id, ref=ref, reason=reason, launch=launch))
+    def _child_exit(self, ref: ActorRef[Any], reason: ExitReason) -> None:
+        """Every child's ``on_exit``, called in the child's task as its instance ends.
 
-        return notify
+        One bound method for all children rather than a closure per child: a closure and its cells per live child
+        were five more objects for the cyclic GC to rescan (bench/supervisor_scale.py). The child's id is its
+        ref's name after ours and the "/", and the ref's instance count says which start of it this instance was.
+        """
+        if self._dead:
+            self.system.retire(ref, reason)
+            return
+        child_id = ref.name[len(self._child_prefix) :]
+        # A control message: never dropped, even when our mailbox is full of admin requests.
+        self.ref.tell_control(_ChildExited(child_id=child_id, ref=ref, reason=reason, launch=ref._incarnations))
 
     async def _stop_child(self, child: _Child, *, then: ChildState) -> None:
         """Stop a child's instance (graceful, then cancelled after its shutdown timeout)."""
@@ -543,15 +565,19 @@ class Supervisor(Actor[_SupervisorMsg]):
         ref = child.ref
         if ref is not None:
             exited = await self.system.stop_incarnation(ref, timeout=_shutdown_timeout(child.spec.shutdown))
-            if exited is not None:
-                # The real reason: "cancelled after its shutdown timeout" must not read as a graceful stop.
-                self._publish(SupervisorEventKind.SHUT_DOWN, child.spec.id, reason=str(exited))
-            if then is ChildState.STOPPED:
-                if ref.state != RefState.STOPPED:
-                    if exited is None:
-                        exited = ExitReason(kind=ExitKind.SHUTDOWN, detail="terminated by its supervisor")
-                    self.system.retire(ref, exited)
-                child.ref = None
+            self._child_stopped(child, ref, exited, then)
+        child.state = then
+
+    def _child_stopped(self, child: _Child, ref: ActorRef[Any], exited: ExitReason | None, then: ChildState) -> None:
+        if exited is not None:
+            # The real reason: "cancelled after its shutdown timeout" must not read as a graceful stop.
+            self._publish(SupervisorEventKind.SHUT_DOWN, child.spec.id, reason=str(exited))
+        if then is ChildState.STOPPED:
+            if ref.state != RefState.STOPPED:
+                if exited is None:
+                    exited = ExitReason(kind=ExitKind.SHUTDOWN, detail="terminated by its supervisor")
+                self.system.retire(ref, exited)
+            child.ref = None
         child.state = then
 
     async def _stop_all_children(self) -> None:
@@ -559,12 +585,28 @@ class Supervisor(Actor[_SupervisorMsg]):
         running = [self._children[cid] for cid in reversed(self._order) if cid in self._children]
         dynamic = [child for child in running if child.dynamic]
         if dynamic:
-            async with anyio.create_task_group() as tg:
-                for child in dynamic:
-                    tg.start_soon(self._stop_child_for_good, child)
+            await self._stop_in_parallel_for_good(dynamic)
         for child in running:
             if not child.dynamic:
                 await self._stop_child_for_good(child)
+
+    async def _stop_in_parallel_for_good(self, children: list[_Child]) -> None:
+        """Stop children all at once, each within its own shutdown timeout, from this one task (no task each)."""
+        stopping: list[_Child] = []
+        refs: list[ActorRef[Any]] = []
+        for child in children:
+            child.generation += 1
+            if child.ref is None:
+                child.state = ChildState.STOPPED
+            else:
+                stopping.append(child)
+                refs.append(child.ref)
+
+        def stopped(index: int, exited: ExitReason | None) -> None:
+            self._child_stopped(stopping[index], refs[index], exited, ChildState.STOPPED)
+
+        timeouts = [_shutdown_timeout(child.spec.shutdown) for child in stopping]
+        await self.system.stop_incarnations(refs, timeouts, each=stopped)
 
     async def _stop_child_for_good(self, child: _Child) -> None:
         await self._stop_child(child, then=ChildState.STOPPED)
@@ -577,7 +619,7 @@ class Supervisor(Actor[_SupervisorMsg]):
         child.generation += 1
         if child.ref is not None and child.ref.state != RefState.STOPPED:
             incarnation = child.ref._incarnation
-            if incarnation is None or incarnation.done.is_set():
+            if incarnation is None or incarnation.finished:
                 self.system.retire(child.ref, ExitReason(kind=ExitKind.SHUTDOWN, detail="removed"))
 
     # -- admin calls ---------------------------------------------------------------------------------------------

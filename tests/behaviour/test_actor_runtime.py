@@ -1,7 +1,9 @@
 from __future__ import annotations
 
 import contextlib
-from typing import Any
+import gc
+import weakref
+from typing import TYPE_CHECKING, Any
 
 import anyio
 import anyio.lowlevel
@@ -27,6 +29,9 @@ from actors import (
     open_actor_system,
 )
 from tests.conftest import virtual_time
+
+if TYPE_CHECKING:
+    from collections.abc import Iterator
 
 pytestmark = pytest.mark.anyio
 
@@ -270,6 +275,36 @@ class TestRestartHook:
             assert system.lookup("worker") is ref
             assert ref.statistics().restarts == 1
             await system.stop_incarnation(ref, timeout=1.0)
+
+    @virtual_time
+    async def test_stop_incarnations_in_parallel_each_reported_once_refs_stay_open(self) -> None:
+        exits: list[Any] = []
+        reported: list[tuple[int, ExitKind | None, float]] = []
+        async with open_actor_system() as system:
+            refs = [system.create_ref(name=name) for name in ("slow", "idle", "quick", "never-started")]
+            for ref in refs[:3]:
+                await system.start_incarnation(ref, Recorder, on_exit=lambda r, why: exits.append(why))
+            refs[0].tell(("sleep", 100.0))  # ignores its graceful stop: cancelled at its 3 s timeout
+            refs[2].tell(("sleep", 0.5))  # finishes its message, then stops within its 1 s timeout
+            await anyio.sleep(0.01)
+            started = anyio.current_time()
+
+            def each(index: int, reason: Any) -> None:
+                kind = None if reason is None else reason.kind
+                reported.append((index, kind, round(anyio.current_time() - started, 1)))
+
+            await system.stop_incarnations(refs, [3.0, 2.0, 1.0, 5.0], each=each)
+            # Reported in deadline order (the idle one ended at once, but is seen once the quick one has ended).
+            assert reported == [
+                (3, None, 0.0),
+                (2, ExitKind.SHUTDOWN, 0.5),
+                (1, ExitKind.SHUTDOWN, 0.5),
+                (0, ExitKind.KILLED, 3.0),
+            ]
+            assert exits == []  # stopped by their owner: no exit notice
+            assert [ref.state for ref in refs[:3]] == [RefState.RESTARTING] * 3  # the refs stay open
+            with pytest.raises(ValueError, match="same length"):
+                await system.stop_incarnations(refs, [1.0])
 
     @virtual_time
     async def test_timers_of_old_instance_never_fire_into_new_one(self) -> None:
@@ -539,3 +574,65 @@ class TestStartRegressions:
             ref = system.spawn(Idle)
             reason = await ref.stop(timeout=0)
             assert reason.kind is ExitKind.KILLED
+
+
+@contextlib.contextmanager
+def cyclic_gc_paused() -> Iterator[None]:
+    """Pause CPython's cyclic collector: whatever is freed meanwhile was freed by reference counting alone."""
+    was_enabled = gc.isenabled()
+    gc.disable()
+    try:
+        yield
+    finally:
+        if was_enabled:
+            gc.enable()
+
+
+async def wait_freed(*handles: weakref.ref[Any]) -> bool:
+    """Give the ended tasks a few scheduler passes to unwind; return whether every referent was freed."""
+    for _ in range(20):
+        if all(handle() is None for handle in handles):
+            return True
+        await anyio.lowlevel.checkpoint()
+    return all(handle() is None for handle in handles)
+
+
+class TestReferenceCycles:
+    # Regression: every stopped actor was cyclic garbage (instance <-> incarnation <-> ref). It reached the oldest
+    # generation with the actor and waited there for a full collection, which rescans every live object: with
+    # thousands of actors, those collections made stopping them cost more per actor (bench/supervisor_scale.py).
+    async def test_stopped_actor_freed_by_reference_counting_alone(self) -> None:
+        with cyclic_gc_paused():
+            async with open_actor_system() as system:
+                ref = system.spawn(Recorder)
+                ref.tell("one")
+                assert await ref.ask("get") == ["one"]
+                instance = weakref.ref(ref.current_instance)
+                handle = weakref.ref(ref)
+                await ref.stop()
+                del ref
+                assert await wait_freed(instance, handle)
+
+    async def test_killed_actor_freed_by_reference_counting_alone(self) -> None:
+        with cyclic_gc_paused():
+            async with open_actor_system() as system:
+                ref = system.spawn(Recorder)
+                ref.tell(("sleep", 1000.0))
+                await wait_until_drained(ref)
+                instance = weakref.ref(ref.current_instance)
+                handle = weakref.ref(ref)
+                reason = await ref.stop(timeout=0)
+                assert reason.kind is ExitKind.KILLED
+                del ref
+                assert await wait_freed(instance, handle)
+
+    async def test_replaced_instance_freed_by_reference_counting_alone(self) -> None:
+        with cyclic_gc_paused():
+            async with open_actor_system() as system:
+                ref = system.create_ref(Recorder, name="restarted")
+                await system.start_incarnation(ref, Recorder, on_exit=None)
+                first = weakref.ref(ref.current_instance)
+                assert await system.stop_incarnation(ref, timeout=None) is not None
+                await system.start_incarnation(ref, Recorder, on_exit=None)
+                assert await wait_freed(first)
+                assert ref.current_instance is not None

@@ -1,6 +1,10 @@
 from __future__ import annotations
 
+import gc
+import weakref
+
 import anyio
+import anyio.lowlevel
 import pytest
 
 from actors import ExitKind, HandlerTimeout, open_actor_system
@@ -96,6 +100,71 @@ class TestShutdown:
             assert 3.0 <= anyio.current_time() - started < 3.5  # max(1, 2, 3), not 1 + 2 + 3
             assert sorted(journal.of("killed")) == ["d1", "d2", "d3"]
             assert journal.of("stopped") == ["s"]
+
+    async def test_shutdown_dynamic_children_each_cancelled_at_its_own_timeout(self) -> None:
+        # Regression guard for the single-task parallel stop: children are awaited in deadline order, so a child
+        # with a short timeout listed after one with a long timeout must still be cancelled at its own deadline.
+        journal = Journal()
+        async with open_actor_system() as system:
+            sup = await start_supervisor(system, name="sup")
+            for child_id, timeout in (("late", 3.0), ("early", 1.0), ("tidy", 5.0), ("middle", 2.0)):
+                await sup.start_child(
+                    worker(journal, child_id, stop_delay=0.5 if child_id == "tidy" else 100.0, shutdown=timeout)
+                )
+            await sup.start_child(worker(journal, "brutal", stop_delay=100.0, shutdown=Shutdown.BRUTAL))
+            started = anyio.current_time()
+            await sup.stop()
+            killed_after = {child: round(at - started, 1) for what, child, at, _ in journal.entries if what == "killed"}
+            assert killed_after == {"brutal": 0.0, "early": 1.0, "middle": 2.0, "late": 3.0}
+            assert [round(at - started, 1) for at in journal.times("stopped", "tidy")] == [0.5]
+            reasons = {e.child_id: e.reason for e in events(sup, SHUT_DOWN) if e.child_id is not None}
+            assert "shutdown timeout of 1.0 s" in reasons["early"]
+            assert "shutdown timeout of 3.0 s" in reasons["late"]
+            assert "brutal" in reasons["brutal"]
+            assert reasons["tidy"].startswith("shutdown")
+            assert system.names() == []
+
+    async def test_shutdown_many_dynamic_children_all_asked_before_any_finishes(self) -> None:
+        # More children than one wave of stop requests (the supervisor asks a few hundred at a time and lets them
+        # run in between): the waves must not serialise the stops.
+        journal = Journal()
+        async with open_actor_system() as system:
+            sup = await start_supervisor(system, name="sup")
+            for i in range(600):
+                await sup.start_child(worker(journal, f"d{i}", stop_delay=1.0, shutdown=10.0), timeout=None)
+            mark = journal.mark()
+            started = anyio.current_time()
+            await sup.stop()
+            assert 1.0 <= anyio.current_time() - started < 1.1  # one stop_delay, not one per wave
+            observed = journal.since(mark, "stop", "stopped")
+            assert {what for what, _ in observed[:600]} == {"stop"}
+            assert sorted(child for _, child in observed[600:]) == sorted(f"d{i}" for i in range(600))
+            assert journal.of("killed") == []
+            assert system.names() == []
+
+    async def test_stopped_supervisor_and_children_freed_by_reference_counting_alone(self) -> None:
+        # Regression: each stopped child (and the supervisor with its child records) was cyclic garbage, left in
+        # the oldest generation for a full collection; with 10k children those made stopping superlinear.
+        journal = Journal()
+        gc.disable()
+        try:
+            async with open_actor_system() as system:
+                sup = await start_supervisor(system, name="sup", children=[worker(journal, "static")])
+                for i in range(5):
+                    # No timeout: an answered ask with a deadline stays in the deadline heap (and keeps its reply,
+                    # the child's ref) until the heap is next compacted.
+                    await sup.start_child(worker(journal, f"dynamic-{i}"), timeout=None)
+                names = system.names()
+                instances = [weakref.ref(system.lookup(name).current_instance) for name in names]
+                refs = [weakref.ref(system.lookup(name)) for name in names]
+                del names
+                await sup.stop()
+                del sup
+                for _ in range(20):
+                    await anyio.lowlevel.checkpoint()
+                assert [handle() for handle in instances + refs] == [None] * 14  # the supervisor and 6 children
+        finally:
+            gc.enable()
 
     async def test_shutdown_static_children_stop_one_after_another_total_is_sum(self) -> None:
         journal = Journal()
