@@ -6,6 +6,7 @@ import msgspec
 
 from actors._actor import Actor
 from actors._message import Message
+from actors.chat._events import LIFECYCLE_EVENT_TYPES
 from actors.sim._scripts import GroundTruth, ScriptStep, truth_of
 
 if TYPE_CHECKING:
@@ -35,6 +36,8 @@ class AgentReport(msgspec.Struct, frozen=True, kw_only=True):
     :param scenarios: runs with an injected scenario, per scenario
     :param truth: ground truth of every scenario step emitted, with its due time on the runtime clock
     :param remaining: threads with steps still to emit (0: its scripts are exhausted)
+    :param lifecycle: lifecycle events published (``RUN_*``, ``TOOL_CALL_START/END/RESULT``): those the monitor must
+        never lose
     """
 
     agent_id: str
@@ -45,6 +48,7 @@ class AgentReport(msgspec.Struct, frozen=True, kw_only=True):
     scenarios: dict[str, int]
     truth: tuple[GroundTruth, ...]
     remaining: int
+    lifecycle: int = 0
 
 
 class SimulatedAgent(Actor[AgentMessage]):
@@ -76,6 +80,7 @@ class SimulatedAgent(Actor[AgentMessage]):
         self._ended: set[str] = set()
         self._scenarios: dict[str, int] = {}
         self._truth: list[GroundTruth] = []
+        self._lifecycle = 0
 
     async def on_start(self) -> None:
         for index in range(len(self._scripts)):
@@ -112,6 +117,8 @@ class SimulatedAgent(Actor[AgentMessage]):
         event = msgspec.structs.replace(step.event, timestamp=now_ms - step.skew_ms)
         self._bridge.publish(step.thread_id, step.run_id, event)
         self._produced[step.thread_id] += 1
+        if type(event) in LIFECYCLE_EVENT_TYPES:
+            self._lifecycle += 1
         if step.opens_run:
             self._runs += 1
             if step.scenario is not None:
@@ -137,4 +144,5 @@ class SimulatedAgent(Actor[AgentMessage]):
             scenarios=dict(sorted(self._scenarios.items())),
             truth=tuple(self._truth),
             remaining=sum(1 for step in self._next if step is not None),
+            lifecycle=self._lifecycle,
         )

@@ -1,5 +1,6 @@
 from __future__ import annotations
 
+import hashlib
 import logging
 import random
 from typing import TYPE_CHECKING, Any, Final, assert_never
@@ -41,6 +42,7 @@ class _FrameHead(msgspec.Struct, frozen=True):
     # Only what the client checks; msgspec skips every other field of the event without building it.
     metadata: _FrameMeta
     timestamp: int | None = None
+    type: str = ""
 
 
 _decode_head: Final = msgspec.json.Decoder(_FrameHead).decode
@@ -153,6 +155,8 @@ class ThreadReceipts(msgspec.Struct, kw_only=True, rename="camel"):
     :param events: events covered by the frames (a coalesced frame covers ``firstSeq..seq``)
     :param missing: seqs skipped (a gap), counted once each
     :param duplicates: frames that repeated a seq already received
+    :param last_type: the AG-UI ``type`` of the last frame received (a run's terminal event is ``RUN_FINISHED`` or
+        ``RUN_ERROR``)
     """
 
     thread_id: str
@@ -162,6 +166,7 @@ class ThreadReceipts(msgspec.Struct, kw_only=True, rename="camel"):
     events: int = 0
     missing: int = 0
     duplicates: int = 0
+    last_type: str = ""
 
 
 class ClientReport(msgspec.Struct, frozen=True, kw_only=True, rename="camel"):
@@ -173,6 +178,10 @@ class ClientReport(msgspec.Struct, frozen=True, kw_only=True, rename="camel"):
     :param faults: the plan's faults actually applied (a disconnect planned while offline is skipped)
     :param latency_p50_ms: receipt time minus the event's own ``timestamp``, per frame (``latency_buckets`` are the
         counts of a :class:`LatencyHistogram`, to merge clients)
+    :param digest: a hash of every frame received (connection, bytes, receipt ms) and every close (connection,
+        code, ms), in order: two clients with the same digest received the same delivery sequence
+    :param last_frame_at: runtime-clock ms of the last frame received (None: none)
+    :param last_close: ``(code, ms)`` of the last close of one of its connections (None: never closed)
     """
 
     client_id: str
@@ -193,6 +202,9 @@ class ClientReport(msgspec.Struct, frozen=True, kw_only=True, rename="camel"):
     latency_p99_ms: float | None
     latency_max_ms: int
     latency_buckets: tuple[int, ...]
+    digest: str = ""
+    last_frame_at: int | None = None
+    last_close: tuple[int, int] | None = None
 
 
 # ---------------------------------------------------------------------------------------------------- the actor
@@ -232,6 +244,9 @@ class SimulatedClient(Actor[ClientMessage]):
         self._latency = LatencyHistogram()
         self._faults: dict[str, int] = {}
         self._rng = random.Random(f"{plan.seed}:client:{plan.client_id}")
+        self._digest = hashlib.blake2b(digest_size=16)
+        self._last_frame_at: int | None = None
+        self._last_close: tuple[int, int] | None = None
 
     async def on_start(self) -> None:
         plan = self.plan
@@ -251,7 +266,13 @@ class SimulatedClient(Actor[ClientMessage]):
         match message:
             case _Frame():
                 if message.connection == self._number:
-                    self._on_frame(message.data, message.received_at)
+                    data = message.data
+                    self._digest.update(
+                        f"{message.connection}:{message.received_at}:".encode()
+                        + (data.encode() if isinstance(data, str) else data)
+                    )
+                    self._last_frame_at = message.received_at
+                    self._on_frame(data, message.received_at)
             case _Closed():
                 self._on_closed(message)
             case _Reconnect():
@@ -341,6 +362,9 @@ class SimulatedClient(Actor[ClientMessage]):
             return
         code = str(message.code)
         self._closes[code] = self._closes.get(code, 0) + 1
+        now = self.clock.now_ms()
+        self._digest.update(f"close:{message.connection}:{code}:{now}".encode())
+        self._last_close = (message.code, now)
         self._connected = False
         self._socket = None
         if self._finishing or message.code == CloseCode.POLICY_VIOLATION:
@@ -364,6 +388,7 @@ class SimulatedClient(Actor[ClientMessage]):
         first = meta.first_seq if meta.first_seq is not None else seq
         receipts.frames += 1
         receipts.events += seq - first + 1
+        receipts.last_type = head.type
         if head.timestamp is not None:
             self._latency.record(received_at - head.timestamp)
         last = receipts.last_seq
@@ -411,4 +436,7 @@ class SimulatedClient(Actor[ClientMessage]):
             latency_p99_ms=latency.quantile(0.99),
             latency_max_ms=latency.max_value,
             latency_buckets=tuple(latency.counts),
+            digest=self._digest.hexdigest(),
+            last_frame_at=self._last_frame_at,
+            last_close=self._last_close,
         )

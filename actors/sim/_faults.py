@@ -39,11 +39,12 @@ FAULT_CATALOG: Final[dict[str, _Rule]] = {
     "duplicate_completion": _Rule(FaultClass.RUN),
     "event_after_completion": _Rule(FaultClass.RUN),
     "error_burst": _Rule(FaultClass.STREAM),
-    "monitor_crash": _Rule(FaultClass.RUNTIME),
+    "monitor_crash": _Rule(FaultClass.RUNTIME, ("burst",)),
     "monitor_hang": _Rule(FaultClass.RUNTIME),
     "monitor_block": _Rule(FaultClass.RUNTIME, ("seconds",)),
     "monitor_flood": _Rule(FaultClass.RUNTIME, ("messages",)),
     "lying_component": _Rule(FaultClass.RUNTIME, ("duration",)),
+    "malformed_input": _Rule(FaultClass.RUNTIME, ("messages",)),
     "slow_client": _Rule(FaultClass.CLIENT, ("duration", "delay")),
     "client_disconnect": _Rule(FaultClass.CLIENT, ("duration",)),
     "bridge_connection_errors": _Rule(FaultClass.CLIENT),
@@ -65,7 +66,7 @@ class FaultSpec(msgspec.Struct, frozen=True, kw_only=True):
     """One ``--fault`` argument, parsed: which fault, how often, and its options (durations in seconds).
 
     Exactly one way of choosing occurrences is set: ``share`` (a share of runs or of clients), ``count`` (that many,
-    spread over the traffic), ``every`` (a period) or ``at`` (explicit times).
+    spread over the traffic), ``every`` (a period, first at ``offset + every``) or ``at`` (explicit times).
     """
 
     name: str
@@ -73,10 +74,12 @@ class FaultSpec(msgspec.Struct, frozen=True, kw_only=True):
     count: int | None = None
     every: float | None = None
     at: tuple[float, ...] = ()
+    offset: float = 0.0
     duration: float | None = None
     delay: float | None = None
     seconds: float | None = None
     messages: int | None = None
+    burst: int | None = None
     text: str = ""
 
     @property
@@ -101,8 +104,10 @@ def parse_duration(text: str) -> float:
 
 
 def parse_fault(text: str) -> FaultSpec:
-    """Parse ``NAME[:ARG[,ARG]...]`` where ARG is ``P%``, ``count=N``, ``every=DUR``, ``at=DUR`` (repeatable), or an
-    option of the fault (``duration=DUR``, ``delay=DUR``, ``seconds=DUR``, ``messages=N``); no ARG means ``count=1``.
+    """Parse ``NAME[:ARG[,ARG]...]`` where ARG is ``P%``, ``count=N``, ``every=DUR`` (with ``offset=DUR``: first at
+    offset + every), ``at=DUR`` (repeatable), or an
+    option of the fault (``duration=DUR``, ``delay=DUR``, ``seconds=DUR``, ``messages=N``, ``burst=N``); no ARG means
+    ``count=1``.
 
     :raises FaultSpecError: naming the fault and the rule it broke
     """
@@ -140,8 +145,8 @@ def parse_fault(text: str) -> FaultSpec:
             raise fail(f"{raw!r} is neither P% nor key=value")
         key = key.strip()
         value = value.strip()
-        if key in ("count", "messages"):
-            if key == "messages" and key not in rule.options:
+        if key in ("count", "messages", "burst"):
+            if key != "count" and key not in rule.options:
                 raise fail(f"{name} takes no option {key!r} (options: {', '.join(rule.options) or 'none'})")
             try:
                 number = int(value)
@@ -162,6 +167,8 @@ def parse_fault(text: str) -> FaultSpec:
                 raise fail(f"every must be > 0 s, got {value!r}")
             fields["every"] = seconds
             schedules.append(raw)
+        elif key == "offset":
+            fields["offset"] = seconds
         elif key == "at":
             at.append(seconds)
             if "at" not in schedules:
@@ -176,6 +183,8 @@ def parse_fault(text: str) -> FaultSpec:
             raise fail(f"unknown argument {key!r} (use P%, count=N, every=DUR, at=DUR or an option of the fault)")
     if len(schedules) > 1:
         raise fail(f"give one schedule (P%, count=N, every=DUR or at=DUR), got {', '.join(schedules)}")
+    if "offset" in fields and "every" not in fields:
+        raise fail("offset shifts an every=DUR schedule: give every=DUR too")
     if at:
         fields["at"] = tuple(sorted(at))
     if not schedules:
@@ -208,15 +217,16 @@ def occurrence_times(spec: FaultSpec, duration: float, rng: random.Random) -> li
             )
         return [at + FAULT_PHASE for at in spec.at]
     if spec.every is not None:
-        if spec.every >= duration:
+        if spec.offset + spec.every >= duration:
             raise FaultSpecError(
-                f"--fault {spec.text!r}: {spec.name}: every={spec.every:g}s never fires within {duration:g} s of "
-                "traffic"
+                f"--fault {spec.text!r}: {spec.name}: every={spec.every:g}s"
+                + (f" after offset={spec.offset:g}s" if spec.offset else "")
+                + f" never fires within {duration:g} s of traffic"
             )
         return [
-            spec.every * k + FAULT_PHASE
-            for k in range(1, math.ceil(duration / spec.every))
-            if spec.every * k < duration
+            spec.offset + spec.every * k + FAULT_PHASE
+            for k in range(1, math.ceil(duration / spec.every) + 1)
+            if spec.offset + spec.every * k < duration
         ]
     assert spec.count is not None
     low, high = 0.05 * duration, 0.85 * duration

@@ -45,10 +45,16 @@ class ClientPlan(msgspec.Struct, frozen=True, kw_only=True):
 
 
 class RuntimeFault(msgspec.Struct, frozen=True, kw_only=True):
-    """A fault the driver does to the runtime at ``at`` seconds after the start (options in seconds)."""
+    """A fault the driver does to the runtime at ``at`` seconds after the start (options in seconds).
+
+    :param spec: the ``--fault`` text it comes from
+    :param burst: (``monitor_crash``) crash this many times in a row, each as soon as the monitor is back
+    """
 
     at: float
     name: str
+    spec: str = ""
+    burst: int | None = None
     duration: float | None = None
     delay: float | None = None
     seconds: float | None = None
@@ -92,6 +98,7 @@ FAULT_DEFAULTS: Final[dict[str, dict[str, float]]] = {
     "lying_component": {"duration": 25.0},
     "monitor_block": {"seconds": 0.2},
     "monitor_flood": {"messages": 10_000},
+    "malformed_input": {"messages": 1_000},
 }
 
 
@@ -179,6 +186,8 @@ def plan_simulation(spec: SimulationSpec) -> SimulationPlan:
                 RuntimeFault(
                     at=at,
                     name=fault.name,
+                    spec=fault.text,
+                    burst=fault.burst,
                     duration=fault.duration if fault.duration is not None else defaults.get("duration"),
                     delay=fault.delay if fault.delay is not None else defaults.get("delay"),
                     seconds=fault.seconds if fault.seconds is not None else defaults.get("seconds"),

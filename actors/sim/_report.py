@@ -50,7 +50,8 @@ class RunCounts(_Part, frozen=True, kw_only=True):
 class EventCounts(_Part, frozen=True, kw_only=True):
     """Events the agents produced and what the bridge did with them.
 
-    ``produced == accepted + rejected`` (rejected: ``inbox_full``, ``invalid_event``) when ``conserved``.
+    ``produced + injectedInvalid == accepted + rejected`` (rejected: ``inbox_full``, ``invalid_event``) when
+    ``conserved``; ``injectedInvalid`` counts the malformed publishes of ``malformed_input``, which no agent produced.
     """
 
     produced: int
@@ -59,6 +60,7 @@ class EventCounts(_Part, frozen=True, kw_only=True):
     routed: int
     unrouted: int
     conserved: bool
+    injected_invalid: int = 0
 
 
 class DeliveryCounts(_Part, frozen=True, kw_only=True):
@@ -95,6 +97,7 @@ class ClientRow(_Part, frozen=True, kw_only=True):
     faults: dict[str, int]
     latency_p99_ms: float | None
     incomplete: tuple[str, ...] = ()
+    digest: str = ""
 
 
 class ClientTotals(_Part, frozen=True, kw_only=True):
