@@ -38,11 +38,13 @@ class Clock:
 
     def now_ms(self) -> int:
         """Return wall-clock milliseconds since the Unix epoch, advancing with the loop's (possibly virtual) time."""
-        return self._epoch_ms + int((self._loop_time() - self._anchor) * 1000)
+        # Rounded, not truncated: 0.8 s of virtual time can come out as 799.9999999999999 ms, and the two backends'
+        # clocks hit such values at different instants, which made a seeded simulation differ by 1 ms between them.
+        return self._epoch_ms + round((self._loop_time() - self._anchor) * 1000)
 
     def to_ms(self, loop_time: float) -> int:
         """Convert a loop time (seconds) to wall-clock milliseconds on this clock."""
-        return self._epoch_ms + int((loop_time - self._anchor) * 1000)
+        return self._epoch_ms + round((loop_time - self._anchor) * 1000)
 
     def from_ms(self, wall_ms: int) -> float:
         """Convert wall-clock milliseconds on this clock back to loop time (seconds)."""

@@ -6,6 +6,9 @@ import random
 
 import msgspec
 
+#: Seconds of tolerance when judging whether a half-open probe stayed up long enough (see ``_probe_passed``).
+_PROBE_SLACK = 1e-6
+
 
 def _require_finite(owner: str, field: str, value: object) -> float:
     if isinstance(value, bool) or not isinstance(value, int | float):
@@ -226,6 +229,12 @@ class CooldownState:
         self._probe_started = now
         self._reattach_at = None
 
+    @property
+    def probe_due(self) -> float | None:
+        """When the running half-open probe will have stayed up ``stable_after`` seconds; ``None`` if none runs."""
+        started = self._probe_started
+        return None if started is None else started + self._stable_after
+
     def probe_passed(self, now: float) -> bool:
         """Close the probe if the child has stayed up for ``stable_after`` seconds by ``now``.
 
@@ -248,4 +257,7 @@ class CooldownState:
         self._probe_started = None
 
     def _probe_passed(self, now: float) -> bool:
-        return self._probe_started is not None and now - self._probe_started >= self._stable_after
+        # A microsecond of slack: the check is timed to fire exactly ``stable_after`` after the re-attach, and
+        # ``(t + d) - t`` may come out a hair under ``d`` in floating point (863.785 - 853.78 < 10.005).
+        started = self._probe_started
+        return started is not None and now - started >= self._stable_after - _PROBE_SLACK

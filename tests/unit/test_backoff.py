@@ -215,6 +215,23 @@ class TestCooldownState:
         cooldown.on_reattach(cooldown.on_detach(11.0))  # failed probe: 20 s, probe from 31.0
         assert cooldown.on_detach(40.0) == 50.0  # stayed up 9 s >= 5 s: passed, so back to 10 s
 
+    def test_probe_passed_checked_exactly_stable_after_later_passes_despite_float_rounding(self) -> None:
+        # Regression: 863.785 - 853.78 < 10.005 in floating point, so a check timed to fire exactly stable_after
+        # after the re-attach found the probe "not yet" stable, and the next failure doubled the cool-down.
+        cooldown = CooldownState(10.0, 600.0, stable_after=10.005)
+        cooldown.on_detach(843.78)
+        cooldown.on_reattach(853.78)
+        assert 853.78 + 10.005 - 853.78 < 10.005
+        assert cooldown.probe_due == 853.78 + 10.005
+        assert cooldown.probe_passed(853.78 + 10.005) is True
+        assert cooldown.phase is CooldownPhase.ATTACHED
+
+    def test_probe_passed_a_millisecond_early_stays_probing(self) -> None:
+        cooldown = CooldownState(10.0, 600.0, stable_after=10.0)
+        cooldown.on_reattach(cooldown.on_detach(0.0))
+        assert cooldown.probe_passed(19.999) is False
+        assert cooldown.phase is CooldownPhase.PROBING
+
     def test_probe_passed_without_probe_returns_false(self) -> None:
         cooldown = CooldownState(10.0, 600.0, stable_after=0.0)
         assert cooldown.probe_passed(1.0) is False
