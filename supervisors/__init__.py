@@ -23,6 +23,10 @@ from ._replay import (
     TableReportWriter,
     TraceReplay,
 )
+from ._sim_driver import simulate_on_both_backends
+from ._sim_intensity import DetachForecast, predict_detaches
+from ._sim_presets import FigureChecks
+from ._sim_process_faults import ProcessFaultOutcome, inject_into_process_monitor
 from ._spec import (
     AutoShutdown,
     ChildSpec,
@@ -69,13 +73,16 @@ __all__ = [
     "ConfigError",
     "CooldownPhase",
     "CooldownState",
+    "DetachForecast",
     "DuplicateChild",
+    "FigureChecks",
     "Grant",
     "InvalidChildSpec",
     "InvalidTraceLine",
     "JsonReportWriter",
     "LoopBlock",
     "LoopLagWatchdog",
+    "ProcessFaultOutcome",
     "ReplayReport",
     "ReplayStats",
     "Restart",
@@ -107,15 +114,18 @@ __all__ = [
     "bind_socket",
     "create_app",
     "graceful_shutdown_trigger",
+    "inject_into_process_monitor",
     "load_config",
     "open_loop_watchdog",
     "open_runtime",
+    "predict_detaches",
     "preset_settings",
     "restart_plan",
     "runtime_of",
     "serve_hypercorn",
     "should_restart",
     "simulate",
+    "simulate_on_both_backends",
     "start_supervisor",
     "supervisor_spec",
     "validate_intensity",
