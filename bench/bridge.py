@@ -1,6 +1,7 @@
 from __future__ import annotations
 
 import functools
+import gc
 import itertools
 import math
 import time
@@ -48,6 +49,8 @@ CHUNK = 256
 TAP_BATCH = 1000
 #: The latency figure's context: p99 also at this fraction of the saturation throughput.
 LOW_LOAD = 0.1
+#: The paced producer's cadence (s): once per tick it publishes every event due by then.
+PACE_TICK = 0.001
 #: The monitor's mailbox as the application tree builds it (RuntimeConfig.monitor_mailbox, drop-newest).
 MONITOR_MAILBOX = MailboxSpec(capacity=100_000, overflow=Overflow.DROP_NEWEST)
 #: Audits off: the figure is the cost of watching the event stream, not of probing components.
@@ -87,6 +90,59 @@ class _Probe(msgspec.Struct):
 _probe = msgspec.json.Decoder(_Probe)
 
 
+class FrameTimes:
+    """Where an arm's sinks record latencies, and the publish time of the last frame read (its ``sentNs``).
+
+    The bridge's fast path hands the very same ``str`` to each of an event's 10 sinks, so the frame is decoded once
+    per event rather than once per frame: the timing costs the loop as little as it can.
+    """
+
+    __slots__ = ("last_frame", "last_sent_ns", "latencies")
+
+    def __init__(self) -> None:
+        self.latencies: list[int] = []
+        self.last_frame: str | None = None
+        self.last_sent_ns = 0
+
+
+class TimedSink(MemorySink):
+    """A counting :class:`MemorySink` that, once :attr:`timing` is on, records in its :class:`FrameTimes` how long
+    after its publish each frame's send completed: ``perf_counter_ns()`` once the frame is recorded, minus the
+    ``sentNs`` that the producer put in the event's metadata (the bridge keeps it in the frame).
+
+    Both sends are timed: the bridge's fast path (``send_text_nowait``, called on the bridge's own pass while the
+    connection's writer is idle) and the writer's ``send_text``.
+    """
+
+    def __init__(self, times: FrameTimes) -> None:
+        super().__init__(keep_frames=False)
+        self.times = times
+        self.timing = False
+
+    async def send_text(self, data: str) -> None:
+        await super().send_text(data)
+        if self.timing:
+            self._time(data)
+
+    def send_text_nowait(self, data: str) -> None:
+        super().send_text_nowait(data)
+        if self.timing:
+            self._time(data)
+
+    def _time(self, data: str) -> None:
+        done = time.perf_counter_ns()
+        times = self.times
+        if data is times.last_frame:
+            sent_ns = times.last_sent_ns
+        else:
+            metadata = _probe.decode(data).metadata
+            sent_ns = metadata.sent_ns if metadata is not None else 0
+            times.last_frame = data
+            times.last_sent_ns = sent_ns
+        if sent_ns:
+            times.latencies.append(done - sent_ns)
+
+
 class Arm:
     """One bridge with its 1,000 connections, with or without a monitor: one side of every figure.
 
@@ -99,19 +155,20 @@ class Arm:
         self.handle = handle
         self.monitor = monitor
         self.threads = [f"t{i:02d}" for i in range(THREADS)]
-        self.sinks: list[MemorySink] = []
+        self.sinks: list[TimedSink] = []
         self.connections: dict[str, str] = {}  # connection id -> its thread
         #: Events published to each thread so far (the bridge numbers them 1..n, so this is also its last seq).
         self.published = dict.fromkeys(self.threads, 0)
         self.frames_expected = 0
         self._stream = self._events()
         #: Latencies (ns) recorded by the sinks once timing is on (see :meth:`time_sends`).
-        self.latencies: list[int] = []
+        self.times = FrameTimes()
+        self.latencies = self.times.latencies
 
     async def connect_all(self) -> None:
         for thread_id in self.threads:
             for _ in range(CONNECTIONS_PER_THREAD):
-                sink = MemorySink(keep_frames=False)
+                sink = TimedSink(self.times)
                 connection_id = await self.handle.connect(sink, principal="bench")
                 result = await self.handle.subscribe(connection_id, thread_id)
                 assert result.outcome == "subscribed", result
@@ -147,25 +204,9 @@ class Arm:
 
     def time_sends(self) -> None:
         """From now on every sink records in :attr:`latencies` how long after its publish each frame's send
-        completed: ``perf_counter_ns()`` once ``MemorySink.send_text`` has returned, minus the ``sentNs`` that the
-        producer put in the event's metadata (the bridge keeps it in the frame)."""
-        latencies = self.latencies
-        decode = _probe.decode
-        clock = time.perf_counter_ns
-
-        def timed(send: Callable[[str], Any]) -> Callable[[str], Any]:
-            async def send_text(data: str) -> None:
-                await send(data)
-                done = clock()
-                metadata = decode(data).metadata
-                if metadata is not None and metadata.sent_ns:
-                    latencies.append(done - metadata.sent_ns)
-
-            return send_text
-
+        completed (see :class:`TimedSink`)."""
         for sink in self.sinks:
-            # An instance attribute shadows the method: the writer calls this one, which calls the real one.
-            sink.send_text = timed(sink.send_text)  # type: ignore[method-assign,assignment]
+            sink.timing = True
 
     async def check(self) -> dict[str, Any]:
         """Assert that nothing was dropped and that every connection got every event of its thread, in order."""
@@ -222,8 +263,34 @@ async def throughput_block(arm: Arm, events: int, wall: list[float]) -> float:
     return len(block) / (time.thread_time() - start_cpu)
 
 
+async def saturation_block(arm: Arm, events: int, chunk: int, record: dict[str, list[float]]) -> float:
+    """Wall-clock events/s of the paced blocks' very workload with nothing held back: the same events carrying
+    ``metadata.sentNs``, the same timing sinks, published in the same chunks of ``chunk`` events (what the paced
+    producer publishes per millisecond), back to back: one yield between chunks where the paced producer sleeps.
+
+    :param record: gets the share of the block's wall time the event loop's thread spent on the CPU (``"busy"``)
+    """
+    items = arm.take(events)
+    # A block is far smaller than the bridge's mailbox: nothing can be dropped, so no waiting for room either.
+    assert events < arm.handle.ref.statistics().mailbox.capacity // 2
+    tell = arm.handle.ref.tell
+    replace = msgspec.structs.replace
+    clock = time.perf_counter_ns
+    start_cpu = time.thread_time()
+    start = time.perf_counter()
+    for first in range(0, len(items), chunk):
+        sent_ns = clock()
+        for thread_id, run_id, event in items[first : first + chunk]:
+            tell(Publish(thread_id=thread_id, run_id=run_id, event=replace(event, metadata={"sentNs": sent_ns})))
+        await anyio.lowlevel.checkpoint()
+    await arm.wait_delivered()
+    elapsed = time.perf_counter() - start
+    record["busy"].append((time.thread_time() - start_cpu) / elapsed)
+    return len(items) / elapsed
+
+
 async def publish_cost_block(arm: Arm, events: int) -> float:
-    """µs per event of the bridge's handler for Publish (stamp, ring, 10 writer tells, the tap), called directly."""
+    """µs per event of the bridge's handler for Publish (stamp, ring, the 10 frames, the tap), called directly."""
     block = arm.take_publishes(events)
     bridge = arm.handle.ref.current_instance
     assert bridge is not None
@@ -238,14 +305,25 @@ async def publish_cost_block(arm: Arm, events: int) -> float:
     return elapsed / len(block) / 1000
 
 
-async def paced_block(arm: Arm, rate: float, duration: float, record: dict[str, list[float]]) -> float:
-    """Publish ``duration`` seconds of events at ``rate`` events/s: sleep until the next event is due, then
-    publish every event due by then, each carrying its publish time (``metadata.sentNs``) for the sinks to time.
+async def paced_block(
+    arm: Arm, rate: float, duration: float, record: dict[str, list[float]], pauses: CollectionPauses
+) -> float:
+    """Publish ``duration`` seconds of events at ``rate`` events/s: every millisecond (``PACE_TICK``, the resolution
+    of the event loops' timeouts) publish every event due by then, each carrying its publish time
+    (``metadata.sentNs``) for the sinks to time, then sleep until the next millisecond boundary.
+
+    A full garbage collection runs first, outside the block (as between the runs of every bench): the rings'
+    turnover otherwise sets one off every few seconds, a pause of tens of milliseconds that grows with what the
+    process retains, whatever the load. Collections that still happen inside the block count in its latencies,
+    and are reported (:class:`CollectionPauses`).
 
     :param record: gets the mean number of events published per wake-up (``"per_wakeup"``) and the share of the
         block's wall time the event loop's thread spent on the CPU (``"busy"``)
+    :param pauses: counts the collections during the block
     :return: the block's p99 latency in ms (its latencies are also kept in ``arm.latencies``)
     """
+    gc.collect()
+    pauses.active = True
     items = arm.take(max(1, round(rate * duration)))
     first = len(arm.latencies)
     tell = arm.handle.ref.tell
@@ -265,11 +343,34 @@ async def paced_block(arm: Arm, rate: float, duration: float, record: dict[str, 
             for thread_id, run_id, event in items[sent:due]:
                 tell(Publish(thread_id=thread_id, run_id=run_id, event=replace(event, metadata={"sentNs": sent_ns})))
             sent = due
-        await anyio.sleep(max(0.0, begin + sent / rate - now()))
+        ticks = int((now() - begin) / PACE_TICK) + 1
+        await anyio.sleep(max(0.0, begin + ticks * PACE_TICK - now()))
     await arm.wait_delivered()
+    pauses.active = False
     record["busy"].append((time.thread_time() - start_cpu) / (time.perf_counter() - start))
     record["per_wakeup"].append(total / wakeups)
     return percentile_ms(arm.latencies[first:], 0.99)
+
+
+class CollectionPauses:
+    """Counts the garbage collector's pauses per generation while :attr:`active`, and the longest full one."""
+
+    def __init__(self) -> None:
+        self.active = False
+        self.counts = [0, 0, 0]
+        self.longest_full_ms = 0.0
+        self._started = 0.0
+
+    def __call__(self, phase: str, info: dict[str, Any]) -> None:
+        if not self.active:
+            return
+        if phase == "start":
+            self._started = time.perf_counter()
+            return
+        generation = info["generation"]
+        self.counts[generation] += 1
+        if generation == 2:
+            self.longest_full_ms = max(self.longest_full_ms, (time.perf_counter() - self._started) * 1000)
 
 
 class Drain:
@@ -376,24 +477,47 @@ async def measure_backend(sizes: dict[str, Any]) -> dict[str, Any]:
         result |= {f"publish cost/{name}": value for name, value in costs.items()}
         result |= await measure_tap_cost(system, sizes["tap_blocks"])
 
-        # Latency at half the saturation throughput just measured with the monitor attached, the same rate for both
+        # Latency at half the saturation throughput of the very workload that is then paced (events carrying their
+        # publish time, every frame timed by its sink), measured with the monitor attached; the same rate for both
         # arms. Saturation in wall time: the pacing runs on the real clock, on whatever share of the core we get.
-        saturation = result["wall/attached"]
         for arm in arms.values():
             arm.time_sends()
+        # The chunk the paced producer will publish per tick at half load, estimated from the throughput figure's
+        # wall-clock rate: saturation is measured with the same chunks, back to back.
+        chunk = max(1, round(0.5 * result["wall/attached"] * PACE_TICK))
+        result["saturation chunk"] = chunk
+        busy: dict[str, dict[str, list[float]]] = {name: {"busy": []} for name in arms}
+        saturations = await alternate(
+            sizes["saturation_blocks"],
+            {
+                name: functools.partial(saturation_block, arm, sizes["throughput_events"], chunk, busy[name])
+                for name, arm in arms.items()
+            },
+        )
+        saturation = saturations["attached"]
+        result["saturation"] = saturation
+        result["saturation/detached"] = saturations["detached"]
+        result["saturation busy"] = median(busy["attached"]["busy"])
         for label, fraction, blocks in (("", 0.5, sizes["paced_blocks"]), ("low ", LOW_LOAD, sizes["low_blocks"])):
             records: dict[str, dict[str, list[float]]] = {name: {"busy": [], "per_wakeup": []} for name in arms}
             for arm in arms.values():
                 arm.latencies.clear()
             rate = fraction * saturation
-            await alternate(
-                blocks,
-                {
-                    name: functools.partial(paced_block, arm, rate, sizes["paced_seconds"], records[name])
-                    for name, arm in arms.items()
-                },
-            )
+            pauses = CollectionPauses()
+            gc.callbacks.append(pauses)
+            try:
+                await alternate(
+                    blocks,
+                    {
+                        name: functools.partial(paced_block, arm, rate, sizes["paced_seconds"], records[name], pauses)
+                        for name, arm in arms.items()
+                    },
+                )
+            finally:
+                gc.callbacks.remove(pauses)
             result[f"{label}paced rate"] = rate
+            result[f"{label}full collections"] = pauses.counts[2]
+            result[f"{label}longest full collection"] = pauses.longest_full_ms
             for name, arm in arms.items():
                 result[f"{label}p99/{name}"] = percentile_ms(arm.latencies, 0.99)
                 result[f"{label}p50/{name}"] = percentile_ms(arm.latencies, 0.5)
@@ -410,6 +534,7 @@ FULL_SIZES = {
     "cost_events": 500,
     "cost_blocks": 20,
     "tap_blocks": 200,
+    "saturation_blocks": 10,
     "paced_blocks": 6,
     "low_blocks": 2,
     "paced_seconds": 0.5,
@@ -420,12 +545,19 @@ QUICK_SIZES = {
     "cost_events": 500,
     "cost_blocks": 3,
     "tap_blocks": 20,
+    "saturation_blocks": 3,
     "paced_blocks": 2,
     "low_blocks": 1,
     "paced_seconds": 0.1,
 }
 #: The discarded warm-up run only needs every path taken once.
-WARM_UP_SIZES = QUICK_SIZES | {"throughput_blocks": 1, "cost_blocks": 1, "tap_blocks": 5, "paced_blocks": 1}
+WARM_UP_SIZES = QUICK_SIZES | {
+    "throughput_blocks": 1,
+    "cost_blocks": 1,
+    "tap_blocks": 5,
+    "saturation_blocks": 1,
+    "paced_blocks": 1,
+}
 
 
 def main() -> None:
@@ -489,12 +621,18 @@ def main() -> None:
             "goal": "value < 1 ms",
             "met": latency["value"] < 1.0,
             "measured": "in the sink: send completed (perf_counter_ns) minus metadata.sentNs set at publish",
+            "saturation_events_per_s": med("saturation", backend, 0),
+            "saturation_detached_events_per_s": med("saturation/detached", backend, 0),
+            "loop_busy_at_saturation": med("saturation busy", backend, 2),
+            "saturation_chunk_events": med("saturation chunk", backend, 0),
             "paced_rate_events_per_s": med("paced rate", backend, 0),
             "p50_ms": med("p50/attached", backend),
             "p50_detached_ms": med("p50/detached", backend),
             "loop_busy": med("busy/attached", backend, 2),
             "loop_busy_detached": med("busy/detached", backend, 2),
             "events_per_wakeup": med("per wake-up/attached", backend, 1),
+            "full_collections_in_paced_blocks": med("full collections", backend, 1),
+            "longest_full_collection_ms": med("longest full collection", backend, 1),
             f"p99_at_{LOW_LOAD:g}_load_ms": med("low p99/attached", backend),
             f"p99_at_{LOW_LOAD:g}_load_detached_ms": med("low p99/detached", backend),
             f"p50_at_{LOW_LOAD:g}_load_ms": med("low p50/attached", backend),

@@ -68,6 +68,7 @@ from actors.chat._connection import (
     ConnectionSink,
     ConnectionWriter,
     MemorySink,
+    NowaitSink,
     SinkClosed,
     WriterDrained,
 )
@@ -231,6 +232,7 @@ __all__ = [
     "MonitorMemory",
     "MonitorMessage",
     "MonitorableComponent",
+    "NowaitSink",
     "PartSource",
     "ProbeComponent",
     "Publish",

@@ -4,7 +4,7 @@ import contextlib
 import enum
 import logging
 from collections import deque
-from typing import TYPE_CHECKING, Any, Final, Literal, Protocol, assert_never
+from typing import TYPE_CHECKING, Any, Final, Literal, Protocol, assert_never, runtime_checkable
 
 import anyio
 import msgspec
@@ -64,6 +64,9 @@ class ConnectionSink(Protocol):
 
     ``send_text`` / ``send_bytes`` may wait (backpressure from the client) and may raise when the client is gone;
     ``close`` ends the connection with a WebSocket close code.
+
+    A sink may also offer the synchronous fast path of :class:`NowaitSink`: the bridge then writes a frame itself,
+    on its own pass, whenever the connection's writer is idle, instead of waking the writer's task for it.
     """
 
     async def send_text(self, data: str) -> None:
@@ -77,6 +80,47 @@ class ConnectionSink(Protocol):
     async def close(self, code: int = 1000, reason: str = "") -> None:
         """Close the connection with ``code`` and a short ``reason``."""
         ...
+
+
+@runtime_checkable
+class NowaitSink(Protocol):
+    """The optional fast path of a :class:`ConnectionSink`: send one frame now, without waiting, or not at all.
+
+    Each call either sends the whole frame and returns, or raises and sends nothing: ``anyio.WouldBlock`` when it
+    would have to wait (the client applies backpressure, another send is in progress), any other exception when
+    the sink failed. The bridge calls it only while the connection's writer has nothing queued (so order is kept),
+    and on any exception hands the frame to the writer, which sends it with ``send_text`` / ``send_bytes`` (and
+    closes the connection if that fails). It must never block: it runs inside the bridge's handler.
+    """
+
+    def send_text_nowait(self, data: str) -> None:
+        """Send one text frame now, or raise ``anyio.WouldBlock`` (nothing sent)."""
+        ...
+
+    def send_bytes_nowait(self, data: bytes) -> None:
+        """Send one binary frame now, or raise ``anyio.WouldBlock`` (nothing sent)."""
+        ...
+
+
+def nowait_send(sink: ConnectionSink, frame_kind: Literal["text", "bytes"]) -> Callable[[Any], None] | None:
+    """The sink's fast path for ``frame_kind`` frames, or None when it offers none that can be trusted.
+
+    A subclass that overrides the waiting send (to record, count or transform frames) but inherits the nowait one
+    would be bypassed by it: such a sink gets no fast path, and every frame goes through its waiting send.
+    """
+    if not isinstance(sink, NowaitSink):
+        return None
+    send, nowait = ("send_text", "send_text_nowait") if frame_kind == "text" else ("send_bytes", "send_bytes_nowait")
+    attributes = getattr(sink, "__dict__", {})
+    if send in attributes and nowait not in attributes:
+        return None  # the waiting send was replaced on the instance
+    mro = type(sink).__mro__
+    send_owner = next((cls for cls in mro if send in vars(cls)), None)
+    nowait_owner = next((cls for cls in mro if nowait in vars(cls)), None)
+    if send_owner is not None and nowait_owner is not None and not issubclass(nowait_owner, send_owner):
+        return None
+    method: Callable[[Any], None] = getattr(sink, nowait)
+    return method
 
 
 class SinkClosed(anyio.BrokenResourceError):
@@ -126,6 +170,31 @@ class MemorySink:
         """Record a binary frame (after the configured delay)."""
         await self._send(data)
 
+    def send_text_nowait(self, data: str) -> None:
+        """Record a text frame now; raise ``anyio.WouldBlock`` while stalled or slow (``delay`` > 0).
+
+        :raises SinkClosed: when closed, or failing (``fail_after``); nothing is recorded then
+        """
+        self._send_nowait(data)
+
+    def send_bytes_nowait(self, data: bytes) -> None:
+        """Record a binary frame now; raise ``anyio.WouldBlock`` while stalled or slow (``delay`` > 0).
+
+        :raises SinkClosed: when closed, or failing (``fail_after``); nothing is recorded then
+        """
+        self._send_nowait(data)
+
+    def _send_nowait(self, data: str | bytes) -> None:
+        if self.close_code is not None:
+            raise SinkClosed(f"sink closed with {self.close_code}")
+        if self.fail_after is not None and self.sent >= self.fail_after:
+            raise SinkClosed(f"sink failed after {self.fail_after} frames")
+        if self._gate is not None or self.delay > 0:
+            raise anyio.WouldBlock
+        if self.keep_frames:
+            self.frames.append(data)
+        self.sent += 1
+
     async def _send(self, data: str | bytes) -> None:
         if self.close_code is not None:
             raise SinkClosed(f"sink closed with {self.close_code}")
@@ -151,12 +220,16 @@ class MemorySink:
 
 
 class ConnectionProgress:
-    """What one connection's writer has done so far: written only by that writer, read by the bridge.
+    """What one connection's writer has done so far: written by that writer (and the bridge's fast path), read by
+    the bridge.
 
     This is the one sanctioned cross-actor read in the system. The bridge and the writers run on one event loop,
-    so a read between two of the writer's statements always sees consistent integers; the bridge never writes
-    here. It reads ``settled`` on every routed event (to keep the writer's queue bounded without a message per
-    frame) and the rest on its tick (delivery progress for the monitor, stalled turns) and for metrics.
+    so a read between two of the writer's statements always sees consistent integers. It reads ``settled`` on
+    every routed event (to keep the writer's queue bounded without a message per frame) and the rest on its tick
+    (delivery progress for the monitor, stalled turns) and for metrics. The bridge writes here in one case only:
+    a frame it sent itself through ``send_nowait`` while the writer had nothing outstanding (everything the
+    bridge had handed it was settled, so the writer was parked between messages with its counters at rest); it
+    then counts the frame exactly as the writer would have (taken, delivered, settled, delivered seq, latency).
 
     Conservation, kept by the writer at every instant: ``taken == delivered + coalesced + discarded + pending``
     where ``pending`` is the events in the writer's own queue (a merged frame counts every event it carries);
@@ -175,6 +248,7 @@ class ConnectionProgress:
         "latency",
         "pending",
         "send_errors",
+        "send_nowait",
         "settled",
         "taken",
         "turn_started",
@@ -205,8 +279,11 @@ class ConnectionProgress:
         #: bridge's tick closes a connection whose turn has been blocked for ``slow_consumer_after``.
         self.turn_started: float | None = None
         #: Set by the writer while it runs: ``interrupt(code, reason)`` ends a blocked turn of sends and closes
-        #: the connection with ``code`` (the one call the bridge makes here; a stalled writer reads no message).
+        #: the connection with ``code`` (a stalled writer reads no message).
         self.interrupt: Callable[[int, str], None] | None = None
+        #: Set by the writer while it is open, when its sink is a :class:`NowaitSink`: the sink's
+        #: ``send_text_nowait`` (or ``send_bytes_nowait`` for binary frames). The bridge's fast path.
+        self.send_nowait: Callable[[Any], None] | None = None
 
 
 class Close(Message, frozen=True, kw_only=True):
@@ -314,19 +391,21 @@ def _fold(run: list[StampedEvent], carried: dict[int, int] | None) -> StampedEve
 class ConnectionWriter(Actor[WriterMessage]):
     """Writes one connection's frames to its sink, in order, so that a slow client only ever delays itself.
 
-    The bridge tells it stamped events and keeps at most ``queue_capacity`` of them unsettled (it reads
-    :class:`ConnectionProgress`); the writer moves them from its mailbox into its own queue and, once its mailbox
-    is empty (the end of what arrived together), writes them in turns of up to 64 frames, letting any message
-    that arrived meanwhile (a Close) in between turns. Under backlog (``coalesce_at`` or more queued)
-    consecutive deltas of one message or tool call are merged into one frame first. A turn blocked for
-    ``send_deadline`` means the client stopped reading: the bridge's tick sees it (``turn_started``) and calls
-    ``interrupt``, and the writer closes with 4001 (no timer per turn: arming and cancelling one cost more than a
-    frame). A send that raises closes with 1011. Closing discards what is still queued (counted) and stops the
-    writer; the bridge watches it and learns the outcome.
+    While the writer is idle and its sink offers :class:`NowaitSink`, the bridge writes frames itself (through the
+    ``progress.send_nowait`` the writer installs when it starts) and the writer's task is not woken. Otherwise the
+    bridge tells it stamped events and keeps at most ``queue_capacity`` of them unsettled (it reads
+    :class:`ConnectionProgress`); the writer moves them from its mailbox into its own queue and, once its mailbox is
+    empty (the end of what arrived together), writes them in turns of up to 64 frames, letting any message that
+    arrived meanwhile (a Close) in between turns. Under backlog (``coalesce_at`` or more queued) consecutive deltas
+    of one message or tool call are merged into one frame first. A turn blocked for ``send_deadline`` means the
+    client stopped reading: the bridge's tick sees it (``turn_started``) and calls ``interrupt``, and the writer
+    closes with 4001 (no timer per turn: arming and cancelling one cost more than a frame). A send that raises
+    closes with 1011. Closing discards what is still queued (counted) and stops the writer; the bridge watches it
+    and learns the outcome.
 
     :param connection_id: the bridge's id for this connection
     :param sink: where frames go
-    :param progress: the writer's counters, shared read-only with the bridge
+    :param progress: the writer's counters, shared with the bridge
     :param queue_capacity: the bound the bridge keeps; a queue half this full makes the writer report when it has
         drained to a quarter (:class:`WriterDrained`)
     :param coalesce_at: queue length from which deltas are merged; ``None`` never merges
@@ -377,7 +456,11 @@ class ConnectionWriter(Actor[WriterMessage]):
         # Same-package shortcut (as the bridge's tap shedding): the writer's own mailbox queue, read to learn
         # whether the message in hand is the last one that arrived together; statistics() would build a struct.
         self._inbox = self.ref._mailbox.queue
-        self._progress.interrupt = self._interrupt_turn
+        progress = self._progress
+        progress.interrupt = self._interrupt_turn
+        if not self._closed:
+            # The bridge writes a frame itself while this writer is idle: no wake-up of this task per frame.
+            progress.send_nowait = nowait_send(self._sink, "text" if self._text else "bytes")
 
     async def receive(self, message: WriterMessage) -> None:
         if type(message) is StampedEvent:  # the one message per frame: no pattern match for it
@@ -523,6 +606,7 @@ class ConnectionWriter(Actor[WriterMessage]):
         progress.close_code = code
         progress.close_reason = reason
         progress.interrupt = None
+        progress.send_nowait = None
 
     async def _close(self, code: int, reason: str, *, stop: bool = True, drain: float = 0.0) -> None:
         if self._closed:

@@ -136,6 +136,10 @@ class TestSlowConsumer:
             sink.stall()
             for i in range(100):
                 bridge.publish("t", "r", text(i))
+            # The bridge must route them while the client is stalled (answered after the publishes, in order):
+            # released before that, the bridge writes every frame straight to the idle sink and nobody lags.
+            metrics = await bridge.get_metrics()
+            assert metrics.events_deferred > 16
             sink.release()
             await until(lambda: sink.closed)
             assert sink.close_code == 4002  # its place in the stream is gone: resuming cannot be lossless
