@@ -240,10 +240,18 @@ class AgentWebSocketBridge(Actor[BridgeMessage]):
         # seconds), then closes with 1001. Waiting for them here (bounded) keeps the stop from overtaking the
         # drain: a client gets the terminal events published before the shutdown, then the close.
         self._close_all(CloseCode.GOING_AWAY, "server shutting down", drain=SHUTDOWN_DRAIN)
-        writers = [connection.writer for connection in self._connections.values()]
-        with anyio.move_on_after(SHUTDOWN_DRAIN + self._config.close_timeout):
-            while any(writer.is_alive for writer in writers):  # noqa: ASYNC110  # writers signal only by stopping
-                await anyio.sleep(_SHUTDOWN_POLL)
+        connections = list(self._connections.values())
+        writers = [connection.writer for connection in connections]
+        with anyio.move_on_after(SHUTDOWN_DRAIN):
+            await _wait_stopped(writers)
+        # Past the drain: a writer still in a turn of sends to a client that reads too slowly may not even have read
+        # its Close yet. Interrupted, it closes with 1001 now; stopped instead, its client would be told nothing.
+        for connection in connections:
+            interrupt = connection.progress.interrupt
+            if interrupt is not None and connection.writer.is_alive:
+                interrupt(CloseCode.GOING_AWAY, "server shutting down: drain deadline passed; resume with afterSeq")
+        with anyio.move_on_after(self._config.close_timeout):
+            await _wait_stopped(writers)
 
     def on_kill(self) -> None:
         self._close_all(CloseCode.GOING_AWAY, "server shutting down")
@@ -972,3 +980,8 @@ class AgentWebSocketBridge(Actor[BridgeMessage]):
             taps=self._taps,
             taps_shed=self._taps_shed,
         )
+
+
+async def _wait_stopped(writers: list[ActorRef[Any]]) -> None:
+    while any(writer.is_alive for writer in writers):  # noqa: ASYNC110  # writers signal only by stopping
+        await anyio.sleep(_SHUTDOWN_POLL)

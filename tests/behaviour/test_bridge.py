@@ -271,6 +271,25 @@ class TestLifecycle:
                 await bridge.subscribe(await bridge.connect(sink, principal="p"), "t")
         assert [sink.close_code for sink in sinks] == [1001] * 5
 
+    @virtual_time
+    async def test_graceful_stop_client_that_stopped_reading_still_closed_1001(self) -> None:
+        # Regression: a writer parked in a send to a client that stopped reading never read its drain-and-close,
+        # and once the bridge's bounded wait ended it was stopped without closing its sink: the client was told
+        # nothing at all. Past the drain it is interrupted, and closes with 1001.
+        stuck = MemorySink()
+        reading = MemorySink()
+        async with open_bridge() as (_, bridge):
+            for sink in (stuck, reading):
+                await bridge.subscribe(await bridge.connect(sink, principal="p"), "t")
+            stuck.stall()
+            for i in range(5):
+                bridge.publish("t", "r", text(i))
+            await until(lambda: reading.sent == 5)
+            await bridge.ref.stop(timeout=10.0)
+            assert stuck.close_code == CloseCode.GOING_AWAY
+            assert reading.close_code == CloseCode.GOING_AWAY
+            assert seqs(reading) == [1, 2, 3, 4, 5]
+
     async def test_sink_send_failure_closes_1011_and_counts_error(self) -> None:
         async with open_bridge() as (_, bridge):
             broken = MemorySink(fail_after=3)
