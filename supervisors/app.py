@@ -173,9 +173,13 @@ class _AttachingMonitor(ChatEventMonitor):
     """The application's monitor: on every (re)start it attaches itself to the bridge's tap."""
 
     async def on_start(self) -> None:
-        await super().on_start()
+        # Attached first: the bridge handles the attach before the rebuild's ReplaySnapshot, and answers that by
+        # reporting every thread's deliveries to this instance at once, so the report is queued ahead of the tick
+        # on which the rebuilt state's delivery deadlines are judged. Taps arriving meanwhile queue in the
+        # mailbox, and those the snapshot already holds are skipped.
         if self.bridge is not None:
             self.bridge.tell(AttachMonitor(monitor=self.ref))
+        await super().on_start()
 
 
 def _monitoring_branch(

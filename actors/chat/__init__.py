@@ -20,9 +20,11 @@ from actors.chat._audit import (
     AuditPolicy,
     AuditResult,
     AuditVerdict,
+    FlowVerdict,
     FlowWindow,
     cross_validate,
     flow_judgeable,
+    judge_flow,
 )
 from actors.chat._bridge import (
     AgentWebSocketBridge,
@@ -61,6 +63,7 @@ from actors.chat._components import (
     ProbeComponent,
     as_plain,
     health_status,
+    live_proxy,
 )
 from actors.chat._connection import (
     CloseCode,
@@ -129,6 +132,7 @@ from actors.chat._events import (
     parse_event,
     stamp,
 )
+from actors.chat._finished_runs import FinishedRuns
 from actors.chat._health import (
     ComponentHealth,
     HealthObserver,
@@ -210,6 +214,8 @@ __all__ = [
     "Disconnect",
     "DocumentPart",
     "FileSource",
+    "FinishedRuns",
+    "FlowVerdict",
     "FlowWindow",
     "GetConnectionStatistics",
     "GetHealth",
@@ -291,6 +297,8 @@ __all__ = [
     "health_status",
     "is_delta",
     "is_lifecycle",
+    "judge_flow",
+    "live_proxy",
     "parse_event",
     "spawn_bridge",
     "stamp",

@@ -6,6 +6,8 @@ from typing import TYPE_CHECKING, Any
 import msgspec
 
 if TYPE_CHECKING:
+    from collections.abc import Iterable, Mapping
+
     from ._components import ComponentReport
 
 
@@ -37,9 +39,10 @@ class AuditResult(msgspec.Struct, frozen=True, kw_only=True, rename="camel"):
 class AuditPolicy(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
     """When a claim of health is called a lie.
 
-    :param min_routed: the flow check needs at least this many events routed to connections since the last audit
-    :param min_delivery_ratio: below this share of routed events confirmed delivered, with at least one of them
-        overdue (an ``undelivered_event``), a "healthy" claim is a lie
+    :param min_routed: the flow check needs at least this many events routed to connections (since the last
+        conclusive audit, or since the current delivery stall began)
+    :param min_delivery_ratio: below this share of those routed events delivered, while some thread's delivery is
+        stalled now (an ``undelivered_event`` with no confirmation past it since), a "healthy" claim is a lie
     :param max_error_rate: a component reporting ``error_rate`` above this while claiming healthy is a lie
     """
 
@@ -57,40 +60,149 @@ class AuditPolicy(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fiel
 
 
 class FlowWindow:
-    """What the monitor saw of the event flow since the last audit: events routed to connections, and delivered.
+    """What the monitor saw of the event flow of the component its tap comes from (the bridge).
 
-    ``delivered`` counts confirmed delivery progress (per thread, the advance of the highest seq that reached every
-    subscribed connection), so it needs no per-connection bookkeeping in the monitor. ``overdue`` counts the
-    ``undelivered_event`` anomalies found: proof that routed events are past their delivery deadline, not merely
-    still in flight or routed to a client that has since left.
+    Two kinds of evidence. **Per audit window** (since the last conclusive audit, see :meth:`reset`): events tapped,
+    routed to connections and delivered. ``delivered`` counts what the bridge's writers sent (summed over the
+    connections), ``overdue`` the ``undelivered_event`` anomalies found. **Now**: ``stalled`` maps each thread whose
+    delivery is stalled to the first seq found overdue, from its ``undelivered_event`` until a confirmation reaches
+    that seq (its delivery moved past the stall) or its last connection leaves. A stall outlives the window it began
+    in, so an audit whose window straddles the onset of a failure cannot hide it from the next one; and the routed
+    and delivered counts **since the current stall began** (:attr:`routed_since_stall`,
+    :attr:`delivered_since_stall`) judge delivery after the onset without the deliveries from before it.
+
+    :param max_stalled: most stalled threads remembered (a bound on memory: one is enough to make a window
+        judgeable); beyond it the oldest stall is forgotten
     """
 
-    __slots__ = ("delivered", "overdue", "routed", "tapped")
+    __slots__ = (
+        "_delivered_before",
+        "_max_stalled",
+        "_routed_before",
+        "delivered",
+        "overdue",
+        "routed",
+        "stalled",
+        "tapped",
+    )
 
-    def __init__(self) -> None:
+    def __init__(self, *, max_stalled: int = 100_000) -> None:
+        if isinstance(max_stalled, bool) or not isinstance(max_stalled, int) or max_stalled < 1:
+            raise ValueError(f"FlowWindow.max_stalled must be an int >= 1, got {max_stalled!r}")
+        self._max_stalled = max_stalled
         self.tapped = 0
         self.routed = 0
         self.delivered = 0
         self.overdue = 0
+        self.stalled: dict[str, int] = {}
+        # routed/delivered since the current stall began = these offsets + the window's own counts (the offsets
+        # carry what earlier windows counted since then, minus what the window had counted when it began).
+        self._routed_before = 0
+        self._delivered_before = 0
+
+    @property
+    def routed_since_stall(self) -> int:
+        """Events routed to connections since the current stall began (0 while nothing is stalled)."""
+        return self._routed_before + self.routed if self.stalled else 0
+
+    @property
+    def delivered_since_stall(self) -> int:
+        """Events delivered since the current stall began (0 while nothing is stalled)."""
+        return self._delivered_before + self.delivered if self.stalled else 0
 
     def reset(self) -> None:
-        """Start a new window (after an audit)."""
+        """Start a new window (after a conclusive periodic audit); the stalls, which are state now, are kept."""
+        self._routed_before += self.routed
+        self._delivered_before += self.delivered
         self.tapped = 0
         self.routed = 0
         self.delivered = 0
         self.overdue = 0
+
+    def delivery_stalled(self, thread_id: str, seq: int) -> None:
+        """Note an ``undelivered_event``: events of ``thread_id`` from ``seq`` on were not delivered in time."""
+        self.overdue += 1
+        stalled = self.stalled
+        if not stalled:
+            # A new stall: count what is routed and delivered from now on.
+            self._routed_before = -self.routed
+            self._delivered_before = -self.delivered
+        elif thread_id not in stalled and len(stalled) >= self._max_stalled:
+            del stalled[next(iter(stalled))]
+        stalled.setdefault(thread_id, seq)
+
+    def delivery_progressed(self, confirmed: Mapping[str, int], unsubscribed: Iterable[str] = ()) -> None:
+        """Note a delivery report: a stalled thread whose confirmation reached its first overdue seq, or whose last
+        connection left, is no longer stalled.
+
+        :param confirmed: per thread, the highest seq confirmed delivered to every subscribed connection
+        :param unsubscribed: threads whose last connection left
+        """
+        stalled = self.stalled
+        if not stalled:
+            return  # the usual case: nothing stalled, nothing to look up
+        if len(stalled) <= len(confirmed):
+            moved = [thread_id for thread_id, first in stalled.items() if confirmed.get(thread_id, 0) >= first]
+        else:
+            moved = [thread_id for thread_id, seq in confirmed.items() if seq >= stalled.get(thread_id, seq + 1)]
+        for thread_id in moved:
+            del stalled[thread_id]
+        for thread_id in unsubscribed:
+            stalled.pop(thread_id, None)
+
+
+class FlowVerdict(enum.Enum):
+    """What the flow evidence says about a claim of health."""
+
+    #: Too few events routed, or the routed ones merely in flight: it proves nothing either way.
+    UNJUDGEABLE = "unjudgeable"
+    #: Enough of the routed events were delivered, or nothing is stalled and enough was delivered (a backlog caught
+    #: up with while nothing new was routed): a healthy claim is borne out.
+    DELIVERING = "delivering"
+    #: Deliveries are stalled now and (almost) nothing routed since the stall began, or since the last audit, was
+    #: delivered: a healthy claim is a lie.
+    STALLED = "stalled"
+
+
+def judge_flow(flow: FlowWindow, policy: AuditPolicy) -> tuple[FlowVerdict, str]:
+    """Judge the observed flow: is the component the tap comes from delivering?
+
+    Stalled, when some thread's delivery is stalled now (an ``undelivered_event`` not yet followed by a confirmation
+    reaching it) and, over at least ``policy.min_routed`` routed events, fewer than ``policy.min_delivery_ratio`` of
+    them were delivered, counting either since the stall began or since the last conclusive audit. The first
+    judges a failure in the audit right after it, whatever share of the window came before its onset; the second, a
+    failure that began while some other thread's delivery was already stalled (a slow client not yet closed).
+    Delivering, when at least ``min_routed`` events were routed since the last conclusive audit and that share of
+    them was delivered; or when nothing is stalled and at least ``min_routed`` events were delivered since (a
+    bridge that caught up with a backlog in a quiet spell: without it, the end of a failure followed by a spell with
+    nothing new routed would never be judged, and a later failure would pass for the same, already reported, one).
+    Otherwise unjudgeable: too few events, or events merely in flight, prove nothing.
+
+    :return: the verdict and, when stalled, the finding that says why
+    """
+    if flow.stalled:
+        ratio = policy.min_delivery_ratio
+        for since, routed, delivered in (
+            ("since its delivery stalled", flow.routed_since_stall, flow.delivered_since_stall),
+            ("since the last audit", flow.routed, flow.delivered),
+        ):
+            if routed >= policy.min_routed and delivered < ratio * routed:
+                threads = len(flow.stalled)
+                return FlowVerdict.STALLED, (
+                    f"claims healthy but delivered {delivered} of {routed} events routed to connections {since} "
+                    f"({delivered / routed:.0%} < {ratio:.0%}); {threads} thread{'s' if threads != 1 else ''} "
+                    "with undelivered events and no delivery confirmed past them"
+                )
+    if flow.routed >= policy.min_routed and flow.delivered >= policy.min_delivery_ratio * flow.routed:
+        return FlowVerdict.DELIVERING, ""
+    if not flow.stalled and flow.delivered >= policy.min_routed:
+        return FlowVerdict.DELIVERING, ""
+    return FlowVerdict.UNJUDGEABLE, ""
 
 
 def flow_judgeable(flow: FlowWindow, policy: AuditPolicy) -> bool:
-    """Whether the flow since the last audit is enough to judge a claim of health, either way.
-
-    It is when at least ``policy.min_routed`` events were routed and either enough of them were confirmed delivered
-    (honest) or some are overdue (a lie, if too few were delivered). Too few events, or events merely in flight,
-    prove nothing.
-    """
-    if flow.routed < policy.min_routed:
-        return False
-    return flow.overdue > 0 or flow.delivered >= policy.min_delivery_ratio * flow.routed
+    """Whether the flow is enough to judge a claim of health, either way (see :func:`judge_flow`)."""
+    return judge_flow(flow, policy)[0] is not FlowVerdict.UNJUDGEABLE
 
 
 def cross_validate(report: ComponentReport, *, flow: FlowWindow | None, policy: AuditPolicy, at: int) -> AuditResult:
@@ -114,15 +226,11 @@ def cross_validate(report: ComponentReport, *, flow: FlowWindow | None, policy: 
         )
     if report.status == "healthy":
         # Events still in flight (a burst just before the audit) or routed to a client that left since are not
-        # failures: the flow only proves a lie once some routed event is overdue.
-        if flow is not None and flow.routed >= policy.min_routed and flow.overdue:
-            ratio = flow.delivered / flow.routed
-            if ratio < policy.min_delivery_ratio:
-                findings.append(
-                    f"claims healthy but delivered {flow.delivered} of {flow.routed} events routed to connections "
-                    f"since the last audit ({ratio:.0%} < {policy.min_delivery_ratio:.0%}; {flow.overdue} "
-                    "undelivered_event reports)"
-                )
+        # failures: the flow only proves a lie while some routed event is overdue and unconfirmed now.
+        if flow is not None:
+            verdict, finding = judge_flow(flow, policy)
+            if verdict is FlowVerdict.STALLED:
+                findings.append(finding)
         error_rate = report.metrics.get("error_rate")
         if isinstance(error_rate, int | float) and error_rate > policy.max_error_rate:
             findings.append(f"claims healthy but reports error_rate {error_rate:.2f} > {policy.max_error_rate:.2f}")

@@ -709,8 +709,11 @@ class AgentWebSocketBridge(Actor[BridgeMessage]):
         monitor = self._monitor_ref
         self._monitor = monitor if monitor is not None and monitor.is_alive else None
 
-    def _report_delivery(self, monitor: ActorRef[Any]) -> None:
-        """Tell the monitor how far delivery got per thread, and which threads lost their last connection."""
+    def _report_delivery(self, monitor: ActorRef[Any], *, resync: bool = False) -> None:
+        """Tell the monitor how far delivery got per thread, and which threads lost their last connection.
+
+        :param resync: the full re-report for a (re)starting monitor (see :class:`DeliveryProgress`)
+        """
         assert self._clock is not None
         delivered_total = self._delivered_total()
         delivered = delivered_total - self._reported_delivered
@@ -740,6 +743,7 @@ class AgentWebSocketBridge(Actor[BridgeMessage]):
             unsubscribed=tuple(self._unsubscribed),
             at=self._clock.now_ms(),
             delivered=delivered,
+            resync=resync,
         )
         try:
             monitor.tell(report)
@@ -899,7 +903,20 @@ class AgentWebSocketBridge(Actor[BridgeMessage]):
         # The very objects the rings hold, oldest first per thread: what a restarted monitor rebuilds from.
         assert self._clock is not None
         now_ms = self._clock.now_ms()
-        return [item for thread in self._threads.values() for item in thread.ring.snapshot(now_ms)]
+        snapshot = [item for thread in self._threads.values() for item in thread.ring.snapshot(now_ms)]
+        # A (re)starting monitor knows none of the confirmations its predecessor got, nor those made while it was
+        # detached (none are reported then): every routed thread's delivery is reported again, now, so that the
+        # report is in its mailbox before the tick on which it judges the replayed events' delivery deadlines.
+        # Otherwise a thread with no new traffic would never be confirmed, and its delivered events would be
+        # reported undelivered.
+        for thread in self._threads.values():
+            if thread.routed_seq:
+                thread.reported_seq = 0
+                self._unconfirmed[thread] = None
+        self._refresh_monitor()
+        if self._monitor is not None and self._unconfirmed:
+            self._report_delivery(self._monitor, resync=True)
+        return snapshot
 
     def _metrics(self) -> BridgeMetrics:
         latency = LatencyHistogram()

@@ -3,13 +3,16 @@ from __future__ import annotations
 import inspect
 import logging
 from collections.abc import Callable, Mapping
-from typing import Any, Protocol, runtime_checkable
+from typing import TYPE_CHECKING, Any, Protocol, runtime_checkable
 
 import msgspec
 
 # ActorRef at run time: msgspec resolves ProbeComponent's annotations in this module when it decodes one (the
 # process-isolated monitor receives ProbeComponent over its pipe).
-from actors import Actor, ActorRef, Message
+from actors import Actor, ActorNotFound, ActorRef, Message
+
+if TYPE_CHECKING:
+    from actors import ActorSystem
 
 logger = logging.getLogger("agentwatch.components")
 
@@ -122,6 +125,21 @@ async def _call(method: Callable[[], Any]) -> Any:
     # instead of failing with "object dict can't be used in 'await' expression".
     result = method()
     return await result if inspect.isawaitable(result) else result
+
+
+def live_proxy(proxy: ActorRef[Any], system: ActorSystem) -> ActorRef[Any]:
+    """The ref to audit a component through: ``proxy``, or the live actor now registered under its name.
+
+    A monitoring branch that was detached and re-attached starts every component's proxy anew (from the registry)
+    under the same name but with a new ref; probing the old one would only feed dead letters, so the component
+    would silently never be audited again.
+    """
+    if proxy.is_alive:
+        return proxy
+    try:
+        return system.lookup(proxy.name)
+    except ActorNotFound:
+        return proxy  # not started again (yet): the audit times out as unresponsive, as it should
 
 
 class ComponentProxy(Actor[ProbeComponent]):

@@ -2,7 +2,11 @@ from __future__ import annotations
 
 import heapq
 import itertools
-from typing import Final, Protocol
+from typing import TYPE_CHECKING, Final, Protocol
+
+if TYPE_CHECKING:
+    from collections.abc import Callable
+    from weakref import WeakMethod
 
 _MIN_COMPACT: Final = 1024
 
@@ -26,20 +30,29 @@ class DeadlineHeap:
     recognises (:meth:`Deadlined.is_current` is False) is skipped when it reaches the top. So that such stale
     entries cannot pile up (a busy run opens and closes thousands of tool calls inside one stuck threshold), the
     heap is rebuilt from its live entries whenever it has doubled since the last rebuild: amortised O(1).
+
+    :param live: (a weak reference to) how many entries are current, which the owner keeps count of; when
+        given, a heap that doubled is only rebuilt if at least half of it is stale, so a heap that grew because its
+        live entries did is not scanned for nothing.
     """
 
-    __slots__ = ("_compact_above", "_entries", "_tiebreak")
+    __slots__ = ("_compact_above", "_entries", "_live", "_tiebreak")
 
-    def __init__(self) -> None:
+    def __init__(self, live: WeakMethod[Callable[[], int]] | None = None) -> None:
         self._entries: list[DeadlineEntry] = []
         self._tiebreak = itertools.count()
         self._compact_above = _MIN_COMPACT
+        self._live = live
 
     def push(self, due: int, target: Deadlined, tag: str | None = None) -> None:
         """Arm a deadline for ``target`` at ``due`` (ms), told apart from its other deadlines by ``tag``."""
         entries = self._entries
         heapq.heappush(entries, (due, next(self._tiebreak), target, tag))
         if len(entries) > self._compact_above:
+            live = None if self._live is None else self._live()
+            if live is not None and 2 * live() > len(entries):
+                self._compact_above = 2 * len(entries)  # mostly live: a rebuild would not even halve it
+                return
             entries[:] = [entry for entry in entries if entry[2].is_current(entry[0], entry[3])]
             heapq.heapify(entries)
             self._compact_above = max(_MIN_COMPACT, 2 * len(entries))

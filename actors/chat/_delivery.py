@@ -105,7 +105,8 @@ class DeliveryTracker:
         # Oldest queued first: the cap pops the front in O(1), giving a thread active since a second chance at the
         # back rather than moving it on every expectation.
         self._threads: OrderedDict[str, ThreadDeliveries] = OrderedDict()
-        # The same table, for the run tracker's hot path to read (and only read).
+        # The same table, for the run tracker's hot path: it never adds or removes a thread, but does expect()'s
+        # common case inline (a thread already armed: append to pending, set latest), so keep the two in step.
         self.threads: dict[str, ThreadDeliveries] = self._threads
         self._armed = 0
         self._evictions = 0

@@ -1,7 +1,9 @@
 from __future__ import annotations
 
+import heapq
 import math
 import operator
+import weakref
 from collections import OrderedDict, deque
 from typing import TYPE_CHECKING, Final, cast
 
@@ -22,7 +24,10 @@ from actors.chat._events import (
 )
 
 if TYPE_CHECKING:
-    from collections.abc import Container, Iterable, Mapping
+    from collections.abc import Callable, Container, Generator, Iterable, Mapping
+
+    from actors.chat._deadlines import DeadlineEntry
+    from actors.chat._finished_runs import FinishedRuns
 
 
 class DetectionThresholds(msgspec.Struct, frozen=True, kw_only=True):
@@ -104,6 +109,7 @@ _ERRORED: Final = 3
 _TOOL_STARTED: Final = 4
 _TOOL_ENDED: Final = 5
 _TOOL_RESULT: Final = 6
+_COMPLETIONS: Final = frozenset({RunFinished, RunError})
 _CATEGORY: Final[dict[type, int]] = {
     RunStarted: _STARTED,
     RunFinished: _FINISHED,
@@ -130,6 +136,10 @@ _AWAITING_RESULT: Final = -3
 
 _NOTHING: Final[tuple[Anomaly, ...]] = ()
 _by_observed_at: Final = operator.attrgetter("observed_at")
+_by_finished_at: Final = operator.attrgetter("finished_at")
+
+REBUILD_SLICE: Final = 256
+"""Default for :meth:`RunTracker.rebuild_in_slices`: events (or deadlines) handled between two yields."""
 
 
 class _Run:
@@ -234,11 +244,21 @@ class RunTracker:
     when popped), so each event costs O(1) or O(log n) and nothing ever scans all runs. Memory is bounded by
     ``retention`` and ``max_tracked_runs``.
 
+    A tracker given ``finished_runs`` records there every run it sees finish, and takes a run it does not track
+    but finds there (finished less than ``retention`` ago) for a finished run, not a new one: so a monitor rebuilt
+    from replay rings that lost a run's RUN_FINISHED does not believe the run still in flight (see :meth:`rebuild`).
+
     :param thresholds: the detection thresholds.
+    :param finished_runs: a memory of finished runs that outlives this tracker (the monitor's ``MonitorMemory``).
     """
 
-    def __init__(self, thresholds: DetectionThresholds | None = None) -> None:
+    def __init__(
+        self, thresholds: DetectionThresholds | None = None, *, finished_runs: FinishedRuns | None = None
+    ) -> None:
         self._thresholds = thresholds = thresholds or DetectionThresholds()
+        self._remember = finished_runs
+        # While not None, finishes wait here for record_finished_runs() instead of going to _remember at once.
+        self._unrecorded: list[tuple[tuple[str, str], int]] | None = None
         self._stuck_ms = _ms(thresholds.stuck_tool_after)
         self._stale_ms = _ms(thresholds.stale_thread_after)
         self._latency_ms = _ms(thresholds.high_latency_after)
@@ -250,13 +270,16 @@ class RunTracker:
         self._in_flight: OrderedDict[tuple[str, str], _Run] = OrderedDict()
         # Oldest finished first: retention expiry and the cap both remove from the front.
         self._finished: OrderedDict[tuple[str, str], _Run] = OrderedDict()
-        self._deadlines = DeadlineHeap()
+        # A weak reference: a bound method held by the heap would make the tracker a cycle, which only the cyclic
+        # GC frees; a monitor restarted a thousand times would leave that many full trackers to its slow passes.
+        self._deadlines = DeadlineHeap(weakref.WeakMethod(self._live_deadlines))
         self._deliveries = DeliveryTracker(
             self._deadlines, undelivered_ms=_ms(thresholds.undelivered_after), max_threads=thresholds.max_tracked_runs
         )
         self._delivery_threads = self._deliveries.threads
         # Open tool calls not yet reported stuck: each has one current heap entry.
         self._armed_tools = 0
+        self._burst_count = thresholds.error_burst_count
         self._errors: deque[int] = deque(maxlen=thresholds.error_burst_count)
         self._burst_window_reported: int | None = None
         self._events_observed = 0
@@ -292,12 +315,18 @@ class RunTracker:
         :return: as :meth:`observe`.
         """
         now = stamped.observed_at
-        thread: ThreadDeliveries | None
+        thread = self._delivery_threads.get(stamped.thread_id)
         if stamped.fan_out:
-            thread = routed = self._deliveries.expect(stamped.thread_id, stamped.seq, now)
-            run = routed.current_run
+            seq = stamped.seq
+            if thread is not None and thread.armed is not None and seq > thread.confirmed:
+                # DeliveryTracker.expect's common case inline (a thread already waiting on a deadline): one call
+                # less per event on the hot path.
+                thread.pending += (seq, now)
+                thread.latest = now
+            else:
+                thread = self._deliveries.expect(stamped.thread_id, seq, now)
+            run = thread.current_run
         else:
-            thread = self._delivery_threads.get(stamped.thread_id)
             run = None if thread is None else thread.current_run
         if run is None or run.flight_id != stamped.run_id:
             found = self._observe(stamped, thread)
@@ -306,13 +335,14 @@ class RunTracker:
             if now > run.last_activity:
                 run.last_activity = now
             event = stamped.event
-            category = _CATEGORY.get(type(event))
-            if category is None:
-                timestamp = event.timestamp
-                if timestamp is None or now - timestamp <= self._latency_ms:
+            timestamp = event.timestamp
+            if timestamp is None or now - timestamp <= self._latency_ms:
+                handler = _IN_TIME.get(type(event))
+                if handler is None:
                     return _NOTHING  # plain activity of a run in flight, in time: the common case
-                category = _ACTIVITY
-            found = self._apply(run, stamped, category, None)
+                found = handler(self, run, stamped)
+            else:
+                found = self._apply(run, stamped, _CATEGORY.get(type(event), _ACTIVITY), None)
         if found is None:
             return _NOTHING
         self._tally(found)
@@ -332,6 +362,8 @@ class RunTracker:
                 run.last_activity = now
         else:
             run = self._finished.get(key)
+            if run is None and self._remember is not None:
+                run = self._recall_finished(key, now)
             if run is not None:
                 return self._observe_finished(run, stamped, category)
             run = self._track(key, now)
@@ -378,6 +410,25 @@ class RunTracker:
                 if burst is not None:
                     found = [burst] if found is None else [*found, burst]
         return found
+
+    def _on_tool_start(self, run: _Run, stamped: StampedEvent) -> None:
+        self._open_tool(run, cast("ToolCallStart", stamped.event).tool_call_id, stamped.observed_at)
+
+    def _on_tool_end(self, run: _Run, stamped: StampedEvent) -> list[Anomaly] | None:
+        return None if self._end_tool(run, cast("ToolCallEnd", stamped.event)) else [self._orphan(stamped)]
+
+    def _on_tool_result(self, run: _Run, stamped: StampedEvent) -> list[Anomaly] | None:
+        if self._close_tool(run, cast("ToolCallResult", stamped.event).tool_call_id):
+            return None
+        return [self._orphan(stamped)]
+
+    def _on_run_finished(self, run: _Run, stamped: StampedEvent) -> None:
+        self._finish(run, stamped.observed_at)
+
+    def _on_run_error(self, run: _Run, stamped: StampedEvent) -> list[Anomaly] | None:
+        self._finish(run, stamped.observed_at)
+        burst = self._count_error(stamped)
+        return None if burst is None else [burst]
 
     def _observe_finished(self, run: _Run, stamped: StampedEvent, category: int) -> list[Anomaly] | None:
         found: list[Anomaly] = []
@@ -429,7 +480,8 @@ class RunTracker:
             self._evict()
         run = _Run(key, now)
         in_flight[key] = run
-        self._arm(run, now + self._stale_ms)
+        run.armed = due = now + self._stale_ms
+        self._deadlines.push(due, run)
         return run
 
     def _evict(self) -> None:
@@ -487,13 +539,48 @@ class RunTracker:
             self._armed_tools -= 1  # its heap entry goes stale
         return True  # a call already reported stuck stays so: a late close is not news
 
+    def defer_finished_runs(self) -> None:
+        """Hold the finishes seen from now on back from ``finished_runs`` until :meth:`record_finished_runs`.
+
+        For a rebuild that may be interrupted (the monitor rebuilds in slices, and may be killed between two): the
+        memory must not learn of a finish before whatever says the finish was seen (the monitor's ``last_tapped``)
+        does, or the next rebuild would take that event for a second completion.
+        """
+        if self._unrecorded is None:
+            self._unrecorded = []
+
+    def record_finished_runs(self) -> None:
+        """Record the finishes held back since :meth:`defer_finished_runs`, and record the next ones at once."""
+        unrecorded, self._unrecorded = self._unrecorded, None
+        if unrecorded and self._remember is not None:
+            add = self._remember.add
+            for key, finished_at in unrecorded:
+                add(key, finished_at)
+
+    def _recall_finished(self, key: tuple[str, str], now: int) -> _Run | None:
+        """Retain again a run the finished-run memory knows and this tracker does not (lost in a restart)."""
+        assert self._remember is not None
+        finished_at = self._remember.get(key)
+        if finished_at is None or finished_at + self._retention_ms <= now:
+            return None  # never finished, or past the retention: this tracker would have forgotten it too
+        run = _Run(key, finished_at)
+        run.finished_at = finished_at
+        run.flight_id = None
+        self._retain(run)
+        self._arm(run, self._run_due(run))
+        return run
+
     def _finish(self, run: _Run, now: int) -> None:
         key = run.key
         del self._in_flight[key]
-        finished = self._finished
-        finished[key] = run
         run.finished_at = now
         run.flight_id = None
+        remember = self._remember
+        if remember is not None:
+            if self._unrecorded is None:
+                remember.add(key, now)
+            else:
+                self._unrecorded.append((key, now))
         tools = run.tools
         if tools:
             # A call whose arguments ended before the run did is a client-side tool: the client runs it after the
@@ -502,25 +589,35 @@ class RunTracker:
                 if state <= _AWAITING_RESULT:
                     tools[tool_call_id] = _TOOL_DONE  # a value update: safe while iterating
                     self._armed_tools -= 1
-        due = self._run_due(run)
+            due = self._run_due(run)
+        else:
+            due = now + self._retention_ms  # _run_due() of a finished run without calls, inline
         if due != run.armed:
             # Re-armed even when later, so that next_deadline() stays exact for finished runs.
-            self._arm(run, due)
+            run.armed = due
+            self._deadlines.push(due, run)
+        finished = self._finished
+        finished[key] = run
+        if len(finished) > self._max_runs:
+            _, oldest = finished.popitem(last=False)
+            self._drop(oldest)
+            self._evictions += 1
+
+    def _retain(self, run: _Run) -> None:
+        """Add a finished run to the retained ones, evicting the oldest beyond the cap."""
+        finished = self._finished
+        finished[run.key] = run
         if len(finished) > self._max_runs:
             _, oldest = finished.popitem(last=False)
             self._drop(oldest)
             self._evictions += 1
 
     def _count_error(self, stamped: StampedEvent) -> Anomaly | None:
-        errors = self._errors
         now = stamped.observed_at
-        errors.append(now)
-        if len(errors) < self._thresholds.error_burst_count or now - errors[0] >= self._burst_window_ms:
+        window_start = self._burst(now)
+        if window_start is None:
             return None
-        window_start = now - now % self._burst_window_ms
-        if window_start == self._burst_window_reported:
-            return None
-        self._burst_window_reported = window_start
+        errors = self._errors
         return Anomaly(
             kind=AnomalyKind.ERROR_BURST,
             severity=AnomalyKind.ERROR_BURST.default_severity,
@@ -528,9 +625,21 @@ class RunTracker:
             detected_at=now,
             window_start=window_start,
             detail=f"{len(errors)} RUN_ERROR events within {now - errors[0]} ms (threshold: "
-            f"{self._thresholds.error_burst_count} within {self._burst_window_ms} ms); the latest on thread "
+            f"{self._burst_count} within {self._burst_window_ms} ms); the latest on thread "
             f"{stamped.thread_id!r}, run {stamped.run_id!r}",
         )
+
+    def _burst(self, now: int) -> int | None:
+        """Count a RUN_ERROR at ``now``; return the window to report a burst for, None when there is none new."""
+        errors = self._errors
+        errors.append(now)
+        if len(errors) < self._burst_count or now - errors[0] >= self._burst_window_ms:
+            return None
+        window_start = now - now % self._burst_window_ms
+        if window_start == self._burst_window_reported:
+            return None
+        self._burst_window_reported = window_start
+        return window_start
 
     # ------------------------------------------------------------------ delivery
 
@@ -600,13 +709,16 @@ class RunTracker:
     def _advance(self, now: int, found: list[Anomaly]) -> None:
         pop_due = self._deadlines.pop_due
         while (entry := pop_due(now)) is not None:
-            deadline, _, target, tool_call_id = entry
-            if isinstance(target, ThreadDeliveries):
-                self._deliveries.fire(target, now, found)
-            elif tool_call_id is not None:
-                self._fire_tool(cast("_Run", target), tool_call_id, deadline, now, found)
-            else:
-                self._fire_run(cast("_Run", target), now, found)
+            self._fire(entry, now, found)
+
+    def _fire(self, entry: DeadlineEntry, now: int, found: list[Anomaly]) -> None:
+        deadline, _, target, tool_call_id = entry
+        if isinstance(target, ThreadDeliveries):
+            self._deliveries.fire(target, now, found)
+        elif tool_call_id is not None:
+            self._fire_tool(cast("_Run", target), tool_call_id, deadline, now, found)
+        else:
+            self._fire_run(cast("_Run", target), now, found)
 
     def _arm(self, run: _Run, due: int) -> None:
         run.armed = due
@@ -697,11 +809,17 @@ class RunTracker:
     ) -> tuple[Anomaly, ...]:
         """Restore in-flight state from replayed events (the bridge's replay rings) after a monitor restart.
 
-        Events are replayed in ``observed_at`` order with deadlines fired between them, so what the previous
-        monitor saw at once (missing start, orphan, latency, duplicate, late event, burst) is not reported again
-        — a replay ring that lost the head of a run must not look like a missing start — while a deadline that
-        passed (a tool stuck before the crash, a run gone stale, a delivery) is, unless its key is in
-        ``already_reported``.
+        The events are ones the previous monitor saw. What it saw at once (missing start, orphan, latency,
+        duplicate, late event, burst) is not reported again — a replay ring that lost the head of a run must not
+        look like a missing start — while a deadline that passed (a tool stuck before the crash, a run gone stale,
+        a delivery) is, unless its key is in ``already_reported``.
+
+        Only runs in flight are replayed event by event, in ``observed_at`` order with deadlines fired between
+        them. A run the previous monitor saw finish — its RUN_FINISHED/RUN_ERROR is among the events, or the
+        tracker's ``finished_runs`` memory knows it (the ring may have lost its completion) — is restored straight
+        into the finished table: every deadline it had up to its finish fired in the previous monitor, so only
+        its retention and any call it left without a TOOL_CALL_END (still reported stuck) are armed again, and one
+        finished longer than ``retention`` ago with no such call is not kept at all.
 
         :param items: the replayed events, in any order across threads.
         :param now_ms: the current time; every deadline at or before it fires.
@@ -709,18 +827,201 @@ class RunTracker:
         :return: the anomalies to report now.
         :raises ValueError: when this tracker has already observed events (rebuild a fresh one).
         """
+        steps = self.rebuild_in_slices(items, now_ms, already_reported)
+        while True:
+            try:
+                next(steps)
+            except StopIteration as done:
+                found: tuple[Anomaly, ...] = done.value
+                return found
+
+    def rebuild_in_slices(
+        self,
+        items: Iterable[StampedEvent],
+        now_ms: int,
+        already_reported: Container[AnomalyKey] = (),
+        *,
+        slice_events: int = REBUILD_SLICE,
+    ) -> Generator[None, None, tuple[Anomaly, ...]]:
+        """:meth:`rebuild` in bounded slices, so that a caller on an event loop can let other tasks run between them.
+
+        The generator yields after about every ``slice_events`` events replayed (and every ``slice_events``
+        deadlines fired), and returns (``StopIteration.value``, or ``yield from``) what :meth:`rebuild` returns.
+        The tracker must not be used otherwise until it is exhausted.
+
+        :raises ValueError: when this tracker has already observed events, or ``slice_events`` < 1.
+        """
         if self._events_observed:
             raise ValueError(f"rebuild() needs a fresh tracker; this one has observed {self._events_observed} events")
+        if isinstance(slice_events, bool) or not isinstance(slice_events, int) or slice_events < 1:
+            raise ValueError(f"slice_events must be a positive int, got {slice_events!r}")
+        return self._rebuild(items, now_ms, already_reported, slice_events)
+
+    def _rebuild(
+        self, items: Iterable[StampedEvent], now_ms: int, already_reported: Container[AnomalyKey], slice_events: int
+    ) -> Generator[None, None, tuple[Anomaly, ...]]:
+        # 1. Each run's events, in the order given (a ring is oldest first).
+        by_run: dict[tuple[str, str], list[StampedEvent]] = {}
+        budget = slice_events
+        for stamped in items:
+            key = (stamped.thread_id, stamped.run_id)
+            events = by_run.get(key)
+            if events is None:
+                by_run[key] = [stamped]
+            else:
+                events.append(stamped)
+            budget -= 1
+            if not budget:
+                budget = slice_events
+                yield
+        # 2. Runs seen finished go straight to the finished table; the others are replayed below.
+        remember = self._remember
+        restored: list[_Run] = []
+        errors: list[int] = []
+        in_flight: list[list[StampedEvent]] = []
+        for key, events in by_run.items():
+            events.sort(key=_by_observed_at)  # a no-op pass for a ring's run; any order is accepted
+            finished_at = None if remember is None else remember.get(key)
+            if not self._restore_finished(key, events, finished_at, now_ms, restored, errors):
+                in_flight.append(events)
+            budget -= len(events)
+            if budget <= 0:
+                budget = slice_events
+                yield
+        restored.sort(key=_by_finished_at)  # the finished table is oldest first
+        for run in restored:
+            self._retain(run)
+            tools = run.tools
+            if tools:
+                for tool_call_id, state in tools.items():
+                    if state >= 0:
+                        self._armed_tools += 1
+                        self._deadlines.push(state, run, tool_call_id)
+            self._arm(run, self._run_due(run))
+            budget -= 4  # a few dict and heap operations: about as much work as replaying an event or two
+            if budget <= 0:
+                budget = slice_events
+                yield
+        for at in sorted(errors):
+            self._burst(at)  # a burst under way across the restart goes on being counted
+        # 3. Runs in flight, in time order across runs, with the deadlines that came due between their events.
         found: list[Anomaly] = []
-        for stamped in sorted(items, key=_by_observed_at):
-            self._advance(stamped.observed_at, found)
+        pop_due = self._deadlines.pop_due
+        for stamped in heapq.merge(*in_flight, key=_by_observed_at):
+            at = stamped.observed_at
+            while (entry := pop_due(at)) is not None:
+                self._fire(entry, at, found)
+                budget -= 1
             self._observe(stamped, None)  # what it reveals at once was the previous monitor's to report
-        self._advance(now_ms, found)
+            budget -= 1
+            if budget <= 0:
+                budget = slice_events
+                yield
+        while (entry := pop_due(now_ms)) is not None:
+            self._fire(entry, now_ms, found)
+            budget -= 1
+            if budget <= 0:
+                budget = slice_events
+                yield
         fresh = [anomaly for anomaly in found if anomaly.key not in already_reported]
         self._tally(fresh)
         return tuple(fresh)
 
+    def _restore_finished(
+        self,
+        key: tuple[str, str],
+        events: list[StampedEvent],
+        remembered_at: int | None,
+        now: int,
+        restored: list[_Run],
+        errors: list[int],
+    ) -> bool:
+        """Restore a run the previous monitor saw finish, from its replayed events (sorted); False when in flight.
+
+        The previous monitor advanced its deadlines to the run's finish before it observed it, so everything due
+        up to then fired there (and is in its reported keys): the run needs its finish, its flags (what it already
+        reported once per run), and the calls its finish left armed, not a replay.
+        """
+        done = next((index for index, stamped in enumerate(events) if type(stamped.event) in _COMPLETIONS), None)
+        if remembered_at is not None and (done is None or events[done].observed_at > remembered_at):
+            # The ring lost the completion: what it kept of the run from the remembered finish on came after it.
+            finished_at = remembered_at
+            split = 0
+            while split < len(events) and events[split].observed_at < remembered_at:
+                split += 1
+            after = split
+        elif done is not None:
+            finished_at = events[done].observed_at
+            split, after = done, done + 1
+            if type(events[done].event) is RunError:
+                errors.append(finished_at)
+        else:
+            return False
+        self._events_observed += len(events)
+        latency_ms = self._latency_ms
+        for stamped in events:
+            timestamp = stamped.event.timestamp
+            if timestamp is not None and stamped.observed_at - timestamp > latency_ms:
+                flags = _LATENCY_REPORTED
+                break
+        else:
+            flags = 0
+        # Before the finish only the calls' states matter (as _open_tool, _end_tool and _close_tool keep them).
+        stuck_ms = self._stuck_ms
+        tools: dict[str, int] = {}
+        for stamped in events[:split]:
+            event = stamped.event
+            kind = type(event)
+            if kind is ToolCallStart:
+                tools.setdefault(cast("ToolCallStart", event).tool_call_id, stamped.observed_at + stuck_ms)
+            elif kind is ToolCallEnd:
+                end = cast("ToolCallEnd", event)
+                state = tools.get(end.tool_call_id)
+                if state is None or _completed_by_seed(end):
+                    tools[end.tool_call_id] = _TOOL_DONE
+                elif state >= 0:
+                    tools[end.tool_call_id] = _AWAITING_RESULT - state
+            elif kind is ToolCallResult:
+                tools[cast("ToolCallResult", event).tool_call_id] = _TOOL_DONE
+        for tool_call_id, state in tools.items():
+            if state <= _AWAITING_RESULT:
+                tools[tool_call_id] = _TOOL_DONE  # as _finish: the finish closes a call whose arguments ended
+        # After the finish: what _observe_finished flags (and closes) for a late event.
+        for stamped in events[after:]:
+            event = stamped.event
+            kind = type(event)
+            if kind in _COMPLETIONS:
+                flags |= _DUPLICATE_REPORTED
+                if kind is RunError:
+                    errors.append(stamped.observed_at)
+                continue
+            flags |= _AFTER_REPORTED
+            if kind is ToolCallEnd or kind is ToolCallResult:
+                tool_call_id = cast("ToolCallEnd | ToolCallResult", event).tool_call_id
+                state = tools.get(tool_call_id)
+                # A call due before this late close fired first: it stays armed, to fire now if not reported yet.
+                if state is not None and state > stamped.observed_at:
+                    tools[tool_call_id] = _TOOL_DONE
+        if self._remember is not None:
+            # Not held back by defer_finished_runs(): these events are ones the previous monitor saw, which its
+            # last_tapped already covers (and the memory usually has the run already: then this is a lookup).
+            self._remember.add(key, finished_at)
+        armed = any(state >= 0 for state in tools.values())
+        if not armed and finished_at + self._retention_ms <= now:
+            return True  # it would only be restored to expire at once
+        run = _Run(key, events[-1].observed_at if events else finished_at)
+        run.finished_at = finished_at
+        run.flight_id = None
+        run.flags = flags
+        run.tools = tools or None
+        restored.append(run)
+        return True
+
     # ------------------------------------------------------------------ reporting
+
+    def _live_deadlines(self) -> int:
+        # Each run (in flight or retained), open tool call and thread awaiting delivery has one current entry.
+        return len(self._in_flight) + len(self._finished) + self._armed_tools + self._deliveries.armed
 
     def statistics(self) -> TrackerStatistics:
         """Return a snapshot of the tracker's state and counters."""
@@ -729,7 +1030,7 @@ class RunTracker:
             runs_retained=len(self._finished),
             runs_abandoned=self._abandoned,
             evictions=self._evictions + self._deliveries.evictions,
-            pending_deadlines=len(self._in_flight) + len(self._finished) + self._armed_tools + self._deliveries.armed,
+            pending_deadlines=self._live_deadlines(),
             pending_deliveries=self._deliveries.pending(),
             events_observed=self._events_observed,
             anomalies_by_kind=dict(self._by_kind),
@@ -769,3 +1070,15 @@ class RunTracker:
             detected_at=stamped.observed_at,
             detail=f"{_type_name(stamped.event)} (seq {stamped.seq}) for a tool call never started in this run",
         )
+
+
+# The hot path's dispatch for an event in time of a run in flight: one dict lookup instead of _apply's chain of tests;
+# a type absent from it (plain activity, a repeated RUN_STARTED) changes nothing. Plain functions, not bound
+# methods: a table of bound methods on the tracker would make it a reference cycle.
+_IN_TIME: Final[dict[type, Callable[[RunTracker, _Run, StampedEvent], list[Anomaly] | None]]] = {
+    ToolCallStart: RunTracker._on_tool_start,
+    ToolCallEnd: RunTracker._on_tool_end,
+    ToolCallResult: RunTracker._on_tool_result,
+    RunFinished: RunTracker._on_run_finished,
+    RunError: RunTracker._on_run_error,
+}

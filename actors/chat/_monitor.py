@@ -1,22 +1,25 @@
 from __future__ import annotations
 
+import heapq
 import inspect
 import logging
 import operator
 from collections import Counter, deque
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Awaitable, Callable, Iterator, Sequence
 from typing import Any
 
 import anyio
+import anyio.lowlevel
 import msgspec
 
 from actors import Actor, ActorError, ActorRef, ActorStopped, AskTimeout, Message
 
 from ._anomaly import Anomaly, AnomalyKind, ReportedKeys
 from ._audit import AuditPolicy, AuditResult, AuditVerdict, FlowWindow, cross_validate, flow_judgeable
-from ._components import ComponentHealthChanged, ComponentProxy, ComponentReport, ProbeComponent
-from ._detection import DetectionThresholds, RunTracker, TrackerStatistics
+from ._components import ComponentHealthChanged, ComponentProxy, ComponentReport, ProbeComponent, live_proxy
+from ._detection import REBUILD_SLICE, DetectionThresholds, RunTracker, TrackerStatistics
 from ._events import AgentEvent, StampedEvent, stamp
+from ._finished_runs import FinishedRuns
 from ._tap import DeliveryProgress, ReplaySnapshot
 
 logger = logging.getLogger("agentwatch.monitor")
@@ -41,6 +44,10 @@ class MonitorConfig(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fi
     :param rebuild_timeout: how long a (re)starting monitor waits for the bridge's replay snapshot
     :param direct_replay: how many events reported directly (``record_event``) are kept in :class:`MonitorMemory`
         so that a restarted monitor rebuilds their runs too (the bridge's rings only hold tapped events)
+    :param finished_runs: how many finished runs :class:`MonitorMemory` remembers, so that a restarted monitor
+        does not take a run whose RUN_FINISHED left the replay rings for one still in flight
+    :param rebuild_slice: how many replayed events a (re)starting monitor handles before it lets the event loop
+        run other tasks (the bridge among them)
     """
 
     thresholds: DetectionThresholds = DetectionThresholds()
@@ -52,6 +59,8 @@ class MonitorConfig(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fi
     alert_history: int = 1000
     rebuild_timeout: float = 5.0
     direct_replay: int = 10_000
+    finished_runs: int = 100_000
+    rebuild_slice: int = REBUILD_SLICE
 
     def __post_init__(self) -> None:
         for name in ("check_interval", "audit_timeout", "rebuild_timeout"):
@@ -60,7 +69,7 @@ class MonitorConfig(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fi
                 raise ValueError(f"MonitorConfig.{name} must be > 0 seconds, got {value!r}")
         if isinstance(self.audit_interval, bool) or not self.audit_interval >= 0:
             raise ValueError(f"MonitorConfig.audit_interval must be >= 0 seconds, got {self.audit_interval!r}")
-        for name in ("reported_keys", "alert_history", "direct_replay"):
+        for name in ("reported_keys", "alert_history", "direct_replay", "finished_runs", "rebuild_slice"):
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, int) or value < 1:
                 raise ValueError(f"MonitorConfig.{name} must be an int >= 1, got {value!r}")
@@ -100,6 +109,8 @@ class MonitorMemory:
         self.last_tapped: StampedEvent | None = None
         # Events reported directly are in no replay ring: the memory keeps the most recent ones for the rebuild.
         self.direct: deque[StampedEvent] = deque(maxlen=config.direct_replay)
+        # Runs seen to finish: a ring may lose a run's RUN_FINISHED and keep later events of it.
+        self.finished = FinishedRuns(config.finished_runs)
 
 
 # -- messages -------------------------------------------------------------------------------------------------
@@ -119,7 +130,7 @@ class SetMonitoring(Message, frozen=True, kw_only=True):
 
 
 class CheckHealth(Message, frozen=True, kw_only=True):
-    pass
+    """Asks the monitor for its own health; the reply is a :class:`MonitorHealth` (``check_health()`` sends it)."""
 
 
 class RegisterComponent(Message, frozen=True, kw_only=True):
@@ -235,7 +246,7 @@ class ChatEventMonitor(Actor[MonitorMessage]):
         self.bridge = bridge
         self.sinks = tuple(sinks)
         self.dispatcher = dispatcher
-        self.tracker = RunTracker(self.config.thresholds)
+        self.tracker = RunTracker(self.config.thresholds, finished_runs=self.memory.finished)
         self.flow = FlowWindow()
         self.enabled = True
         # After a rebuild, events of these threads up to this seq were already replayed from the rings: events
@@ -256,7 +267,11 @@ class ChatEventMonitor(Actor[MonitorMessage]):
             except (ActorError, TimeoutError) as exc:
                 logger.warning("monitor: no replay snapshot from the bridge (%s); rebuilding without it", exc)
         if snapshot or self.memory.direct:
-            self._rebuild(snapshot)
+            # In slices, with a checkpoint between them: the bridge shares this event loop, and a rebuild held in
+            # one piece stalled it (and every other actor) for as long as the rings took to replay. Taps that
+            # arrive meanwhile wait in our mailbox; those the snapshot already holds are skipped by seq.
+            for _ in self._rebuild(snapshot):
+                await anyio.lowlevel.checkpoint()
             # Deadlines that passed while we were down fire on this tick: queued behind whatever reached our
             # mailbox meanwhile (delivery confirmations included), so that is handled first.
             self.ref.tell(_Tick())
@@ -264,47 +279,91 @@ class ChatEventMonitor(Actor[MonitorMessage]):
         if self.config.audit_interval > 0:
             self.send_every(self.config.audit_interval, _AuditRound())
 
-    def _rebuild(self, snapshot: list[StampedEvent]) -> None:
+    def _rebuild(self, snapshot: list[StampedEvent]) -> Iterator[None]:
         """Restore in-flight state from the replay rings (and the memory's direct records) after a (re)start.
+
+        A generator: it yields after every ``rebuild_slice`` events' worth of work, for the caller to let the
+        loop run. Nothing of the memory changes before the last slice, so an instance killed half way leaves the
+        next one the same memory to rebuild from.
 
         What the previous instance saw is replayed silently: it already reported what those events revealed at
         once, and a run whose head the ring dropped must not look like a missing start. Deadlines that passed are
-        reported (unless reported before). Replayed events the previous instance never saw (tapped while it was
-        down) are observed as new, in time order, so an orphan or duplicate completion sent during the restart is
-        still reported, once.
+        reported (unless reported before). Runs it saw finish, including ones whose completion the ring lost
+        (``memory.finished``), are restored as finished without a replay. Replayed events the previous instance
+        never saw (tapped while it was down) are observed as new, in time order, so an orphan or duplicate
+        completion sent during the restart is still reported, once.
         """
         memory = self.memory
         tracker = self.tracker
+        slice_events = self.config.rebuild_slice
         last = memory.last_tapped
         seen: list[StampedEvent] = list(memory.direct)
-        unseen: list[StampedEvent] = []
+        # Unseen events by thread: a ring is oldest first, so merging the threads puts them in time order without
+        # one sort of them all in a single slice.
+        unseen: dict[str, list[StampedEvent]] = {}
+        unseen_count = 0
+        first_unseen: int | None = None
+        # A thread's oldest replayed event, and its newest seq (events of the thread up to it still queued in our
+        # mailbox are skipped), in the same pass.
+        heads: dict[str, StampedEvent] = {}
+        through: dict[str, int] = {}
+        newest: StampedEvent | None = None
+        budget = slice_events
         for stamped in snapshot:
+            thread_id = stamped.thread_id
             # With no event seen yet (the very first tap crashed or hung the previous instance), every replayed
             # event is new to the monitor.
             if last is None or (
-                stamped.observed_at > last.observed_at
-                or (stamped.thread_id == last.thread_id and stamped.seq > last.seq)
+                stamped.observed_at > last.observed_at or (thread_id == last.thread_id and stamped.seq > last.seq)
             ):
-                unseen.append(stamped)
+                events = unseen.get(thread_id)
+                if events is None:
+                    unseen[thread_id] = [stamped]
+                else:
+                    events.append(stamped)
+                unseen_count += 1
+                if first_unseen is None or stamped.observed_at < first_unseen:
+                    first_unseen = stamped.observed_at
             else:
                 seen.append(stamped)  # an event stamped in the same ms on another thread counts as seen
-        unseen.sort(key=_by_observed_at)
+            head = heads.get(thread_id)
+            if head is None or stamped.seq < head.seq:
+                heads[thread_id] = stamped
+            if stamped.seq > through.get(thread_id, 0):
+                through[thread_id] = stamped.seq
+            # The last of the newest ms, not the first: a ring is oldest first, so on its thread that is the
+            # highest seq of that ms, and the next rebuild takes every event up to it for seen. (The first would
+            # leave the later events of its thread and ms "unseen", to be observed a second time.)
+            if newest is None or stamped.observed_at >= newest.observed_at:
+                newest = stamped
+            budget -= 1
+            if not budget:
+                budget = slice_events
+                yield
         # Deadlines are advanced only as far as what the previous instance had seen. Confirmations of later
         # deliveries are still queued in our mailbox (DeliveryProgress, advanced to its own time as it is handled):
         # advancing to "now" here would call delivered events undelivered. The first tick advances to now.
-        horizon = last.observed_at if last is not None else (unseen[0].observed_at if unseen else 0)
-        found = list(tracker.rebuild(seen, horizon, already_reported=memory.reported))
+        horizon = last.observed_at if last is not None else (first_unseen or 0)
+        tracker.defer_finished_runs()  # recorded with last_tapped, in the last slice
+        found = list(
+            (
+                yield from tracker.rebuild_in_slices(
+                    seen, horizon, already_reported=memory.reported, slice_events=slice_events
+                )
+            )
+        )
         if unseen:
             # A thread's oldest replayed event with seq > 1 may not be the first of its run (the ring is bounded):
             # its run cannot be called a missing start.
-            heads: dict[str, StampedEvent] = {}
-            for stamped in snapshot:
-                head = heads.get(stamped.thread_id)
-                if head is None or stamped.seq < head.seq:
-                    heads[stamped.thread_id] = stamped
             truncated = {(head.thread_id, head.run_id) for head in heads.values() if head.seq > 1}
             flow = self.flow
-            for stamped in unseen:
+            for events in unseen.values():
+                events.sort(key=_by_observed_at)  # a no-op pass for a ring; any order is accepted
+                budget -= len(events)
+                if budget <= 0:
+                    budget = slice_events
+                    yield
+            for stamped in heapq.merge(*unseen.values(), key=_by_observed_at):
                 found.extend(
                     anomaly
                     for anomaly in tracker.observe(stamped)
@@ -315,14 +374,14 @@ class ChatEventMonitor(Actor[MonitorMessage]):
                 if stamped.fan_out:
                     flow.routed += 1
                     tracker.expect_delivery(stamped.thread_id, stamped.seq, stamped.observed_at)
-        through = self._replayed_through
-        for stamped in snapshot:
-            if stamped.seq > through.get(stamped.thread_id, 0):
-                through[stamped.thread_id] = stamped.seq
-        if snapshot:
-            newest = max(snapshot, key=_by_observed_at)
-            if last is None or newest.observed_at >= last.observed_at:
-                memory.last_tapped = newest
+                budget -= 1
+                if budget <= 0:
+                    budget = slice_events
+                    yield
+        self._replayed_through = through
+        tracker.record_finished_runs()
+        if newest is not None and (last is None or newest.observed_at >= last.observed_at):
+            memory.last_tapped = newest
         for stamped in memory.direct:
             self._direct_seq[stamped.thread_id] = max(stamped.seq, self._direct_seq.get(stamped.thread_id, 0))
         memory.rebuilt_events += len(snapshot) + len(memory.direct)
@@ -330,15 +389,42 @@ class ChatEventMonitor(Actor[MonitorMessage]):
             logger.info(
                 "monitor: rebuilt from %d replayed events (%d unseen before the restart), %d runs in flight",
                 len(snapshot),
-                len(unseen),
+                unseen_count,
                 tracker.statistics().runs_in_flight,
             )
         self._report(found)
 
     async def receive(self, message: MonitorMessage) -> Any:
-        # The tap is the hot path: test for it before the general dispatch (a match on Structs costs ~0.3 µs).
+        # The tap is the hot path: test for it before the general dispatch (a match on Structs costs ~0.3 µs), and
+        # handle it here rather than in a method of its own (a call per event is ~5% of the monitor's ingest).
         if type(message) is StampedEvent:
-            self._ingest(message)
+            # Observed even while monitoring is paused (only reports are held back): a resumed monitor whose runs
+            # moved on unseen would raise false stale threads and missing starts.
+            replayed = self._replayed_through
+            if replayed:
+                through = replayed.get(message.thread_id)
+                if through is not None:
+                    if message.seq <= through:
+                        return None
+                    del replayed[message.thread_id]
+            self.memory.last_tapped = message
+            flow = self.flow
+            flow.tapped += 1
+            tracker = self.tracker
+            # Deadlines that passed before this event was accepted fire first, so a tool call that ends after its
+            # threshold is reported even when no tick ran in between (the boundary is exact, not tick-aligned).
+            # Once per ms is enough: every deadline set since is at least one threshold later.
+            at = message.observed_at
+            if at > self._advanced_to:
+                self._advanced_to = at
+                due = tracker.advance(at)
+                if due:
+                    self._report(due)
+            found = tracker.ingest(message)  # observe, and expect its delivery when it was routed
+            if message.fan_out:
+                flow.routed += 1
+            if found:
+                self._report(found)
             return None
         match message:
             case DeliveryProgress():
@@ -378,47 +464,24 @@ class ChatEventMonitor(Actor[MonitorMessage]):
 
     # -- detection ------------------------------------------------------------------------------------------------
 
-    def _ingest(self, stamped: StampedEvent) -> None:
-        # Observed even while monitoring is paused (only reports are held back): a resumed monitor whose runs
-        # moved on unseen would raise false stale threads and missing starts.
-        replayed = self._replayed_through
-        if replayed:
-            through = replayed.get(stamped.thread_id)
-            if through is not None:
-                if stamped.seq <= through:
-                    return
-                del replayed[stamped.thread_id]
-        self.memory.last_tapped = stamped
-        flow = self.flow
-        flow.tapped += 1
-        tracker = self.tracker
-        # Deadlines that passed before this event was accepted fire first, so a tool call that ends after its
-        # threshold is reported even when no tick ran in between (the boundary is exact, not tick-aligned). Once
-        # per ms is enough: every deadline set since is at least one threshold later.
-        at = stamped.observed_at
-        if at > self._advanced_to:
-            self._advanced_to = at
-            due = tracker.advance(at)
-            if due:
-                self._report(due)
-        found = tracker.ingest(stamped)  # observe, and expect its delivery when it was routed
-        if stamped.fan_out:
-            flow.routed += 1
-        if found:
-            self._report(found)
-
     def _on_progress(self, progress: DeliveryProgress) -> None:
         tracker = self.tracker
-        # A confirmation that comes after the delivery deadline is late even if no tick ran in between. Judged as
-        # of when the bridge made the report: the time it waited in this mailbox is not the bridge's delay.
+        if progress.resync:
+            # The re-report that comes with a replay snapshot: deliveries made before it (perhaps while no monitor
+            # was attached) are confirmed first; only what is still unconfirmed can then be overdue.
+            confirmed = tracker.confirm_deliveries(progress.confirmed)
         due = tracker.advance(self.clock.now_ms() if progress.at is None else progress.at)
         if due:
             self._report(due)
-        confirmed = tracker.confirm_deliveries(progress.confirmed)
+        if not progress.resync:
+            # A confirmation that comes after the delivery deadline is late even if no tick ran in between. Judged
+            # as of when the bridge made the report: the time it waited in this mailbox is not the bridge's delay.
+            confirmed = tracker.confirm_deliveries(progress.confirmed)
         # Delivered: what the bridge's writers actually sent. A confirmation can jump (a client that resumed is
         # confirmed from where it subscribed) with nothing read by anyone, so jumps are only counted for a
         # hand-made report that does not say.
         self.flow.delivered += confirmed if progress.delivered is None else progress.delivered
+        self.flow.delivery_progressed(progress.confirmed, progress.unsubscribed)
         for thread_id in progress.unsubscribed:
             tracker.thread_has_no_subscribers(thread_id)
 
@@ -453,8 +516,10 @@ class ChatEventMonitor(Actor[MonitorMessage]):
     def _report(self, anomalies: Sequence[Anomaly]) -> None:
         memory = self.memory
         for anomaly in anomalies:
-            if anomaly.kind is AnomalyKind.UNDELIVERED_EVENT:
-                self.flow.overdue += 1  # evidence for the next audit of the component the tap comes from
+            if anomaly.kind is AnomalyKind.UNDELIVERED_EVENT and anomaly.seq is not None:
+                # Evidence for the audits of the component the tap comes from: the thread is stalled until a
+                # confirmation reaches this seq (kept across audit windows: it is the state of delivery now).
+                self.flow.delivery_stalled(anomaly.thread_id, anomaly.seq)
             if not self.enabled:
                 memory.suppressed += 1
                 continue
@@ -482,10 +547,14 @@ class ChatEventMonitor(Actor[MonitorMessage]):
     def _start_audit_round(self) -> None:
         now = self.clock.now_ms()
         timeout_ms = int(self.config.audit_timeout * 1000)
-        for component in self.memory.components.values():
+        components = self.memory.components
+        for component_id, component in list(components.items()):
+            proxy = live_proxy(component.proxy, self.system)
+            if proxy is not component.proxy:  # the branch was re-attached: its proxies were started anew
+                components[component_id] = msgspec.structs.replace(component, proxy=proxy)
             self._audit_ids += 1
-            self._pending_audits[self._audit_ids] = (component.component_id, now + timeout_ms)
-            component.proxy.tell(ProbeComponent(reply_to=self.ref, audit_id=self._audit_ids))
+            self._pending_audits[self._audit_ids] = (component_id, now + timeout_ms)
+            proxy.tell(ProbeComponent(reply_to=self.ref, audit_id=self._audit_ids))
 
     def _on_report(self, report: ComponentReport) -> None:
         if self._pending_audits.pop(report.audit_id, None) is None:
@@ -740,12 +809,13 @@ class ChatEventMonitorHandle:
         registered = self._proxies.get(component_id)
         if registered is None:
             raise KeyError(f"no component registered as {component_id!r}")
+        proxy = live_proxy(registered.proxy, self.ref._system)
+        if proxy is not registered.proxy:  # the branch was re-attached: its proxies were started anew
+            self._proxies[component_id] = registered = msgspec.structs.replace(registered, proxy=proxy)
         report: ComponentReport | None = None
         unresponsive = False
         try:
-            reply = await registered.proxy.ask(
-                ProbeComponent(reply_to=_NOWHERE, audit_id=0), timeout=self.config.audit_timeout
-            )
+            reply = await proxy.ask(ProbeComponent(reply_to=_NOWHERE, audit_id=0), timeout=self.config.audit_timeout)
             report = reply if isinstance(reply, ComponentReport) else None
         except (AskTimeout, ActorError):
             unresponsive = True

@@ -14,12 +14,16 @@ class DeliveryProgress(Message, frozen=True, kw_only=True):
     :param delivered: events whose frame was sent to a client since the previous report, summed over the
         connections (a coalesced frame counts every event it carries); None (a hand-made report) means "not
         known": the monitor then counts how far the confirmations moved
+    :param resync: the full re-report a (re)starting monitor gets with its replay snapshot: these confirmations
+        are not news as of ``at`` (the deliveries may have happened any time before, some while no monitor was
+        attached), so the monitor applies them before it judges delivery deadlines
     """
 
     confirmed: dict[str, int]
     unsubscribed: tuple[str, ...] = ()
     at: int | None = None
     delivered: int | None = None
+    resync: bool = False
 
 
 class ReplaySnapshot(Message, frozen=True, kw_only=True):

@@ -8,10 +8,20 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 import anyio
+import anyio.lowlevel
 import msgspec
 import pytest
 
-from actors import Actor, ActorRef, ActorSystem, ExitReason, MailboxSpec, Message, open_actor_system
+from actors import (
+    Actor,
+    ActorError,
+    ActorRef,
+    ActorSystem,
+    ExitReason,
+    MailboxSpec,
+    Message,
+    open_actor_system,
+)
 from actors.chat._aliases import agent_completed, agent_started, agent_thinking, tool_completed, tool_executing
 from actors.chat._anomaly import ALL_THREADS, Anomaly, AnomalyKind, Severity
 from actors.chat._events import (
@@ -790,10 +800,11 @@ class ReplayingBridge(Actor[Any]):
 class RestartRig:
     """A monitor behind a stable ref that the test crashes and restarts itself, as its supervisor would."""
 
-    def __init__(self, system: ActorSystem, *, keep: int | None = None) -> None:
+    def __init__(self, system: ActorSystem, *, keep: int | None = None, config: MonitorConfig = CONFIG) -> None:
         self.system = system
+        self.config = config
         self.alerts = AlertLog()
-        self.memory = MonitorMemory(CONFIG)
+        self.memory = MonitorMemory(config)
         self.ref: ActorRef[Any] = system.create_ref(name="monitor", mailbox=MailboxSpec(capacity=100_000))
         self.tap = Tap(system, self.ref)
         self.bridge_actor = ReplayingBridge(self.tap, keep)
@@ -804,7 +815,7 @@ class RestartRig:
         self.t0 = anyio.current_time()
 
     def _monitor(self) -> PoisonableMonitor:
-        return PoisonableMonitor(CONFIG, memory=self.memory, bridge=self.bridge, sinks=[self.alerts])
+        return PoisonableMonitor(self.config, memory=self.memory, bridge=self.bridge, sinks=[self.alerts])
 
     async def start(self) -> None:
         await self.system.start_incarnation(self.ref, self._monitor, on_exit=self._exited)
@@ -963,6 +974,133 @@ class TestRestartMidAnomaly:
             await rig.at(200)
             assert rig.alerts.kinds() == [AnomalyKind.STALE_THREAD]
             assert_reported_in_time(rig.alerts.entries[0][0], rig.t0, 60.0)
+
+    # Regression: a rebuild set last_tapped to the first replayed event of the newest ms, so the next rebuild took
+    # the later events of that thread and ms (here the RUN_FINISHED) for unseen and observed them a second time: a
+    # duplicate completion, once the finished-run memory knew the run had finished.
+    async def test_events_sharing_the_newest_ms_observed_once_across_two_restarts(self) -> None:
+        async with restart_rig() as rig:
+            rig.tap.emit("t1", "r1", run_started("t1", "r1"))
+            await rig.at(1)
+            await rig.crash()
+            rig.tap.emit("t1", "r1", text())  # the same ms, both tapped while the monitor is down
+            rig.tap.emit("t1", "r1", run_finished("t1", "r1"))
+            await rig.start()
+            await rig.crash()
+            await rig.start()
+            await rig.at(600)
+            assert rig.alerts.entries == []
+            assert (await rig.settle()).instance == 3
+
+    # Regression (simulator bug 3): the bridge's ring lost a run's RUN_FINISHED but still held a later event of
+    # it, so the restarted monitor rebuilt the run as in flight and reported a false stale_thread.
+    async def test_run_whose_completion_left_the_ring_not_stale_after_restart(self) -> None:
+        async with restart_rig(keep=1) as rig:
+            for event in (run_started("t1", "r1"), text(), run_finished("t1", "r1")):
+                rig.tap.emit("t1", "r1", event)
+            rig.tap.emit("t1", "r1", text())  # late: the ring (one event per thread) now holds only this one
+            await rig.at(5)
+            assert rig.alerts.kinds() == [AnomalyKind.EVENT_AFTER_COMPLETION]
+            await rig.crash()
+            await rig.start()
+            await rig.at(600)
+            assert rig.alerts.kinds() == [AnomalyKind.EVENT_AFTER_COMPLETION]
+            health = await rig.settle()
+            assert (health.instance, health.runs_in_flight) == (2, 0)
+
+
+@virtual_time
+class TestRebuildInSlices:
+    # Regression (simulator bug 8): the rebuild replayed the whole snapshot in one handler, so the bridge (and
+    # every other task on the loop) stalled for as long as it took; a crash storm made that the p99 latency.
+    async def test_large_rebuild_lets_other_tasks_run_and_taps_meanwhile_are_observed_once(self) -> None:
+        config = MonitorConfig(rebuild_slice=64)
+        async with open_actor_system(epoch_ms=EPOCH_MS) as system:
+            rig = RestartRig(system, config=config)
+            await rig.start()
+            for n in range(200):  # 10,000 events in the rings: 150 finished runs, 50 in flight
+                thread, run = f"t{n}", f"r{n}"
+                rig.tap.emit(thread, run, run_started(thread, run))
+                for _ in range(48):
+                    rig.tap.emit(thread, run, text())
+                if n % 4:
+                    rig.tap.emit(thread, run, run_finished(thread, run))
+            rig.tap.emit("stuck", "rs", run_started("stuck", "rs"))
+            rig.tap.emit("stuck", "rs", tool_start("c1"))
+            await rig.at(5)
+            await rig.crash()
+            snapshot_size = len(rig.tap.ring)
+            rebuilding = True
+            turns = 0
+
+            async def bridge_side() -> None:
+                # Another task on the loop, tapping as the bridge does while the new instance rebuilds.
+                nonlocal turns
+                while not rig.bridge_actor.snapshots:
+                    await anyio.lowlevel.checkpoint()
+                rig.tap.emit("live", "rl", run_started("live", "rl"))
+                while rebuilding:
+                    turns += 1
+                    rig.tap.emit("live", "rl", text())
+                    await anyio.lowlevel.checkpoint()
+
+            async with anyio.create_task_group() as tasks:
+                tasks.start_soon(bridge_side)
+                await rig.start()
+                rebuilding = False
+            # In one piece, the rebuild would have let the other task in once or twice at most.
+            assert turns >= snapshot_size // 64
+            rig.tap.emit("live", "rl", run_finished("live", "rl"))
+            await rig.at(600)
+            # The call stuck before the crash and the runs left in flight: nothing replayed twice (a duplicate
+            # completion), nothing missed (a missing start), no finished run mistaken for a stale one.
+            in_flight = [f"r{n}" for n in range(0, 200, 4)]
+            assert sorted((a.kind, a.run_id) for a in rig.alerts.anomalies) == sorted(
+                [(AnomalyKind.STUCK_TOOL, "rs"), (AnomalyKind.STALE_THREAD, "rs")]
+                + [(AnomalyKind.STALE_THREAD, run) for run in in_flight]
+            )
+            health = await rig.settle()
+            assert health.events_observed == len(rig.tap.ring)
+            await system.stop_incarnation(rig.ref, timeout=1.0)
+
+    # Regression: the finished-run memory learned of finishes a rebuild observed before the instance was killed
+    # half way (last_tapped not yet moved past them), so the next rebuild restored those runs as finished and took
+    # their own RUN_FINISHED, still unseen, for a duplicate completion.
+    async def test_instance_killed_mid_rebuild_leaves_nothing_to_report_twice(self) -> None:
+        async with open_actor_system(epoch_ms=EPOCH_MS) as system:
+            rig = RestartRig(system, config=MonitorConfig(rebuild_slice=1))
+            instances: list[PoisonableMonitor] = []
+            build = rig._monitor
+
+            def tracked() -> PoisonableMonitor:
+                instances.append(build())
+                return instances[-1]
+
+            rig._monitor = tracked  # type: ignore[method-assign]
+            await rig.start()
+            for n in range(20):
+                rig.tap.emit(f"t{n}", f"r{n}", run_started(f"t{n}", f"r{n}"))
+                rig.tap.emit(f"t{n}", f"r{n}", text())
+            await rig.at(1)
+            await rig.crash()
+            for n in range(20):  # tapped while the monitor is down: new to the next instance
+                rig.tap.emit(f"t{n}", f"r{n}", run_finished(f"t{n}", f"r{n}"))
+
+            async def kill_while_observing_the_unseen() -> None:
+                while len(instances) < 2 or instances[1].tracker.statistics().events_observed <= 45:
+                    await anyio.lowlevel.checkpoint()
+                await system.stop_incarnation(rig.ref, timeout=0)
+
+            async with anyio.create_task_group() as tasks:
+                tasks.start_soon(kill_while_observing_the_unseen)
+                with pytest.raises(ActorError):
+                    await rig.start()
+            assert 40 < instances[1].tracker.statistics().events_observed < 60  # killed half way through
+            await rig.start()
+            await rig.at(600)
+            assert rig.alerts.entries == []
+            assert (await rig.settle()).runs_in_flight == 0
+            await system.stop_incarnation(rig.ref, timeout=1.0)
 
 
 # -- alert sinks -----------------------------------------------------------------------------------------------------

@@ -298,6 +298,52 @@ class TestHealthClaimMismatch:
             await route_events(rig, "t2", until=100, confirm=False)
             assert len(mismatches(rig)) == 1
 
+    # Regression: undelivered_event is reported once per stalled gap. An audit window that mixed deliveries from
+    # before the onset (>= 10% of its routed events) with that one report judged the claim consistent and was
+    # reset; later windows held no report, were never judgeable, and the lie was never flagged.
+    async def test_bridge_failing_early_in_an_audit_window_flagged_within_two_audits(self) -> None:
+        async with monitor_rig() as rig:
+            await rig.handle.register_component_for_monitoring("bridge", Component("healthy"), observes_flow=True)
+            onset = 1.3 * AUDIT  # 30% into the second window: its deliveries before the onset are ~30% of it
+            await route_events(rig, "t1", until=onset, confirm=True)
+            await route_events(rig, "t2", until=6 * AUDIT, confirm=False)
+            [lie] = rig.alerts.of(AnomalyKind.HEALTH_CLAIM_MISMATCH)
+            [flagged] = mismatches(rig)
+            assert 0 < flagged - onset <= 2 * AUDIT, lie.detail
+            assert "since its delivery stalled" in lie.detail
+            assert [a.thread_id for a in rig.alerts.of(AnomalyKind.UNDELIVERED_EVENT)] == ["t2"]
+
+    async def test_one_stalled_thread_among_delivering_ones_never_flagged(self) -> None:
+        # A client that stopped reading holds its thread back (a stall the audits see) until it leaves; the other
+        # thread is delivered all along.
+        async with monitor_rig() as rig:
+            await rig.handle.register_component_for_monitoring("bridge", Component("healthy"), observes_flow=True)
+            async with anyio.create_task_group() as tg:
+                tg.start_soon(lambda: route_events(rig, "fast", until=8 * AUDIT, confirm=True))
+                await route_events(rig, "slow", until=4 * AUDIT, confirm=False)
+                rig.tap.unsubscribe("slow")
+            assert [a.kind for a in rig.alerts.of(AnomalyKind.UNDELIVERED_EVENT)] == [AnomalyKind.UNDELIVERED_EVENT]
+            assert mismatches(rig) == []
+            summary = await rig.handle.get_component_audit_summary()
+            assert (summary.healthy, summary.mismatched) == (1, ())
+
+    # Regression: a bridge that caught up with its backlog in a quiet spell (nothing new routed) was never judged
+    # honest, so its next failure passed for the episode already reported and was never reported.
+    async def test_backlog_caught_up_in_a_quiet_spell_ends_the_episode(self) -> None:
+        async with monitor_rig() as rig:
+            await rig.handle.register_component_for_monitoring("bridge", Component("healthy"), observes_flow=True)
+            # Every routed event falls in windows the audits judged (a lie) and closed; none in the next ones.
+            await route_events(rig, "t1", until=2 * AUDIT - 0.1, confirm=False)
+            await rig.at(2 * AUDIT + CHECK)
+            assert len(mismatches(rig)) == 1
+            await rig.at(2.5 * AUDIT)
+            rig.tap.confirm("t1")  # everything delivered at last; nothing else is routed for a while
+            await rig.at(3 * AUDIT + CHECK)
+            summary = await rig.handle.get_component_audit_summary()
+            assert (summary.healthy, summary.mismatched) == (1, ())
+            await route_events(rig, "t2", until=8 * AUDIT, confirm=False)
+            assert len(mismatches(rig)) == 2
+
     async def test_on_demand_audit_bridge_health_names_the_lie(self) -> None:
         async with monitor_rig() as rig:
             await rig.handle.register_component_for_monitoring(

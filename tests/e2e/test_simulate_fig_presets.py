@@ -16,14 +16,16 @@ ROOT = Path(__file__).resolve().parents[2]
 # criterion fail at any size, or where the size is too small for the figure: the criteria must still be there).
 TINY: dict[str, tuple[tuple[str, ...], tuple[str, ...], bool]] = {
     "fig2": (
-        ("--duration", "300", "--threads", "3", "--clients", "2"),
+        # 10 simulated minutes: shorter runs can end inside a cool-down, with monitoring still detached.
+        ("--duration", "600", "--threads", "3", "--clients", "2"),
         (
             "intensity.detached_at_budget",
             "intensity.root_never_escalated",
             "intensity.reattached_after_cooldown",
             "health.ready_and_degraded_while_detached",
         ),
-        False,  # open: a re-attached monitor reports undelivered_event for events delivered while it was detached
+        # Regression: a re-attached monitor reported undelivered_event for events delivered while it was detached.
+        True,
     ),
     "fig3": (
         ("--duration", "10", "--threads", "3", "--clients", "2"),

@@ -4,6 +4,7 @@ import gc
 import json
 import random
 import tracemalloc
+import weakref
 from typing import Any
 
 import msgspec
@@ -11,6 +12,7 @@ import pytest
 
 from actors.chat._aliases import agent_completed, agent_started, tool_completed, tool_executing
 from actors.chat._anomaly import ALL_THREADS, Anomaly, AnomalyKind, ReportedKeys, Severity
+from actors.chat._deadlines import DeadlineHeap
 from actors.chat._detection import DetectionThresholds, RunTracker
 from actors.chat._events import (
     AgentEvent,
@@ -28,6 +30,8 @@ from actors.chat._events import (
     ToolCallStart,
     parse_event,
 )
+from actors.chat._finished_runs import FinishedRuns
+from actors.chat._monitor import MonitorConfig, MonitorMemory
 
 T0 = 1_700_000_000_000  # ms on the runtime clock; any non-negative value works
 STUCK_MS = 30_000
@@ -1027,6 +1031,115 @@ class TestRebuild:
             (AnomalyKind.STALE_THREAD, "quiet", T0 + 5 + STALE_MS)
         ]
 
+    def test_rebuild_finished_run_with_a_call_left_open_still_reports_it_stuck(self) -> None:
+        tracker = RunTracker()
+        items = self.replay((started(), T0), (tool_start(), T0 + 1), (finished(), T0 + 2))
+        assert tracker.rebuild(items, now_ms=T0 + 2) == ()
+        assert tracker.statistics().runs_retained == 1
+        found = tracker.advance(T0 + 1 + STUCK_MS)
+        assert [(a.kind, a.tool_call_id) for a in found] == [(AnomalyKind.STUCK_TOOL, "c1")]
+
+    def test_rebuild_finished_run_late_event_reported_once(self) -> None:
+        tracker = RunTracker()
+        items = self.replay((started(), T0), (finished(), T0 + 1), (text(), T0 + 2))
+        assert tracker.rebuild(items, now_ms=T0 + 3) == ()
+        # Its late event was the previous monitor's to report; the next one is not news either.
+        assert tracker.observe(stamped(text(), at=T0 + 4, seq=4)) == ()
+        assert kinds(tracker.observe(stamped(finished(), at=T0 + 5, seq=5))) == [AnomalyKind.DUPLICATE_COMPLETION]
+
+    def test_rebuild_run_finished_longer_than_retention_ago_is_not_kept(self) -> None:
+        tracker = RunTracker()
+        items = self.replay((started(), T0), (finished(), T0 + 1))
+        assert tracker.rebuild(items, now_ms=T0 + 1 + RETENTION_MS) == ()
+        stats = tracker.statistics()
+        assert (stats.runs_in_flight, stats.runs_retained, stats.pending_deadlines, stats.events_observed) == (
+            0,
+            0,
+            0,
+            2,
+        )
+
+    def test_rebuild_error_burst_under_way_goes_on_counting(self) -> None:
+        thresholds = DetectionThresholds(error_burst_count=3)
+        tracker = RunTracker(thresholds)
+        items = [
+            *self.replay((started(run="a"), T0), (RunError(message="x"), T0 + 1), run="a"),
+            *self.replay((started(run="b"), T0), (RunError(message="x"), T0 + 2), run="b"),
+        ]
+        assert tracker.rebuild(items, now_ms=T0 + 2) == ()
+        found = feed(tracker, (started(run="c"), T0 + 3), (RunError(message="x"), T0 + 4), run="c")
+        assert kinds(found) == [AnomalyKind.ERROR_BURST]
+
+    # Regression (simulator bug 3): a ring that lost a run's RUN_FINISHED but kept a later event of it made the
+    # rebuilt tracker believe the run in flight, and report it stale.
+    def test_rebuild_remembered_finished_run_whose_completion_left_the_ring_not_stale(self) -> None:
+        memory = FinishedRuns()
+        previous = RunTracker(finished_runs=memory)
+        feed(previous, (started(), T0), (text(), T0 + 1), (finished(), T0 + 2), (text(), T0 + 3))
+        assert memory.get(("t1", "r1")) == T0 + 2
+        ring = [stamped(text(), at=T0 + 3, seq=4)]  # everything before it aged out
+        tracker = RunTracker(finished_runs=memory)
+        assert tracker.rebuild(ring, now_ms=T0 + 3) == ()
+        assert tracker.advance(T0 + 3 + STALE_MS + RETENTION_MS) == ()
+        stats = tracker.statistics()
+        assert (stats.runs_in_flight, stats.runs_abandoned) == (0, 0)
+
+    def test_rebuild_without_the_memory_takes_that_run_for_one_in_flight(self) -> None:
+        ring = [stamped(text(), at=T0 + 3, seq=4)]
+        tracker = RunTracker()
+        assert tracker.rebuild(ring, now_ms=T0 + 3) == ()
+        assert kinds(tracker.advance(T0 + 3 + STALE_MS)) == [AnomalyKind.STALE_THREAD]
+
+    def test_remembered_finished_run_not_in_the_ring_is_recalled_by_a_late_event(self) -> None:
+        memory = FinishedRuns()
+        memory.add(("t1", "r1"), T0)
+        tracker = RunTracker(finished_runs=memory)
+        assert tracker.rebuild([], now_ms=T0 + 1) == ()
+        found = tracker.observe(stamped(text(), at=T0 + 2, seq=9))
+        assert kinds(found) == [AnomalyKind.EVENT_AFTER_COMPLETION]
+        assert tracker.advance(T0 + 2 + STALE_MS) == ()
+        # Past the retention the run is forgotten, as an uninterrupted tracker forgets it.
+        assert tracker.advance(T0 + RETENTION_MS) == ()
+        assert kinds(tracker.observe(stamped(text(), at=T0 + RETENTION_MS, seq=10, run="r1"))) == [
+            AnomalyKind.MISSING_AGENT_STARTED
+        ]
+
+    def test_rebuild_in_slices_yields_between_bounded_slices_and_matches_rebuild(self) -> None:
+        items: list[StampedEvent] = []
+        for n in range(100):
+            thread, run = f"t{n}", f"r{n}"
+            events: list[tuple[AgentEvent, int]] = [(started(thread, run), T0 + n)]
+            events += [(text(), T0 + n + k) for k in range(1, 19)]
+            if n % 3:
+                events.append((finished(thread, run), T0 + n + 19))
+            items += self.replay(*events, thread=thread, run=run)
+        whole = RunTracker()
+        expected = whole.rebuild(items, now_ms=T0 + STALE_MS + 200)
+        assert kinds(expected) == [AnomalyKind.STALE_THREAD] * 34
+        sliced = RunTracker()
+        steps = sliced.rebuild_in_slices(items, T0 + STALE_MS + 200, slice_events=16)
+        yields = 0
+        observed = 0
+        found: tuple[Anomaly, ...] | None = None
+        while found is None:
+            try:
+                next(steps)
+            except StopIteration as done:
+                found = done.value
+                continue
+            yields += 1
+            # No slice replays more than its budget plus the rest of one run.
+            now_observed = sliced.statistics().events_observed
+            assert now_observed - observed <= 16 + 20
+            observed = now_observed
+        assert found == expected
+        assert yields >= 2 * len(items) // 16  # grouping and replaying, each in slices
+        assert sliced.statistics() == whole.statistics()
+
+    def test_rebuild_in_slices_rejects_a_bad_slice(self) -> None:
+        with pytest.raises(ValueError, match="slice_events must be a positive int"):
+            RunTracker().rebuild_in_slices([], T0, slice_events=0)
+
     def test_rebuild_of_a_used_tracker_raises(self) -> None:
         tracker = RunTracker()
         tracker.observe(stamped(started(), at=T0))
@@ -1126,3 +1239,94 @@ def test_custom_events_are_plain_activity() -> None:
     tracker = RunTracker()
     assert feed(tracker, (started(), T0), (Custom(name="progress", value=None), T0 + 50_000)) == []
     assert tracker.advance(T0 + STALE_MS) == ()
+
+
+class TestFinishedRuns:
+    def test_finished_runs_full_forgets_the_oldest_and_counts_it(self) -> None:
+        memory = FinishedRuns(2)
+        for n in range(3):
+            memory.add(("t", f"r{n}"), T0 + n)
+        assert (("t", "r0") in memory, memory.get(("t", "r1")), memory.get(("t", "r2"))) == (False, T0 + 1, T0 + 2)
+        assert (len(memory), memory.forgotten, memory.capacity) == (2, 1, 2)
+
+    def test_finished_runs_keeps_a_runs_first_finish(self) -> None:
+        memory = FinishedRuns()
+        memory.add(("t", "r"), T0)
+        memory.add(("t", "r"), T0 + 5)
+        assert memory.get(("t", "r")) == T0
+
+    @pytest.mark.parametrize("capacity", [0, -1, 1.5, True])
+    def test_finished_runs_bad_capacity_rejected(self, capacity: Any) -> None:
+        with pytest.raises(ValueError, match="capacity must be a positive int"):
+            FinishedRuns(capacity)
+
+    def test_tracker_records_each_finish_it_sees(self) -> None:
+        memory = FinishedRuns()
+        tracker = RunTracker(finished_runs=memory)
+        feed(tracker, (started(), T0), (finished(), T0 + 7))
+        feed(tracker, (started(run="r2"), T0), (RunError(message="x"), T0 + 8), run="r2")
+        feed(tracker, (started(run="r3"), T0), (text(), T0 + 9), run="r3")
+        assert (memory.get(("t1", "r1")), memory.get(("t1", "r2")), ("t1", "r3") in memory) == (T0 + 7, T0 + 8, False)
+
+
+class _Target:
+    """A deadline target whose entries are current while ``live`` is True."""
+
+    def __init__(self) -> None:
+        self.live = True
+        self.checks = 0
+
+    def is_current(self, due: int, tag: str | None) -> bool:
+        self.checks += 1
+        return self.live
+
+
+class _LiveCount:
+    def __init__(self) -> None:
+        self.value = 0
+
+    def count(self) -> int:
+        return self.value
+
+
+class TestDeadlineHeap:
+    def test_deadline_heap_mostly_stale_is_compacted_when_it_doubles(self) -> None:
+        heap = DeadlineHeap()
+        stale = _Target()
+        for due in range(1024):
+            heap.push(due, stale)
+        stale.live = False
+        keeper = _Target()
+        heap.push(5000, keeper)  # past the bound: only the live entry survives
+        assert len(heap) == 1
+        assert heap.pop_due(10_000) is not None
+
+    def test_deadline_heap_mostly_live_is_not_scanned_for_nothing(self) -> None:
+        live = _LiveCount()
+        heap = DeadlineHeap(weakref.WeakMethod(live.count))
+        target = _Target()
+        for due in range(1025):
+            live.value += 1
+            heap.push(due, target)
+        # Every entry current: no rebuild (it would keep them all), and the next check waits for twice as many.
+        assert (len(heap), target.checks) == (1025, 0)
+        target.live = False
+        live.value = 0
+        for due in range(1025, 2050):
+            heap.push(due, target)
+        assert len(heap) == 2050
+        heap.push(2050, target)  # doubled again, and now all stale: rebuilt
+        assert len(heap) == 0
+        assert heap.next_deadline() is None
+
+
+class TestMonitorConfigRebuildFields:
+    @pytest.mark.parametrize("field", ["finished_runs", "rebuild_slice"])
+    @pytest.mark.parametrize("value", [0, -3, 2.5, True])
+    def test_monitor_config_bad_count_names_the_field_and_rule(self, field: str, value: object) -> None:
+        with pytest.raises(ValueError, match=f"MonitorConfig.{field} must be an int >= 1"):
+            MonitorConfig(**{field: value})  # type: ignore[arg-type]
+
+    def test_monitor_memory_remembers_as_many_finished_runs_as_configured(self) -> None:
+        memory = MonitorMemory(MonitorConfig(finished_runs=7))
+        assert memory.finished.capacity == 7

@@ -8,7 +8,7 @@ from typing import TYPE_CHECKING, Final
 import msgspec
 from hypothesis import given, settings, strategies as st
 
-from actors.chat._anomaly import ALL_THREADS, Anomaly, AnomalyKey, AnomalyKind
+from actors.chat._anomaly import ALL_THREADS, Anomaly, AnomalyKey, AnomalyKind, ReportedKeys
 from actors.chat._detection import DetectionThresholds, RunTracker
 from actors.chat._events import (
     AgentEvent,
@@ -29,6 +29,7 @@ from actors.chat._events import (
     ToolCallResult,
     ToolCallStart,
 )
+from actors.chat._finished_runs import FinishedRuns
 
 if TYPE_CHECKING:
     from collections.abc import Iterator
@@ -519,3 +520,116 @@ class TestUndeliveredGapsProperties:
                 assert sorted((a.thread_id, a.seq) for a in found) == wanted
                 assert all(a.kind is AnomalyKind.UNDELIVERED_EVENT and a.detected_at == now for a in found)
             assert tracker.statistics().pending_deliveries == sum(len(model.due) for model in models.values())
+
+
+# ---------------------------------------------------------------- restarts: rebuilt against uninterrupted
+
+RESTARTABLE: Final[list[AnomalyKind]] = [kind for kind in INJECTABLE if kind is not AnomalyKind.UNDELIVERED_EVENT]
+
+
+def observed_only(actions: list[Action]) -> list[Action]:
+    """The events of a timeline without its delivery confirmations (a rebuild restores runs, not deliveries)."""
+    return sorted(action for action in actions if action[3] is not None)
+
+
+def play(tracker: RunTracker, actions: list[Action], found: list[Anomaly]) -> None:
+    """Observe each event after firing the deadlines due by then, as the monitor does (no final drain)."""
+    for at, _, _, item, _ in actions:
+        while (deadline := tracker.next_deadline()) is not None and deadline <= at:
+            found += fire(tracker, deadline)
+        assert item is not None
+        found += tracker.observe(item)
+
+
+def drain(tracker: RunTracker, found: list[Anomaly]) -> None:
+    while (deadline := tracker.next_deadline()) is not None:
+        found += fire(tracker, deadline)
+
+
+def lose_completed_heads(items: list[StampedEvent], keep: set[str]) -> list[StampedEvent]:
+    """What a bounded ring may hold: each run (not in ``keep``) loses everything up to its RUN_FINISHED.
+
+    Runs that failed keep theirs: a RUN_ERROR the ring lost no longer counts towards a burst after the restart.
+    """
+    completed: dict[tuple[str, str], int] = {}
+    for index, item in enumerate(items):
+        if isinstance(item.event, RunFinished):
+            completed.setdefault((item.thread_id, item.run_id), index)
+    return [
+        item
+        for index, item in enumerate(items)
+        if item.run_id in keep or index > completed.get((item.thread_id, item.run_id), -1)
+    ]
+
+
+class TestRestartProperties:
+    @settings(max_examples=300, deadline=None)
+    @given(
+        thresholds=thresholds_strategy,
+        rng=st.randoms(use_true_random=False),
+        runs=st.integers(0, 6),
+        kinds=st.lists(st.sampled_from(RESTARTABLE), max_size=3),
+        burst=st.booleans(),
+        cut=st.floats(0, 1),
+        lose_heads=st.booleans(),
+        slice_events=st.integers(1, 8),
+    )
+    def test_restart_anywhere_reports_what_an_uninterrupted_tracker_reports(
+        self,
+        thresholds: DetectionThresholds,
+        rng: random.Random,
+        runs: int,
+        kinds: list[AnomalyKind],
+        burst: bool,
+        cut: float,
+        lose_heads: bool,
+        slice_events: int,
+    ) -> None:
+        limits = Limits(thresholds)
+        tiebreak = itertools.count()
+        actions: list[Action] = []
+        latest = T0
+        for n in range(runs):
+            timed = valid_run(rng, limits, f"t{n}", f"r{n}", T0 + rng.randint(0, 120_000), error=n % 2 == 1)
+            latest = max(latest, timed[-1][0])
+            actions += run_actions(rng, limits, f"t{n}", f"r{n}", timed, tiebreak)
+        stuck_runs: set[str] = set()
+        for n, kind in enumerate(kinds):
+            faulty, _ = inject(kind, rng, limits, f"f{n}", f"fr{n}", T0 + rng.randint(0, 120_000), tiebreak)
+            actions += faulty
+            if kind is AnomalyKind.STUCK_TOOL:
+                stuck_runs.add(f"fr{n}")  # a call it leaves open past its finish is only in its lost head
+        if burst:
+            actions += inject_burst(rng, limits, latest, tiebreak)[0]
+        events = observed_only(actions)
+        uninterrupted: list[Anomaly] = []
+        reference = RunTracker(thresholds)
+        play(reference, events, uninterrupted)
+        drain(reference, uninterrupted)
+
+        # The same stream, with the monitor restarted after `split` events: the previous tracker's reports, the
+        # rebuilt one's, then the rest of the stream.
+        split = int(cut * len(events))
+        memory = FinishedRuns()
+        before: list[Anomaly] = []
+        previous = RunTracker(thresholds, finished_runs=memory)
+        play(previous, events[:split], before)
+        reported = ReportedKeys()
+        for anomaly in before:
+            reported.add(anomaly.key)
+        seen = [action[3] for action in events[:split] if action[3] is not None]
+        if lose_heads:
+            seen = lose_completed_heads(seen, stuck_runs)
+        rebuilt = RunTracker(thresholds, finished_runs=memory)
+        horizon = events[split - 1][0] if split else T0
+        steps = rebuilt.rebuild_in_slices(seen, horizon, already_reported=reported, slice_events=slice_events)
+        after: list[Anomaly] = []
+        while True:
+            try:
+                next(steps)
+            except StopIteration as done:
+                after += done.value
+                break
+        play(rebuilt, events[split:], after)
+        drain(rebuilt, after)
+        assert sorted(a.key for a in before + after) == sorted(a.key for a in uninterrupted)
