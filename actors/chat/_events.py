@@ -141,7 +141,12 @@ TextMessageRole = Literal["developer", "system", "assistant", "user"]
 # ---------------------------------------------------------------- events
 
 
-class BaseEvent(msgspec.Struct, frozen=True, kw_only=True, tag_field="type", rename="camel", omit_defaults=True):
+# Events and stamped events are gc=False: they are plain data (no reference back to anything that holds them), and
+# the replay rings keep hundreds of thousands of them alive. Tracked, each full collection rescanned them all (40-150
+# ms per collection in bench/bridge.py), a pause on the critical path that the events themselves never need.
+class BaseEvent(
+    msgspec.Struct, frozen=True, kw_only=True, tag_field="type", rename="camel", omit_defaults=True, gc=False
+):
     """Fields every AG-UI event carries; ``type`` is the msgspec tag (SCREAMING_SNAKE on the wire).
 
     :param timestamp: when the event was created, in ms since the epoch.
@@ -489,7 +494,7 @@ def _parse_untagged(obj: Any) -> AgentEvent:
 # ---------------------------------------------------------------- stamping
 
 
-class StampedEvent(msgspec.Struct, frozen=True, kw_only=True):
+class StampedEvent(msgspec.Struct, frozen=True, kw_only=True, gc=False):
     """An accepted event with its per-thread sequence number and its wire frame, made once by the bridge.
 
     The same object goes to every connection writer, the replay ring and the monitor.
