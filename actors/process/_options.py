@@ -36,6 +36,11 @@ class ProcessIsolation(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown
     :param nice: how much lower the worker's CPU priority is than the parent's (0-19, added to its niceness from
         its first instruction on): when cores are scarce, a spinning or busy worker then takes CPU time only
         the parent does not want
+    :param scheduling: ``"normal"``: the worker shares the CPU by its ``nice``; ``"idle"``: Linux's ``SCHED_IDLE``,
+        the worker runs only when a core has nothing else to run, and a waking task of any other process preempts
+        it at once (where SCHED_IDLE does not exist, ``nice`` 19 instead). For a worker whose work may wait, such
+        as a monitor: on a machine whose cores are all busy it gets almost no CPU and falls behind rather than take
+        time from the parent; starved for longer than 10 heartbeat timeouts, it is restarted like a stuck one
     :param start_method: ``"forkserver"``: forked by this process's fork server, which has the runtime and the
         factory's module imported already (milliseconds per start, so a restart costs the parent's cores
         almost nothing); ``"spawn"``: a new interpreter per worker, with this process's environment of the moment
@@ -49,6 +54,7 @@ class ProcessIsolation(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown
     terminate_timeout: float = 0.5
     outbox_limit: int = 4096
     nice: int = 0
+    scheduling: Literal["normal", "idle"] = "normal"
     start_method: Literal["forkserver", "spawn"] = "forkserver"
 
     def __post_init__(self) -> None:
@@ -66,6 +72,8 @@ class ProcessIsolation(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown
             raise ValueError(f"ProcessIsolation.outbox_limit must be an int >= 1, got {self.outbox_limit!r}")
         if isinstance(self.nice, bool) or not isinstance(self.nice, int) or not 0 <= self.nice <= 19:
             raise ValueError(f"ProcessIsolation.nice must be an int from 0 to 19, got {self.nice!r}")
+        if self.scheduling not in ("normal", "idle"):
+            raise ValueError(f"ProcessIsolation.scheduling must be 'normal' or 'idle', got {self.scheduling!r}")
 
     @property
     def graceful_budget(self) -> float:

@@ -560,15 +560,37 @@ async def _serve(sock: socket.socket) -> int:
             await stream.aclose()
 
 
+def lower_priority(nice: int, scheduling: str) -> None:
+    """Lower this process's CPU priority before it does anything else: ``nice`` levels, and SCHED_IDLE if asked.
+
+    SCHED_IDLE, not just nice 19: Linux preempts a SCHED_IDLE task at once for any other task that wakes up on its
+    CPU, and may place a waking task on a CPU that runs only SCHED_IDLE ones as on an idle one; a nice-19 task gets
+    neither treatment, only a smaller share of the CPU.
+    """
+    if nice:
+        os.nice(nice)
+    if scheduling != "idle":
+        return
+    policy = getattr(os, "SCHED_IDLE", None)
+    if policy is not None:
+        try:
+            os.sched_setscheduler(0, policy, os.sched_param(0))
+        except OSError as exc:  # a seccomp filter, say: the lowest nice is the next best thing
+            logger.debug("no SCHED_IDLE (%s): nice 19 instead", exc)
+        else:
+            return
+    with contextlib.suppress(OSError):
+        os.nice(19 - os.nice(0))
+
+
 def run_worker(argv: list[str] | None = None) -> int:
-    """The worker's entry point (``python -m actors.process <socket fd> <backend> <parent pid> <nice>``).
+    """The worker's entry point: ``python -m actors.process <socket fd> <backend> <parent pid> <nice> <scheduling>``.
 
     :return: the exit status (see ``EXIT_*``)
     """
-    fd_text, backend, parent_text, nice_text = argv if argv is not None else sys.argv[1:]
+    fd_text, backend, parent_text, nice_text, scheduling = argv if argv is not None else sys.argv[1:]
     _die_with_parent(int(parent_text))
-    if int(nice_text):
-        os.nice(int(nice_text))
+    lower_priority(int(nice_text), scheduling)
     # Frames travel on the socket; stray prints of the actor must not reach the parent's stdout (a bench's JSON).
     os.dup2(2, 1)
     logging.basicConfig(level=logging.WARNING, format=f"worker {os.getpid()} %(name)s %(levelname)s: %(message)s")

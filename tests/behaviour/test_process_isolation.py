@@ -193,6 +193,24 @@ class TestStartMethods:
             assert_reaped(first)
 
 
+class TestCpuPriority:
+    @pytest.mark.parametrize("start_method", ["forkserver", "spawn"])
+    async def test_nice_and_idle_scheduling_applied_to_worker_kept_after_restart(self, start_method: str) -> None:
+        idle = msgspec.structs.replace(FAST, nice=3, scheduling="idle", start_method=start_method)
+        niced = msgspec.structs.replace(FAST, nice=7, start_method=start_method)
+        async with open_tree(counter("idle", isolation=idle), counter("niced", isolation=niced)) as tree:
+            own = os.getpriority(os.PRIO_PROCESS, 0)
+            assert os.sched_getscheduler(tree.pid("idle")) == os.SCHED_IDLE
+            assert os.sched_getscheduler(tree.pid("niced")) == os.SCHED_OTHER
+            assert os.getpriority(os.PRIO_PROCESS, tree.pid("niced")) == min(19, own + 7)
+            first = tree.pid("idle")
+            os.kill(first, signal.SIGKILL)
+            await tree.wait_restarted(child_id="idle")
+            assert tree.pid("idle") != first
+            assert os.sched_getscheduler(tree.pid("idle")) == os.SCHED_IDLE
+            assert await tree.ref("idle").ask(Total()) == 0  # an idle-scheduled worker still works
+
+
 class TestProcessSupervision:
     async def test_nonzero_exit_failure_restarted_with_new_worker(self) -> None:
         async with open_tree(counter()) as tree:
