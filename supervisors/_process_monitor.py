@@ -72,6 +72,8 @@ class MonitorMemoryKeeper(Actor[Any]):
         memory.direct.extend(sync.direct)
         memory.suppressed = sync.suppressed
         memory.rebuilt_events = sync.rebuilt_events
+        for thread_id, run_id, finished_at in sync.finished:
+            memory.finished.add((thread_id, run_id), finished_at)
         try:
             host = self.system.lookup(self.monitor)
         except ActorNotFound:

@@ -48,6 +48,28 @@ class FinishedRuns:
             runs.popitem(last=False)
             self._forgotten += 1
 
+    @property
+    def added(self) -> int:
+        """How many runs were ever added (kept or since forgotten): a cursor for :meth:`newest`."""
+        return len(self._runs) + self._forgotten
+
+    def newest(self, count: int) -> list[tuple[str, str, int]]:
+        """The ``count`` most recently added runs still remembered, oldest first, as (thread, run, finished at)."""
+        if count <= 0:
+            return []
+        runs = self._runs
+        picked: list[tuple[str, str, int]] = []
+        for (thread_id, run_id), finished_at in reversed(runs.items()):
+            if len(picked) == count:
+                break
+            picked.append((thread_id, run_id, finished_at))
+        picked.reverse()
+        return picked
+
+    def entries(self) -> list[tuple[str, str, int]]:
+        """Every remembered run, oldest first, as (thread, run, finished at)."""
+        return [(thread_id, run_id, finished_at) for (thread_id, run_id), finished_at in self._runs.items()]
+
     def get(self, key: RunKey) -> int | None:
         """When run ``key`` finished (ms), or None when it is not remembered as finished."""
         return self._runs.get(key)

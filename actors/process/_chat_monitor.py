@@ -65,6 +65,8 @@ class MemorySnapshot(msgspec.Struct, frozen=True, kw_only=True):
     direct: list[StampedEvent]
     suppressed: int
     rebuilt_events: int
+    #: The runs seen to finish, oldest first, as (thread, run, finished at ms): see FinishedRuns.
+    finished: list[tuple[str, str, int]] = msgspec.field(default_factory=list)
 
 
 class MemorySync(Message, frozen=True, kw_only=True):
@@ -82,6 +84,9 @@ class MemorySync(Message, frozen=True, kw_only=True):
     direct: list[StampedEvent]
     suppressed: int
     rebuilt_events: int
+    #: The runs seen to finish since the previous sync, oldest first (a monitor killed between two syncs loses at
+    #: most those: the next one may then take one of them for a run in flight whose completion left the ring).
+    finished: list[tuple[str, str, int]] = msgspec.field(default_factory=list)
 
 
 class HostMailbox(Message, frozen=True, kw_only=True):
@@ -136,6 +141,7 @@ class ProcessChatEventMonitor(ChatEventMonitor):
         super().__init__(config, bridge=bridge, dispatcher=memory)
         self.keeper = memory
         self._direct_unsynced = 0
+        self._finished_synced = 0
         self._host: HostMailbox | None = None
 
     async def on_start(self) -> None:
@@ -145,6 +151,7 @@ class ProcessChatEventMonitor(ChatEventMonitor):
             logger.warning("process monitor: no memory from the parent (%s); starting without it", exc)
         else:
             restore_memory(self.memory, snapshot)
+        self._finished_synced = self.memory.finished.added
         await super().on_start()
         assert self.bridge is not None
         self.bridge.tell(AttachMonitor(monitor=self.ref))
@@ -173,6 +180,10 @@ class ProcessChatEventMonitor(ChatEventMonitor):
         memory = self.memory
         fresh = min(self._direct_unsynced, len(memory.direct))
         self._direct_unsynced = 0
+        finished = memory.finished
+        added = finished.added
+        new_finished = finished.newest(added - self._finished_synced)
+        self._finished_synced = added
         self.keeper.tell(
             MemorySync(
                 last_tapped=memory.last_tapped,
@@ -183,6 +194,7 @@ class ProcessChatEventMonitor(ChatEventMonitor):
                 direct=list(memory.direct)[len(memory.direct) - fresh :] if fresh else [],
                 suppressed=memory.suppressed,
                 rebuilt_events=memory.rebuilt_events,
+                finished=new_finished,
             )
         )
 
@@ -224,6 +236,7 @@ def snapshot_of(memory: MonitorMemory) -> MemorySnapshot:
         direct=list(memory.direct),
         suppressed=memory.suppressed,
         rebuilt_events=memory.rebuilt_events,
+        finished=memory.finished.entries(),
     )
 
 
@@ -247,3 +260,7 @@ def restore_memory(memory: MonitorMemory, snapshot: MemorySnapshot) -> None:
     memory.direct.extend(snapshot.direct)
     memory.suppressed = snapshot.suppressed
     memory.rebuilt_events = snapshot.rebuilt_events
+    # Into the existing table, not a new one: the monitor's run tracker already holds a reference to it.
+    finished = memory.finished
+    for thread_id, run_id, finished_at in snapshot.finished:
+        finished.add((thread_id, run_id), finished_at)
