@@ -1,13 +1,14 @@
 from __future__ import annotations
 
 import enum
-from collections import OrderedDict
 from typing import TYPE_CHECKING, Final
 
 import msgspec
 
+from ._oldest_first import OldestFirstTable
+
 if TYPE_CHECKING:
-    from collections.abc import Hashable, Iterator
+    from collections.abc import Hashable
 
 
 class AnomalyKind(enum.StrEnum):
@@ -90,7 +91,7 @@ class Anomaly(msgspec.Struct, frozen=True, kw_only=True, rename="camel"):
         return (self.kind, self.thread_id, self.run_id, self.tool_call_id, self.seq, self.window_start)
 
 
-class ReportedKeys:
+class ReportedKeys(OldestFirstTable["Hashable", None]):
     """A bounded set of anomaly keys already reported; the oldest key is forgotten first when full.
 
     The monitor keeps it outside its run tracker so that a rebuilt tracker does not report an anomaly twice.
@@ -99,46 +100,11 @@ class ReportedKeys:
     :raises ValueError: when ``capacity`` is not a positive int.
     """
 
-    __slots__ = ("_capacity", "_forgotten", "_keys")
-
-    def __init__(self, capacity: int = 100_000) -> None:
-        if isinstance(capacity, bool) or not isinstance(capacity, int) or capacity < 1:
-            raise ValueError(f"capacity must be a positive int, got {capacity!r}")
-        self._capacity = capacity
-        # Insertion order makes the first key the oldest. OrderedDict, not dict: popping a plain dict's first key
-        # leaves dummies that the next `iter()` must skip, which turns steady eviction quadratic.
-        self._keys: OrderedDict[Hashable, None] = OrderedDict()
-        self._forgotten = 0
-
-    @property
-    def capacity(self) -> int:
-        """Most keys kept."""
-        return self._capacity
-
-    @property
-    def forgotten(self) -> int:
-        """How many keys were dropped to stay within ``capacity``."""
-        return self._forgotten
+    __slots__ = ()
 
     def add(self, key: Hashable) -> bool:
         """Remember ``key``.
 
         :return: True when the key was new (report the anomaly), False when it was already reported.
         """
-        keys = self._keys
-        if key in keys:
-            return False
-        keys[key] = None
-        if len(keys) > self._capacity:
-            keys.popitem(last=False)
-            self._forgotten += 1
-        return True
-
-    def __contains__(self, key: object) -> bool:
-        return key in self._keys
-
-    def __len__(self) -> int:
-        return len(self._keys)
-
-    def __iter__(self) -> Iterator[Hashable]:
-        return iter(self._keys)
+        return self._put(key, None)
