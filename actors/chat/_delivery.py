@@ -9,7 +9,7 @@ if TYPE_CHECKING:
     from collections.abc import Mapping
 
     from actors.chat._deadlines import DeadlineHeap
-    from actors.chat._detection import _Run
+    from actors.chat._run_state import _Run
 
 
 _COMPACT_AFTER: Final = 64  # consumed slots at the head of a pending list before it is worth shifting

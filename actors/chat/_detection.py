@@ -1,80 +1,55 @@
 from __future__ import annotations
 
-import heapq
-import math
-import operator
 import weakref
 from collections import OrderedDict, deque
 from typing import TYPE_CHECKING, Final, cast
 
 import msgspec
 
-from actors.chat._anomaly import ALL_THREADS, Anomaly, AnomalyKey, AnomalyKind
+from actors.chat._anomaly import Anomaly, AnomalyKey, AnomalyKind
 from actors.chat._deadlines import DeadlineHeap
 from actors.chat._delivery import DeliveryTracker, ThreadDeliveries
-from actors.chat._events import (
-    AgentEvent,
-    RunError,
-    RunFinished,
-    RunStarted,
-    StampedEvent,
-    ToolCallEnd,
-    ToolCallResult,
-    ToolCallStart,
+from actors.chat._events import RunError, RunFinished, StampedEvent, ToolCallEnd, ToolCallResult, ToolCallStart
+from actors.chat._rebuild import rebuild_steps
+from actors.chat._run_anomalies import (
+    duplicate_completion_anomaly,
+    error_burst_anomaly,
+    event_after_completion_anomaly,
+    high_latency_anomaly,
+    missing_agent_started_anomaly,
+    orphan_tool_completed_anomaly,
+    stale_thread_anomaly,
+    stuck_tool_anomaly,
 )
+from actors.chat._run_state import (
+    _ACTIVITY,
+    _AFTER_REPORTED,
+    _AWAITING_RESULT,
+    _CATEGORY,
+    _DUPLICATE_REPORTED,
+    _ERRORED,
+    _FINISHED,
+    _LATENCY_REPORTED,
+    _STALE_REPORTED,
+    _STARTED,
+    _TOOL_DONE,
+    _TOOL_ENDED,
+    _TOOL_RESULT,
+    _TOOL_STARTED,
+    _TOOL_STUCK,
+    _armed,
+    _completed_by_seed,
+    _Run,
+)
+
+# Re-exported: DetectionThresholds was defined here, and is imported from here.
+from actors.chat._thresholds import DetectionThresholds as DetectionThresholds
 
 if TYPE_CHECKING:
     from collections.abc import Callable, Container, Generator, Iterable, Mapping
 
     from actors.chat._deadlines import DeadlineEntry
     from actors.chat._finished_runs import FinishedRuns
-
-
-class DetectionThresholds(msgspec.Struct, frozen=True, kw_only=True):
-    """When the run tracker calls something an anomaly; durations are seconds.
-
-    :param stuck_tool_after: a tool call still open this long (``>=``) after its TOOL_CALL_START is ``stuck_tool``:
-        open means no TOOL_CALL_RESULT, and either no TOOL_CALL_END or an END in a run that has not finished.
-    :param stale_thread_after: an unfinished run silent this long (``>=``) is ``stale_thread``.
-    :param high_latency_after: an event observed more than this (``>``) after its own ``timestamp`` is
-        ``high_latency``.
-    :param error_burst_count: this many RUN_ERROR events (across all runs) ...
-    :param error_burst_window: ... less than this apart, first to last, are an ``error_burst``.
-    :param undelivered_after: an event expected for delivery and not confirmed this long after (``>=``) it was
-        accepted is ``undelivered_event``.
-    :param retention: how long a finished run is kept to catch duplicate and late events; also how long a run
-        already reported stale is kept before it is forgotten.
-    :param max_tracked_runs: most runs in flight (and, separately, most finished runs retained, and most threads
-        with delivery state); beyond it one is evicted and counted: the oldest finished run; the run in flight, or
-        thread, queued longest ago without activity since (second chance: about the least recently active).
-    :raises ValueError: when a duration is not a positive finite number or a count is not a positive int.
-    """
-
-    stuck_tool_after: float = 30.0
-    stale_thread_after: float = 60.0
-    high_latency_after: float = 2.0
-    error_burst_count: int = 5
-    error_burst_window: float = 60.0
-    undelivered_after: float = 5.0
-    retention: float = 300.0
-    max_tracked_runs: int = 100_000
-
-    def __post_init__(self) -> None:
-        for name in (
-            "stuck_tool_after",
-            "stale_thread_after",
-            "high_latency_after",
-            "error_burst_window",
-            "undelivered_after",
-            "retention",
-        ):
-            value = getattr(self, name)
-            if isinstance(value, bool) or not isinstance(value, int | float) or not math.isfinite(value) or value <= 0:
-                raise ValueError(f"{name} must be a positive finite number of seconds, got {value!r}")
-        for name in ("error_burst_count", "max_tracked_runs"):
-            value = getattr(self, name)
-            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-                raise ValueError(f"{name} must be a positive int, got {value!r}")
 
 
 class TrackerStatistics(msgspec.Struct, frozen=True, kw_only=True):
@@ -101,106 +76,14 @@ class TrackerStatistics(msgspec.Struct, frozen=True, kw_only=True):
     anomalies_by_kind: dict[AnomalyKind, int]
 
 
-# What an event means to the state machine; everything absent from the table is plain activity.
-_ACTIVITY: Final = 0
-_STARTED: Final = 1
-_FINISHED: Final = 2
-_ERRORED: Final = 3
-_TOOL_STARTED: Final = 4
-_TOOL_ENDED: Final = 5
-_TOOL_RESULT: Final = 6
-_COMPLETIONS: Final = frozenset({RunFinished, RunError})
-_CATEGORY: Final[dict[type, int]] = {
-    RunStarted: _STARTED,
-    RunFinished: _FINISHED,
-    RunError: _ERRORED,
-    ToolCallStart: _TOOL_STARTED,
-    ToolCallEnd: _TOOL_ENDED,
-    ToolCallResult: _TOOL_RESULT,
-}
-
-# _Run.flags: what was already reported for a run, so each per-run anomaly is reported once.
-_STALE_REPORTED: Final = 1
-_LATENCY_REPORTED: Final = 2
-_DUPLICATE_REPORTED: Final = 4
-_AFTER_REPORTED: Final = 8
-
-# _Run.tools values. A non-negative int is the stuck deadline of a call whose arguments are still streaming (no
-# TOOL_CALL_END yet; observed_at is ms on a clock that starts at or above 0, so deadlines are never negative). A call
-# that had its END and awaits its RESULT (or its run's finish) keeps its deadline as _AWAITING_RESULT - deadline,
-# which is <= _AWAITING_RESULT, so one dict holds both and _deadline_of() reads either. The other two mark a call
-# already reported stuck and a closed (or orphan) call.
-_TOOL_STUCK: Final = -1
-_TOOL_DONE: Final = -2
-_AWAITING_RESULT: Final = -3
-
 _NOTHING: Final[tuple[Anomaly, ...]] = ()
-_by_observed_at: Final = operator.attrgetter("observed_at")
-_by_finished_at: Final = operator.attrgetter("finished_at")
 
 REBUILD_SLICE: Final = 256
 """Default for :meth:`RunTracker.rebuild_in_slices`: events (or deadlines) handled between two yields."""
 
 
-class _Run:
-    """Per-run state: one per tracked (thread, run)."""
-
-    __slots__ = ("armed", "finished_at", "flags", "flight_id", "key", "last_activity", "queued_at", "tools", "tracked")
-
-    def __init__(self, key: tuple[str, str], now: int) -> None:
-        self.key = key
-        # The run id while the run is in flight, None once it finished or was dropped: what a thread's cached run
-        # is matched on (ThreadDeliveries.current_run), in one comparison and without touching the key tuple.
-        self.flight_id: str | None = key[1]
-        self.last_activity = now
-        # When the run was (re)queued in the in-flight table, for the cap's second-chance eviction.
-        self.queued_at = now
-        self.finished_at: int | None = None
-        # Deadline of this run's one current heap entry (its stale check, or its expiry once finished or reported
-        # stale); an entry for the run with any other deadline is skipped when popped.
-        self.armed = 0
-        self.flags = 0
-        self.tools: dict[str, int] | None = None
-        self.tracked = True
-
-    def is_current(self, due: int, tool_call_id: str | None) -> bool:
-        """Whether the heap entry (``due``, ``tool_call_id``) is still a deadline of this run."""
-        if not self.tracked:
-            return False
-        if tool_call_id is None:
-            return self.armed == due
-        tools = self.tools
-        if tools is None:
-            return False
-        state = tools.get(tool_call_id)
-        return state is not None and _deadline_of(state) == due
-
-
-def _deadline_of(state: int) -> int:
-    """The stuck deadline a tool state holds; negative (never a deadline) for a call stuck or done."""
-    return state if state >= 0 else _AWAITING_RESULT - state
-
-
-def _armed(state: int) -> bool:
-    """Whether a tool state is a call with a live deadline (not yet stuck, closed or orphan)."""
-    return state >= 0 or state <= _AWAITING_RESULT
-
-
-def _completed_by_seed(event: ToolCallEnd) -> bool:
-    """Whether this TOOL_CALL_END came in as the seed's ``tool_completed``, which says the tool has finished.
-
-    The alias parser keeps the seed object as ``rawEvent``; AG-UI's own END only says the arguments are complete.
-    """
-    raw = event.raw_event
-    return type(raw) is dict and raw.get("type") == "tool_completed"
-
-
 def _ms(seconds: float) -> int:
     return round(seconds * 1000)
-
-
-def _type_name(event: AgentEvent) -> str:
-    return str(event.__struct_config__.tag)
 
 
 class RunTracker:
@@ -368,14 +251,7 @@ class RunTracker:
                 return self._observe_finished(run, stamped, category)
             run = self._track(key, now)
             if category != _STARTED:
-                found = [
-                    self._anomaly(
-                        AnomalyKind.MISSING_AGENT_STARTED,
-                        stamped,
-                        f"the first event seen for the run was {_type_name(event)} (seq {stamped.seq}), "
-                        "not RUN_STARTED",
-                    )
-                ]
+                found = [missing_agent_started_anomaly(stamped)]
         if thread is not None:
             thread.current_run = run
         return self._apply(run, stamped, category, found)
@@ -389,7 +265,7 @@ class RunTracker:
         timestamp = event.timestamp
         if timestamp is not None and now - timestamp > self._latency_ms and not run.flags & _LATENCY_REPORTED:
             run.flags |= _LATENCY_REPORTED
-            late = self._latency(stamped, timestamp)
+            late = high_latency_anomaly(stamped, timestamp, self._latency_ms)
             found = [late] if found is None else [*found, late]
         if category in (_ACTIVITY, _STARTED):
             return found
@@ -397,11 +273,11 @@ class RunTracker:
             self._open_tool(run, cast("ToolCallStart", event).tool_call_id, now)
         elif category == _TOOL_ENDED:
             if not self._end_tool(run, cast("ToolCallEnd", event)):
-                orphan = self._orphan(stamped)
+                orphan = orphan_tool_completed_anomaly(stamped)
                 found = [orphan] if found is None else [*found, orphan]
         elif category == _TOOL_RESULT:
             if not self._close_tool(run, cast("ToolCallResult", event).tool_call_id):
-                orphan = self._orphan(stamped)
+                orphan = orphan_tool_completed_anomaly(stamped)
                 found = [orphan] if found is None else [*found, orphan]
         else:
             self._finish(run, now)
@@ -415,12 +291,16 @@ class RunTracker:
         self._open_tool(run, cast("ToolCallStart", stamped.event).tool_call_id, stamped.observed_at)
 
     def _on_tool_end(self, run: _Run, stamped: StampedEvent) -> list[Anomaly] | None:
-        return None if self._end_tool(run, cast("ToolCallEnd", stamped.event)) else [self._orphan(stamped)]
+        return (
+            None
+            if self._end_tool(run, cast("ToolCallEnd", stamped.event))
+            else [orphan_tool_completed_anomaly(stamped)]
+        )
 
     def _on_tool_result(self, run: _Run, stamped: StampedEvent) -> list[Anomaly] | None:
         if self._close_tool(run, cast("ToolCallResult", stamped.event).tool_call_id):
             return None
-        return [self._orphan(stamped)]
+        return [orphan_tool_completed_anomaly(stamped)]
 
     def _on_run_finished(self, run: _Run, stamped: StampedEvent) -> None:
         self._finish(run, stamped.observed_at)
@@ -440,18 +320,11 @@ class RunTracker:
             and not run.flags & _LATENCY_REPORTED
         ):
             run.flags |= _LATENCY_REPORTED
-            found.append(self._latency(stamped, timestamp))
+            found.append(high_latency_anomaly(stamped, timestamp, self._latency_ms))
         if category in (_FINISHED, _ERRORED):
             if not run.flags & _DUPLICATE_REPORTED:
                 run.flags |= _DUPLICATE_REPORTED
-                found.append(
-                    self._anomaly(
-                        AnomalyKind.DUPLICATE_COMPLETION,
-                        stamped,
-                        f"{_type_name(event)} (seq {stamped.seq}) for a run that already finished "
-                        f"{stamped.observed_at - (run.finished_at or 0)} ms earlier",
-                    )
-                )
+                found.append(duplicate_completion_anomaly(stamped, run.finished_at))
             if category == _ERRORED:
                 burst = self._count_error(stamped)
                 if burst is not None:
@@ -464,14 +337,7 @@ class RunTracker:
                 self._close_tool(run, cast("ToolCallEnd | ToolCallResult", event).tool_call_id)
             if not run.flags & _AFTER_REPORTED:
                 run.flags |= _AFTER_REPORTED
-                found.append(
-                    self._anomaly(
-                        AnomalyKind.EVENT_AFTER_COMPLETION,
-                        stamped,
-                        f"{_type_name(event)} (seq {stamped.seq}) arrived "
-                        f"{stamped.observed_at - (run.finished_at or 0)} ms after the run finished",
-                    )
-                )
+                found.append(event_after_completion_anomaly(stamped, run.finished_at))
         return found or None
 
     def _track(self, key: tuple[str, str], now: int) -> _Run:
@@ -617,17 +483,7 @@ class RunTracker:
         window_start = self._burst(now)
         if window_start is None:
             return None
-        errors = self._errors
-        return Anomaly(
-            kind=AnomalyKind.ERROR_BURST,
-            severity=AnomalyKind.ERROR_BURST.default_severity,
-            thread_id=ALL_THREADS,
-            detected_at=now,
-            window_start=window_start,
-            detail=f"{len(errors)} RUN_ERROR events within {now - errors[0]} ms (threshold: "
-            f"{self._burst_count} within {self._burst_window_ms} ms); the latest on thread "
-            f"{stamped.thread_id!r}, run {stamped.run_id!r}",
-        )
+        return error_burst_anomaly(stamped, window_start, self._errors, self._burst_count, self._burst_window_ms)
 
     def _burst(self, now: int) -> int | None:
         """Count a RUN_ERROR at ``now``; return the window to report a burst for, None when there is none new."""
@@ -749,18 +605,7 @@ class RunTracker:
             self._drop(run)
         elif not run.flags & _STALE_REPORTED:
             run.flags |= _STALE_REPORTED
-            thread_id, run_id = run.key
-            found.append(
-                Anomaly(
-                    kind=AnomalyKind.STALE_THREAD,
-                    severity=AnomalyKind.STALE_THREAD.default_severity,
-                    thread_id=thread_id,
-                    run_id=run_id,
-                    detected_at=now,
-                    detail=f"the run has not finished and has seen no event for {now - run.last_activity} ms "
-                    f"(threshold {self._stale_ms} ms)",
-                )
-            )
+            found.append(stale_thread_anomaly(run, now, self._stale_ms))
             self._arm(run, self._run_due(run))
         else:
             del self._in_flight[run.key]
@@ -772,25 +617,7 @@ class RunTracker:
         ended = run.tools[tool_call_id] < 0
         run.tools[tool_call_id] = _TOOL_STUCK
         self._armed_tools -= 1
-        thread_id, run_id = run.key
-        if ended:
-            what = "had its TOOL_CALL_END but no TOOL_CALL_RESULT, and its run has not finished"
-        else:
-            what = "has had no TOOL_CALL_END or TOOL_CALL_RESULT"
-            if run.finished_at is not None:
-                what += " (the run has finished)"
-        found.append(
-            Anomaly(
-                kind=AnomalyKind.STUCK_TOOL,
-                severity=AnomalyKind.STUCK_TOOL.default_severity,
-                thread_id=thread_id,
-                run_id=run_id,
-                tool_call_id=tool_call_id,
-                detected_at=now,
-                detail=f"the tool call started {now - deadline + self._stuck_ms} ms ago and {what} "
-                f"(threshold {self._stuck_ms} ms)",
-            )
-        )
+        found.append(stuck_tool_anomaly(run, tool_call_id, deadline, now, self._stuck_ms, ended=ended))
 
     def _drop(self, run: _Run) -> None:
         run.tracked = False  # every heap entry for it is now stale
@@ -855,167 +682,7 @@ class RunTracker:
             raise ValueError(f"rebuild() needs a fresh tracker; this one has observed {self._events_observed} events")
         if isinstance(slice_events, bool) or not isinstance(slice_events, int) or slice_events < 1:
             raise ValueError(f"slice_events must be a positive int, got {slice_events!r}")
-        return self._rebuild(items, now_ms, already_reported, slice_events)
-
-    def _rebuild(
-        self, items: Iterable[StampedEvent], now_ms: int, already_reported: Container[AnomalyKey], slice_events: int
-    ) -> Generator[None, None, tuple[Anomaly, ...]]:
-        # 1. Each run's events, in the order given (a ring is oldest first).
-        by_run: dict[tuple[str, str], list[StampedEvent]] = {}
-        budget = slice_events
-        for stamped in items:
-            key = (stamped.thread_id, stamped.run_id)
-            events = by_run.get(key)
-            if events is None:
-                by_run[key] = [stamped]
-            else:
-                events.append(stamped)
-            budget -= 1
-            if not budget:
-                budget = slice_events
-                yield
-        # 2. Runs seen finished go straight to the finished table; the others are replayed below.
-        remember = self._remember
-        restored: list[_Run] = []
-        errors: list[int] = []
-        in_flight: list[list[StampedEvent]] = []
-        for key, events in by_run.items():
-            events.sort(key=_by_observed_at)  # a no-op pass for a ring's run; any order is accepted
-            finished_at = None if remember is None else remember.get(key)
-            if not self._restore_finished(key, events, finished_at, now_ms, restored, errors):
-                in_flight.append(events)
-            budget -= len(events)
-            if budget <= 0:
-                budget = slice_events
-                yield
-        restored.sort(key=_by_finished_at)  # the finished table is oldest first
-        for run in restored:
-            self._retain(run)
-            tools = run.tools
-            if tools:
-                for tool_call_id, state in tools.items():
-                    if state >= 0:
-                        self._armed_tools += 1
-                        self._deadlines.push(state, run, tool_call_id)
-            self._arm(run, self._run_due(run))
-            budget -= 4  # a few dict and heap operations: about as much work as replaying an event or two
-            if budget <= 0:
-                budget = slice_events
-                yield
-        for at in sorted(errors):
-            self._burst(at)  # a burst under way across the restart goes on being counted
-        # 3. Runs in flight, in time order across runs, with the deadlines that came due between their events.
-        found: list[Anomaly] = []
-        pop_due = self._deadlines.pop_due
-        for stamped in heapq.merge(*in_flight, key=_by_observed_at):
-            at = stamped.observed_at
-            while (entry := pop_due(at)) is not None:
-                self._fire(entry, at, found)
-                budget -= 1
-            self._observe(stamped, None)  # what it reveals at once was the previous monitor's to report
-            budget -= 1
-            if budget <= 0:
-                budget = slice_events
-                yield
-        while (entry := pop_due(now_ms)) is not None:
-            self._fire(entry, now_ms, found)
-            budget -= 1
-            if budget <= 0:
-                budget = slice_events
-                yield
-        fresh = [anomaly for anomaly in found if anomaly.key not in already_reported]
-        self._tally(fresh)
-        return tuple(fresh)
-
-    def _restore_finished(
-        self,
-        key: tuple[str, str],
-        events: list[StampedEvent],
-        remembered_at: int | None,
-        now: int,
-        restored: list[_Run],
-        errors: list[int],
-    ) -> bool:
-        """Restore a run the previous monitor saw finish, from its replayed events (sorted); False when in flight.
-
-        The previous monitor advanced its deadlines to the run's finish before it observed it, so everything due
-        up to then fired there (and is in its reported keys): the run needs its finish, its flags (what it already
-        reported once per run), and the calls its finish left armed, not a replay.
-        """
-        done = next((index for index, stamped in enumerate(events) if type(stamped.event) in _COMPLETIONS), None)
-        if remembered_at is not None and (done is None or events[done].observed_at > remembered_at):
-            # The ring lost the completion: what it kept of the run from the remembered finish on came after it.
-            finished_at = remembered_at
-            split = 0
-            while split < len(events) and events[split].observed_at < remembered_at:
-                split += 1
-            after = split
-        elif done is not None:
-            finished_at = events[done].observed_at
-            split, after = done, done + 1
-            if type(events[done].event) is RunError:
-                errors.append(finished_at)
-        else:
-            return False
-        self._events_observed += len(events)
-        latency_ms = self._latency_ms
-        for stamped in events:
-            timestamp = stamped.event.timestamp
-            if timestamp is not None and stamped.observed_at - timestamp > latency_ms:
-                flags = _LATENCY_REPORTED
-                break
-        else:
-            flags = 0
-        # Before the finish only the calls' states matter (as _open_tool, _end_tool and _close_tool keep them).
-        stuck_ms = self._stuck_ms
-        tools: dict[str, int] = {}
-        for stamped in events[:split]:
-            event = stamped.event
-            kind = type(event)
-            if kind is ToolCallStart:
-                tools.setdefault(cast("ToolCallStart", event).tool_call_id, stamped.observed_at + stuck_ms)
-            elif kind is ToolCallEnd:
-                end = cast("ToolCallEnd", event)
-                state = tools.get(end.tool_call_id)
-                if state is None or _completed_by_seed(end):
-                    tools[end.tool_call_id] = _TOOL_DONE
-                elif state >= 0:
-                    tools[end.tool_call_id] = _AWAITING_RESULT - state
-            elif kind is ToolCallResult:
-                tools[cast("ToolCallResult", event).tool_call_id] = _TOOL_DONE
-        for tool_call_id, state in tools.items():
-            if state <= _AWAITING_RESULT:
-                tools[tool_call_id] = _TOOL_DONE  # as _finish: the finish closes a call whose arguments ended
-        # After the finish: what _observe_finished flags (and closes) for a late event.
-        for stamped in events[after:]:
-            event = stamped.event
-            kind = type(event)
-            if kind in _COMPLETIONS:
-                flags |= _DUPLICATE_REPORTED
-                if kind is RunError:
-                    errors.append(stamped.observed_at)
-                continue
-            flags |= _AFTER_REPORTED
-            if kind is ToolCallEnd or kind is ToolCallResult:
-                tool_call_id = cast("ToolCallEnd | ToolCallResult", event).tool_call_id
-                state = tools.get(tool_call_id)
-                # A call due before this late close fired first: it stays armed, to fire now if not reported yet.
-                if state is not None and state > stamped.observed_at:
-                    tools[tool_call_id] = _TOOL_DONE
-        if self._remember is not None:
-            # Not held back by defer_finished_runs(): these events are ones the previous monitor saw, which its
-            # last_tapped already covers (and the memory usually has the run already: then this is a lookup).
-            self._remember.add(key, finished_at)
-        armed = any(state >= 0 for state in tools.values())
-        if not armed and finished_at + self._retention_ms <= now:
-            return True  # it would only be restored to expire at once
-        run = _Run(key, events[-1].observed_at if events else finished_at)
-        run.finished_at = finished_at
-        run.flight_id = None
-        run.flags = flags
-        run.tools = tools or None
-        restored.append(run)
-        return True
+        return rebuild_steps(self, items, now_ms, already_reported, slice_events)
 
     # ------------------------------------------------------------------ reporting
 
@@ -1040,36 +707,6 @@ class RunTracker:
         by_kind = self._by_kind
         for anomaly in found:
             by_kind[anomaly.kind] = by_kind.get(anomaly.kind, 0) + 1
-
-    def _anomaly(self, kind: AnomalyKind, stamped: StampedEvent, detail: str) -> Anomaly:
-        return Anomaly(
-            kind=kind,
-            severity=kind.default_severity,
-            thread_id=stamped.thread_id,
-            run_id=stamped.run_id,
-            detected_at=stamped.observed_at,
-            detail=detail,
-        )
-
-    def _latency(self, stamped: StampedEvent, timestamp: int) -> Anomaly:
-        return self._anomaly(
-            AnomalyKind.HIGH_LATENCY,
-            stamped,
-            f"{_type_name(stamped.event)} (seq {stamped.seq}) was observed {stamped.observed_at - timestamp} ms "
-            f"after its timestamp (threshold {self._latency_ms} ms)",
-        )
-
-    def _orphan(self, stamped: StampedEvent) -> Anomaly:
-        tool_call_id = cast("ToolCallEnd | ToolCallResult", stamped.event).tool_call_id
-        return Anomaly(
-            kind=AnomalyKind.ORPHAN_TOOL_COMPLETED,
-            severity=AnomalyKind.ORPHAN_TOOL_COMPLETED.default_severity,
-            thread_id=stamped.thread_id,
-            run_id=stamped.run_id,
-            tool_call_id=tool_call_id,
-            detected_at=stamped.observed_at,
-            detail=f"{_type_name(stamped.event)} (seq {stamped.seq}) for a tool call never started in this run",
-        )
 
 
 # The hot path's dispatch for an event in time of a run in flight: one dict lookup instead of _apply's chain of tests;
