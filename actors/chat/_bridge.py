@@ -1,24 +1,20 @@
 from __future__ import annotations
 
-import inspect
 import logging
-from collections import Counter, OrderedDict, deque
+from collections import OrderedDict
 from typing import TYPE_CHECKING, Any, Final, assert_never
 
 import anyio
-import msgspec
 
 from actors._actor import Actor
 from actors._exceptions import MailboxFull
 from actors._message import ExitKind, Terminated
-from actors._ref import ActorRef, RefState
 from actors.chat._bridge_messages import (
     AttachMonitor,
     BridgeConfig,
     BridgeMessage,
     BridgeMetrics,
     Connect,
-    ConnectionStatistics,
     Disconnect,
     GetConnectionStatistics,
     GetHealth,
@@ -31,27 +27,41 @@ from actors.chat._bridge_messages import (
     Tick,
     Unsubscribe,
 )
-from actors.chat._components import ComponentHealthChanged
+from actors.chat._bridge_routes import (
+    ConnectionRoutes,
+    Route,
+    ThreadRoutes,
+    authorized,
+    confirmed_delivery,
+    resume_problem,
+    sweep_idle_threads,
+)
+from actors.chat._bridge_statistics import (
+    ClosedConnections,
+    broadcast_health,
+    connection_totals,
+    ring_totals,
+    sample_health,
+    statistics_of,
+)
 from actors.chat._connection import (
     Close,
     CloseCode,
-    ConnectionProgress,
     WriterDrained,
 )
 from actors.chat._events import EVENT_CLASSES, LIFECYCLE_EVENT_TYPES, StampedEvent, stamp
-from actors.chat._health import (
-    ComponentHealth,
-    HealthSample,
-    HealthStatus,
-    HealthWindow,
-    LatencyHistogram,
-)
+from actors.chat._health import ComponentHealth, HealthStatus, HealthWindow
 from actors.chat._replay_ring import ReplayGap, ReplayRing
 from actors.chat._tap import DeliveryProgress, ReplaySnapshot
 
 if TYPE_CHECKING:
+    from collections import deque
+
     from actors._clock import Clock
     from actors._message import ExitReason
+    from actors._ref import ActorRef
+    from actors.chat._bridge_messages import ConnectionStatistics
+    from actors.chat._health import HealthSample
 
 logger = logging.getLogger("agentwatch.chat.bridge")
 
@@ -83,72 +93,6 @@ class BridgeWiring:
         self.observers: list[ActorRef[Any]] = []
 
 
-class _Thread:
-    __slots__ = ("last_active", "last_seq", "reported_seq", "ring", "routed_seq", "routes", "thread_id")
-
-    def __init__(self, thread_id: str, ring: ReplayRing) -> None:
-        self.thread_id = thread_id
-        self.ring = ring
-        self.last_seq = 0
-        #: Highest seq routed to at least one connection, and the highest reported delivered to all of them.
-        self.routed_seq = 0
-        self.reported_seq = 0
-        self.last_active = 0
-        self.routes: dict[str, _Route] = {}
-
-
-class _Route:
-    """One connection's subscription to one thread."""
-
-    __slots__ = ("connection", "deferred", "lagging", "subscribed_at", "thread", "told_seq")
-
-    def __init__(self, connection: _Connection, thread: _Thread, told_seq: int) -> None:
-        self.connection = connection
-        self.thread = thread
-        #: The thread's last seq when the subscription took effect: later events are routed here live.
-        self.subscribed_at = thread.last_seq
-        #: While lagging, the highest seq handed to the writer (it catches up from the ring after it). A route
-        #: that is not lagging has been handed every event up to the thread's last seq, so the hot path does not
-        #: keep this up to date then.
-        self.told_seq = told_seq
-        self.lagging = False
-        #: Live events routed here while lagging and not yet handed to the writer.
-        self.deferred = 0
-
-
-class _Connection:
-    __slots__ = (
-        "caught_up",
-        "close_code",
-        "closing",
-        "connection_id",
-        "full_since",
-        "lagging_routes",
-        "principal",
-        "progress",
-        "replayed",
-        "routes",
-        "told",
-        "writer",
-    )
-
-    def __init__(self, connection_id: str, writer: ActorRef[Any], principal: str, progress: ConnectionProgress) -> None:
-        self.connection_id = connection_id
-        self.writer = writer
-        self.principal = principal
-        self.progress = progress
-        self.routes: dict[str, _Route] = {}
-        #: Events handed to the writer: live, caught up from the ring, or replayed on resume.
-        self.told = 0
-        self.caught_up = 0
-        self.replayed = 0
-        self.lagging_routes = 0
-        #: Loop time since which the connection has had events it could not take (None: it takes everything).
-        self.full_since: float | None = None
-        self.closing = False
-        self.close_code: int | None = None
-
-
 class AgentWebSocketBridge(Actor[BridgeMessage]):
     """Routes agent events to the WebSocket connections subscribed to their thread, and taps them to the monitor.
 
@@ -169,13 +113,14 @@ class AgentWebSocketBridge(Actor[BridgeMessage]):
         self._wiring = wiring if wiring is not None else BridgeWiring()
         self._capacity = config.writer_queue_capacity
         self._text = config.frame_kind == "text"
-        self._threads: OrderedDict[str, _Thread] = OrderedDict()
-        self._connections: dict[str, _Connection] = {}
-        self._by_writer: dict[ActorRef[Any], _Connection] = {}
-        self._lagging: dict[_Connection, None] = {}  # an ordered set
-        self._unconfirmed: dict[_Thread, None] = {}  # threads with routed events not yet reported delivered
+        self._threads: OrderedDict[str, ThreadRoutes] = OrderedDict()
+        self._connections: dict[str, ConnectionRoutes] = {}
+        self._by_writer: dict[ActorRef[Any], ConnectionRoutes] = {}
+        self._lagging: dict[ConnectionRoutes, None] = {}  # an ordered set
+        self._unconfirmed: dict[ThreadRoutes, None] = {}  # threads with routed events not yet reported delivered
         self._unsubscribed: dict[str, None] = {}  # threads whose last connection left, not yet reported
-        self._closed: deque[ConnectionStatistics] = deque(maxlen=config.closed_connections_kept)
+        # Totals of connections already closed and forgotten, and the last few's final statistics.
+        self._closed = ClosedConnections(config.closed_connections_kept)
         self._clock: Clock | None = None
         self._self: ActorRef[BridgeMessage] | None = None
         # Taps go to _monitor; _monitor_ref is the configured monitor even while it is detached.
@@ -211,14 +156,6 @@ class AgentWebSocketBridge(Actor[BridgeMessage]):
         self._refused = 0
         self._resumes = 0
         self._resume_gaps = 0
-        self._slow_closes = 0
-        self._closed_by_code: Counter[int] = Counter()
-        # Totals of connections already closed and forgotten.
-        self._closed_delivered = 0
-        self._closed_coalesced = 0
-        self._closed_discarded = 0
-        self._closed_send_errors = 0
-        self._closed_latency = LatencyHistogram()
         self._evicted_rings = 0
 
     # ------------------------------------------------------------------ lifecycle
@@ -412,13 +349,13 @@ class AgentWebSocketBridge(Actor[BridgeMessage]):
         elif self._monitor_ref is not None:
             self._taps_skipped += 1
 
-    def _open_thread(self, thread_id: str) -> _Thread:
+    def _open_thread(self, thread_id: str) -> ThreadRoutes:
         config = self._config
-        thread = _Thread(thread_id, ReplayRing(config.replay_capacity, config.replay_max_age))
+        thread = ThreadRoutes(thread_id, ReplayRing(config.replay_capacity, config.replay_max_age))
         self._threads[thread_id] = thread
         return thread
 
-    def _defer(self, route: _Route) -> None:
+    def _defer(self, route: Route) -> None:
         """Hold a routed event back for a connection that cannot take it now (it is in the thread's ring)."""
         # No catch-up from here: it may close the connection, and this runs inside the loop over the thread's
         # routes. The writer reports when it has drained (WriterDrained), and the tick catches up as well.
@@ -436,7 +373,7 @@ class AgentWebSocketBridge(Actor[BridgeMessage]):
             connection.full_since = self._clock.now()
             self._lagging[connection] = None
 
-    def _catch_up(self, route: _Route) -> None:
+    def _catch_up(self, route: Route) -> None:
         """Hand a lagging route's missed events from the ring to its writer, as far as its queue has room."""
         connection = route.connection
         room = self._capacity - (connection.told - connection.progress.settled)
@@ -482,25 +419,12 @@ class AgentWebSocketBridge(Actor[BridgeMessage]):
     def _connect(self, message: Connect) -> bool:
         if message.connection_id in self._connections:
             return False
-        connection = _Connection(message.connection_id, message.writer, message.principal, message.progress)
+        connection = ConnectionRoutes(message.connection_id, message.writer, message.principal, message.progress)
         self._connections[message.connection_id] = connection
         self._by_writer[message.writer] = connection
         self._opened += 1
         self.watch(message.writer)
         return True
-
-    def _authorized(self, principal: str, thread_id: str) -> bool:
-        try:
-            verdict = self._config.authorize(principal, thread_id)
-        except Exception:
-            logger.exception("authorize(%r, %r) raised: refused", principal, thread_id)
-            return False
-        # Only a real True admits: a coroutine (an async hook by mistake) or any other truthy object refuses.
-        if verdict is not True and verdict is not False:
-            if inspect.iscoroutine(verdict):
-                verdict.close()  # never awaited, on purpose: the hook must decide synchronously
-            logger.error("authorize(%r, %r) returned %r, not a bool: refused", principal, thread_id, verdict)
-        return verdict is True
 
     def _subscribe(self, message: Subscribe) -> SubscribeResult:
         connection = self._connections.get(message.connection_id)
@@ -510,7 +434,7 @@ class AgentWebSocketBridge(Actor[BridgeMessage]):
         existing = connection.routes.get(thread_id)
         if existing is not None:
             return SubscribeResult(outcome=SubscribeOutcome.ALREADY_SUBSCRIBED, last_seq=existing.thread.last_seq)
-        if not self._authorized(connection.principal, thread_id):
+        if not authorized(self._config.authorize, connection.principal, thread_id):
             self._refused += 1
             self._close_connection(connection, CloseCode.POLICY_VIOLATION, f"not authorised for thread {thread_id!r}")
             return SubscribeResult(outcome=SubscribeOutcome.REFUSED, close_code=CloseCode.POLICY_VIOLATION)
@@ -520,17 +444,8 @@ class AgentWebSocketBridge(Actor[BridgeMessage]):
         after_seq = message.after_seq
         if after_seq is not None:
             self._resumes += 1
-            problem: str | None = None
-            if isinstance(after_seq, bool) or not isinstance(after_seq, int):
-                problem = f"afterSeq must be an int, got {type(after_seq).__name__}"
-            elif not 0 <= after_seq <= thread.last_seq:
-                problem = f"afterSeq {after_seq} is not a seq of thread {thread_id!r} (last seq {thread.last_seq})"
-            else:
-                assert self._clock is not None
-                try:
-                    thread.ring.since(after_seq, self._clock.now_ms())
-                except ReplayGap as gap:
-                    problem = str(gap)
+            assert self._clock is not None
+            problem = resume_problem(thread, after_seq, self._clock.now_ms())
             if problem is not None:
                 self._resume_gaps += 1
                 self._close_connection(connection, CloseCode.REPLAY_GAP, f"{problem}: refetch a snapshot")
@@ -538,7 +453,7 @@ class AgentWebSocketBridge(Actor[BridgeMessage]):
                     outcome=SubscribeOutcome.REPLAY_GAP, last_seq=thread.last_seq, close_code=CloseCode.REPLAY_GAP
                 )
         told_seq = thread.last_seq if after_seq is None else after_seq
-        route = _Route(connection, thread, told_seq)
+        route = Route(connection, thread, told_seq)
         thread.routes[connection.connection_id] = route
         connection.routes[thread_id] = route
         pending = thread.last_seq - told_seq
@@ -565,7 +480,7 @@ class AgentWebSocketBridge(Actor[BridgeMessage]):
                 connection.full_since = None
                 self._lagging.pop(connection, None)
 
-    def _remove_route(self, route: _Route) -> None:
+    def _remove_route(self, route: Route) -> None:
         connection = route.connection
         thread = route.thread
         del thread.routes[connection.connection_id]
@@ -583,7 +498,7 @@ class AgentWebSocketBridge(Actor[BridgeMessage]):
                 self._unsubscribed[thread.thread_id] = None
 
     def _close_connection(
-        self, connection: _Connection, code: int, reason: str, *, tell_writer: bool = True, drain: float = 0.0
+        self, connection: ConnectionRoutes, code: int, reason: str, *, tell_writer: bool = True, drain: float = 0.0
     ) -> None:
         """Stop routing to a connection and have its writer close it; it is forgotten once the writer stops."""
         if connection.closing:
@@ -614,18 +529,7 @@ class AgentWebSocketBridge(Actor[BridgeMessage]):
             # The writer closed on its own (the client stopped reading, or a send failed): stop routing to it.
             self._close_connection(connection, CloseCode.ABNORMAL, "writer stopped", tell_writer=False)
         del self._connections[connection.connection_id]
-        final = self._statistics_of(connection, finished=True)
-        progress = connection.progress
-        self._closed_delivered += progress.delivered
-        self._closed_coalesced += progress.coalesced
-        self._closed_discarded += final.discarded_on_close
-        self._closed_send_errors += progress.send_errors
-        self._closed_latency.merge(progress.latency)
-        assert final.close_code is not None
-        self._closed_by_code[final.close_code] += 1
-        if final.close_code == CloseCode.SLOW_CONSUMER:
-            self._slow_closes += 1
-        self._closed.append(final)
+        self._closed.record(connection)
 
     # ------------------------------------------------------------------ the tick
 
@@ -661,7 +565,7 @@ class AgentWebSocketBridge(Actor[BridgeMessage]):
         """
         after = self._config.slow_consumer_after
         next_tick = now + self._config.tick_interval
-        stalled: list[_Connection] = []
+        stalled: list[ConnectionRoutes] = []
         for connection in self._connections.values():
             started = connection.progress.turn_started
             if started is None:
@@ -717,23 +621,7 @@ class AgentWebSocketBridge(Actor[BridgeMessage]):
         assert self._clock is not None
         delivered_total = self._delivered_total()
         delivered = delivered_total - self._reported_delivered
-        confirmed: dict[str, int] = {}
-        for thread in self._unconfirmed:
-            thread_id = thread.thread_id
-            reported = thread.reported_seq
-            # The lowest of max(subscribed_at, delivered seq) over the routes; a plain loop (this runs per tick over
-            # every route of every thread with news), which stops once nothing new can be confirmed.
-            low = thread.last_seq
-            for route in thread.routes.values():
-                seq = route.connection.progress.delivered_seq.get(thread_id, 0)
-                subscribed_at = route.subscribed_at
-                value = seq if seq > subscribed_at else subscribed_at
-                if value < low:
-                    low = value
-                    if low <= reported:
-                        break
-            if low > reported:
-                confirmed[thread_id] = low
+        confirmed = confirmed_delivery(self._unconfirmed)
         if not confirmed and not self._unsubscribed and not delivered:
             return
         # The report goes through the monitor's drop-on-full mailbox like the taps; one that is dropped is kept
@@ -763,64 +651,34 @@ class AgentWebSocketBridge(Actor[BridgeMessage]):
 
     def _delivered_total(self) -> int:
         """Events sent to clients so far, every connection included (a coalesced frame counts what it carries)."""
-        total = self._closed_delivered + self._closed_coalesced
+        total = self._closed.delivered + self._closed.coalesced
         for connection in self._connections.values():
             progress = connection.progress
             total += progress.delivered + progress.coalesced
         return total
 
     def _sweep_idle_threads(self) -> None:
-        # A thread nobody listens to whose ring has aged out holds nothing anyone can replay: forget it (a client
-        # resuming on it later gets 4002 and refetches). Threads are kept least recently published first.
         threads = self._threads
         if not threads:
             return
         assert self._clock is not None
         cutoff = self._clock.now_ms() - self._config.replay_max_age * 1000.0
-        for _ in range(min(len(threads), _SWEEP_PER_TICK)):
-            thread = next(iter(threads.values()))
-            if thread.last_active >= cutoff:
-                return
-            threads.move_to_end(thread.thread_id)
-            if not thread.routes:
-                del threads[thread.thread_id]
-                self._unconfirmed.pop(thread, None)
-                self._evicted_rings += len(thread.ring)
+        self._evicted_rings += sweep_idle_threads(threads, self._unconfirmed, cutoff, _SWEEP_PER_TICK)
 
     # ------------------------------------------------------------------ health
 
     def _sample(self) -> HealthSample:
         assert self._clock is not None
-        delivered = self._closed_delivered
-        errors = self._closed_send_errors
-        queued = fullest = connections = 0
-        for connection in self._connections.values():
-            progress = connection.progress
-            delivered += progress.delivered
-            errors += progress.send_errors
-            if not connection.closing:
-                connections += 1
-                depth = connection.told - progress.settled
-                queued += depth
-                if depth > fullest:
-                    fullest = depth
-        monitor = self._monitor_ref
-        problem = None
-        if monitor is not None and self._monitor is None:
-            problem = f"monitor {monitor.name!r} is {monitor.state}: events are not being monitored"
-        return HealthSample(
+        return sample_health(
+            self._connections.values(),
+            self._closed,
             at=self._clock.now(),
-            attempts=delivered + errors,
-            errors=errors,
-            delivered=delivered,
+            capacity=self._capacity,
+            lagging=len(self._lagging),
             tap_lost=self._tap_lost(),
             inbox_dropped=self._self.statistics().dropped_total if self._self is not None else 0,
-            queued=queued,
-            fullest=fullest,
-            capacity=self._capacity,
-            connections=connections,
-            lagging=len(self._lagging),
-            monitor_problem=problem,
+            monitor=self._monitor_ref,
+            monitor_attached=self._monitor is not None,
         )
 
     def _tap_lost(self) -> int:
@@ -835,69 +693,19 @@ class AgentWebSocketBridge(Actor[BridgeMessage]):
         health = self._health_window.judge(sample, self._clock.now_ms())
         if not health.same_state(self._health):
             if self._health is not None or health.status is not HealthStatus.HEALTHY:
-                self._broadcast(health)
+                broadcast_health(self._wiring.observers, self._config.component_id, health)
             self._health = health
         return health
 
-    def _broadcast(self, health: ComponentHealth) -> None:
-        change = ComponentHealthChanged(
-            component_id=self._config.component_id, status=health.status.value, health=msgspec.to_builtins(health)
-        )
-        observers = self._wiring.observers
-        for observer in list(observers):
-            if observer.state == RefState.STOPPED:
-                observers.remove(observer)
-                continue
-            try:
-                observer.tell(change)
-            except MailboxFull:
-                logger.warning("health observer %s refused a health change (mailbox full)", observer.name)
-
     # ------------------------------------------------------------------ queries
-
-    def _statistics_of(self, connection: _Connection, *, finished: bool = False) -> ConnectionStatistics:
-        progress = connection.progress
-        # Handed to the writer but not yet taken out of its mailbox; once the writer has stopped, these were
-        # dead-lettered by the runtime, i.e. discarded when the connection closed.
-        in_mailbox = connection.told - progress.taken
-        if finished:
-            # A writer that failed (rather than closed) leaves its own queue behind: discarded as well.
-            state = "closed"
-            discarded = progress.discarded + progress.pending + in_mailbox
-            queued = 0
-        else:
-            state = "closing" if connection.closing else "lagging" if connection.lagging_routes else "open"
-            discarded = progress.discarded
-            queued = progress.pending + in_mailbox
-        close_code = progress.close_code if progress.closed else connection.close_code
-        if finished and close_code is None:
-            close_code = CloseCode.ABNORMAL
-        return ConnectionStatistics(
-            connection_id=connection.connection_id,
-            principal=connection.principal,
-            state=state,
-            threads=tuple(connection.routes),
-            received=connection.told,
-            delivered=progress.delivered,
-            coalesced=progress.coalesced,
-            discarded_on_close=discarded,
-            queued=queued,
-            replayed=connection.replayed,
-            caught_up=connection.caught_up,
-            deferred=sum(route.deferred for route in connection.routes.values()),
-            send_errors=progress.send_errors,
-            delivered_seq=dict(progress.delivered_seq),
-            close_code=close_code,
-            close_reason=progress.close_reason,
-        )
 
     def _connection_statistics(self, connection_id: str | None) -> tuple[ConnectionStatistics, ...]:
         if connection_id is None:
-            return tuple(self._statistics_of(c) for c in self._connections.values())
+            return tuple(statistics_of(c) for c in self._connections.values())
         connection = self._connections.get(connection_id)
         if connection is not None:
-            return (self._statistics_of(connection),)
-        return tuple(s for s in self._closed if s.connection_id == connection_id)[-1:]
+            return (statistics_of(connection),)
+        return self._closed.last_of(connection_id)
 
     def _replay_snapshot(self) -> list[StampedEvent]:
         # The very objects the rings hold, oldest first per thread: what a restarted monitor rebuilds from.
@@ -919,47 +727,22 @@ class AgentWebSocketBridge(Actor[BridgeMessage]):
         return snapshot
 
     def _metrics(self) -> BridgeMetrics:
-        latency = LatencyHistogram()
-        latency.merge(self._closed_latency)
-        delivered = self._closed_delivered
-        coalesced = self._closed_coalesced
-        discarded = self._closed_discarded
-        send_errors = self._closed_send_errors
-        queued = 0
-        deepest = 0
-        deferred_pending = 0
-        subscriptions = 0
-        open_connections = 0
-        for connection in self._connections.values():
-            progress = connection.progress
-            latency.merge(progress.latency)
-            delivered += progress.delivered
-            coalesced += progress.coalesced
-            discarded += progress.discarded
-            send_errors += progress.send_errors
-            depth = connection.told - progress.settled
-            queued += depth
-            deepest = max(deepest, depth)
-            subscriptions += len(connection.routes)
-            deferred_pending += sum(route.deferred for route in connection.routes.values())
-            open_connections += not connection.closing
-        retained = evicted = 0
-        for thread in self._threads.values():
-            ring_stats = thread.ring.statistics()
-            retained += ring_stats.retained
-            evicted += ring_stats.evicted_by_count + ring_stats.evicted_by_age
+        connections = connection_totals(self._connections.values(), self._closed)
+        retained, evicted = ring_totals(self._threads.values())
         dropped = {
             reason: count
             for reason, count in (
                 ("invalid_event", self._invalid),
                 ("inbox_full", self._self.statistics().dropped_total if self._self is not None else 0),
-                ("discarded_on_close", discarded),
+                ("discarded_on_close", connections.discarded),
                 ("deferred_on_close", self._deferred_on_close),
                 ("monitor_tap", self._tap_lost()),
             )
             if count
         }
         accepted = self._received - self._invalid
+        latency = connections.latency
+        closed = self._closed
         return BridgeMetrics(
             events_received=self._received,
             events_accepted=accepted,
@@ -969,23 +752,23 @@ class AgentWebSocketBridge(Actor[BridgeMessage]):
             fan_out_sent=self._fan_out_sent,
             events_deferred=self._deferred,
             events_caught_up=self._caught_up,
-            deferred_pending=deferred_pending,
+            deferred_pending=connections.deferred_pending,
             events_replayed=self._replayed,
-            events_delivered=delivered,
-            events_coalesced=coalesced,
+            events_delivered=connections.delivered,
+            events_coalesced=connections.coalesced,
             dropped=dropped,
-            connections_open=open_connections,
+            connections_open=connections.open,
             connections_opened=self._opened,
             connections_lagging=len(self._lagging),
-            connections_closed={str(code): n for code, n in sorted(self._closed_by_code.items())},
-            subscriptions=subscriptions,
+            connections_closed={str(code): n for code, n in sorted(closed.by_code.items())},
+            subscriptions=connections.subscriptions,
             subscriptions_refused=self._refused,
             resumes=self._resumes,
             resume_gaps=self._resume_gaps,
-            slow_consumer_closes=self._slow_closes,
-            send_errors=send_errors,
-            queued=queued,
-            max_queue_depth=deepest,
+            slow_consumer_closes=closed.slow_closes,
+            send_errors=connections.send_errors,
+            queued=connections.queued,
+            max_queue_depth=connections.deepest,
             threads=len(self._threads),
             replay_retained=retained,
             replay_evicted=evicted + self._evicted_rings,
