@@ -12,6 +12,8 @@ import statistics
 import sys
 from typing import TYPE_CHECKING, Any
 
+import msgspec
+
 if TYPE_CHECKING:
     from collections.abc import Awaitable, Callable, Sequence
 
@@ -224,3 +226,22 @@ def emit(bench: str, figures: list[dict[str, Any]], **context: Any) -> None:
     """
     result: dict[str, Any] = {"bench": bench, "figures": figures, **environment(), **context}
     print(json.dumps(result, indent=2))
+
+
+class _SentAt(msgspec.Struct):
+    sent_ns: int = msgspec.field(name="sentNs", default=0)
+
+
+class _FrameProbe(msgspec.Struct):
+    metadata: _SentAt | None = None
+
+
+#: Reads only the publish time out of a frame (msgspec skips every other field without building it).
+_frame_probe = msgspec.json.Decoder(_FrameProbe)
+
+
+def sent_ns_of(frame: str | bytes) -> int:
+    """The publish time a bench producer put in an event (``metadata.sentNs``, ``perf_counter_ns``), read back from
+    its wire frame; 0 when the frame carries none."""
+    metadata = _frame_probe.decode(frame).metadata
+    return metadata.sent_ns if metadata is not None else 0

@@ -10,7 +10,7 @@ from typing import TYPE_CHECKING, Any
 import anyio
 import anyio.lowlevel
 import msgspec
-from _common import BACKENDS, alternate, emit, figure, median, parse_args, progress, repeated
+from _common import BACKENDS, alternate, emit, figure, median, parse_args, progress, repeated, sent_ns_of
 
 from actors import MailboxSpec, Overflow, open_actor_system
 from actors.chat._bridge_handle import spawn_bridge
@@ -78,18 +78,6 @@ def run_events(thread_id: str, run_id: str) -> list[AgentEvent]:
     ]
 
 
-class _SentAt(msgspec.Struct):
-    sent_ns: int = msgspec.field(name="sentNs", default=0)
-
-
-class _Probe(msgspec.Struct):
-    metadata: _SentAt | None = None
-
-
-#: Reads only the publish time out of a frame (msgspec skips every other field without building it).
-_probe = msgspec.json.Decoder(_Probe)
-
-
 class FrameTimes:
     """Where an arm's sinks record latencies, and the publish time of the last frame read (its ``sentNs``).
 
@@ -135,8 +123,7 @@ class TimedSink(MemorySink):
         if data is times.last_frame:
             sent_ns = times.last_sent_ns
         else:
-            metadata = _probe.decode(data).metadata
-            sent_ns = metadata.sent_ns if metadata is not None else 0
+            sent_ns = sent_ns_of(data)
             times.last_frame = data
             times.last_sent_ns = sent_ns
         if sent_ns:

@@ -13,7 +13,7 @@ from typing import TYPE_CHECKING, Any
 import anyio
 import anyio.lowlevel
 import msgspec
-from _common import BACKENDS, emit, figure, median, parse_args, progress
+from _common import BACKENDS, emit, figure, median, parse_args, progress, sent_ns_of
 
 from actors import ActorError
 from actors.chat._connection import MemorySink
@@ -87,18 +87,6 @@ def run_events(thread_id: str, run_id: str) -> list[AgentEvent]:
     ]
 
 
-class _SentAt(msgspec.Struct):
-    sent_ns: int = msgspec.field(name="sentNs", default=0)
-
-
-class _Probe(msgspec.Struct):
-    metadata: _SentAt | None = None
-
-
-#: Reads only the publish time out of a frame.
-_probe = msgspec.json.Decoder(_Probe)
-
-
 class Traffic:
     """Paced runs on every thread of one bridge, timed at the sinks; latencies go to the arm being measured."""
 
@@ -116,15 +104,14 @@ class Traffic:
 
     async def connect(self) -> None:
         clock = time.perf_counter_ns
-        decode = _probe.decode
 
         def timed(send: Callable[[str], Any]) -> Callable[[str], Any]:
             async def send_text(data: str) -> None:
                 await send(data)
                 done = clock()
-                metadata = decode(data).metadata
-                if metadata is not None and metadata.sent_ns:
-                    self.current.append(done - metadata.sent_ns)
+                sent_ns = sent_ns_of(data)
+                if sent_ns:
+                    self.current.append(done - sent_ns)
 
             return send_text
 
