@@ -454,12 +454,9 @@ class Supervisor(Actor[_SupervisorMsg]):
         child = self._children.get(message.child_id)
         if child is None or child.generation != message.generation or child.cooldown is None:
             return
-        cooldown = child.cooldown
-        now = self.clock.now()
-        if not cooldown.probe_passed(now) and cooldown.phase is CooldownPhase.PROBING:
-            # Early (a clock that fires a timer before its time): look again when the probe is due.
-            remaining = cooldown.probe_due - now if cooldown.probe_due is not None else child.spec.period
-            self.send_after(max(remaining, 0.001), _ProbeCheck(child_id=child.spec.id, generation=child.generation))
+        # Timed to fire no earlier than the probe is due (it is set after the probe's start was recorded); the
+        # judgement's own tolerance covers the float rounding of "exactly due".
+        child.cooldown.probe_passed(self.clock.now())
 
     async def _on_blocked_loop(self, message: ChildBlockedLoop) -> None:
         child = self._children.get(message.child_id)
