@@ -171,7 +171,7 @@ async def _lie(run: SimulationRun, runtime: Runtime, fault: RuntimeFault, liar: 
     """The bridge really fails (its connection writers are stuck: nothing is delivered) while its registration
     claims healthy; the monitor's audit must see through the claim."""
     assert fault.duration is not None
-    if run.lying:
+    if liar.lying:
         # Two overlapping lies would share the one liar: the first to end would stop the claim under the second.
         run.outcome(fault, "skipped: a lie was already running")
         return
@@ -182,7 +182,7 @@ async def _lie(run: SimulationRun, runtime: Runtime, fault: RuntimeFault, liar: 
     run.lie_onsets.append(began)
     down = _WritersDown()
     writers = 0
-    liar.lying = run.lying = True
+    liar.lying = True
     async with AsyncExitStack() as stack:
         for connection in await runtime.bridge.connection_statistics():
             try:
@@ -193,7 +193,7 @@ async def _lie(run: SimulationRun, runtime: Runtime, fault: RuntimeFault, liar: 
             writers += 1
         await anyio.sleep(fault.duration)
         down.restore()
-    liar.lying = run.lying = False
+    liar.lying = False
     ended = system.clock.now_ms()
     # Provable once a routed event is overdue: the next audit then sees a "healthy" claim over a dead flow.
     run.truth.append(

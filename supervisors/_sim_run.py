@@ -120,8 +120,6 @@ class SimulationRun:
         self.crash_times: list[int] = []
         #: Runtime-clock ms at which each lie began (figure 7).
         self.lie_onsets: list[int] = []
-        # A lie is running: the next one is skipped, not stacked (one claim, one episode for the audit to flag).
-        self.lying = False
         #: Malformed frames fed, those rejected clearly, by the replay, and the bogus publishes (figure 8).
         self.malformed: dict[str, int] = {}
         self.unclear: list[str] = []
