@@ -8,6 +8,7 @@ import anyio
 import anyio.abc
 import anyio.lowlevel
 
+from ._actor import Actor
 from ._exceptions import ActorFailed, ActorStartError
 from ._message import NORMAL_EXIT, SHUTDOWN_EXIT, ExitKind, ExitReason
 from ._ref import AskRequest, RefState, TimerFire
@@ -17,7 +18,6 @@ from ._virtual_time import loop_clock
 if TYPE_CHECKING:
     from anyio import TaskHandle
 
-    from ._actor import Actor
     from ._ref import ActorRef
 
 logger = logging.getLogger("agentwatch.actors")
@@ -49,6 +49,7 @@ class Incarnation:
         "_guard_scope",
         "_handler_serial",
         "_handler_since",
+        "_hibernating",
         "_kill_detail",
         "_kill_requested",
         "_kill_scope",
@@ -103,6 +104,12 @@ class Incarnation:
         self._handler_serial = 0
         self._batch_scope: anyio.CancelScope | None = None
         self._guard_scope: anyio.CancelScope | None = None
+        # Hibernation (OTP's word): an instance that has started and has nothing queued ends its task and keeps
+        # only its state; the mailbox's next wake-up (a message, a stop, a kill) resumes it in a new task through
+        # :meth:`set`. A task waiting on an empty mailbox is some thirty objects (task, coroutines, scopes,
+        # events) that every full collection of the cyclic GC rescans: a supervisor's 10,000 idle dynamic children
+        # made each full collection ~8x slower per object than 1,000 did (bench/supervisor_scale.py).
+        self._hibernating = False
 
     @property
     def done(self) -> anyio.Event:
@@ -128,6 +135,13 @@ class Incarnation:
         if self._stop_reason is None:
             self._stop_reason = NORMAL_EXIT if normal else SHUTDOWN_EXIT
             self._owner_stop = owner
+        actor = self.actor
+        if self._hibernating and actor is not None and type(actor).on_stop is Actor.on_stop:
+            # Nothing queued, no task and no on_stop to run: the instance ends here, without a task to end it.
+            self._hibernating = False
+            self.ref._mailbox.waiter = None
+            self._end(self._stop_reason, started=True, start_failure=None)
+            return
         self.ref._mailbox.wake()
 
     def kill(self, detail: str) -> None:
@@ -142,6 +156,26 @@ class Incarnation:
     def spawn(self, task_group: anyio.abc.TaskGroup, factory: Callable[[], Actor[Any]]) -> None:
         """Run this instance (:meth:`run`) as a new task of ``task_group``; return at once."""
         self._task = task_group.start_soon(self.run, factory, name=f"actor:{self.ref.name}")
+
+    @property
+    def hibernating(self) -> bool:
+        """True while the instance has no task: started, nothing queued, waiting for its mailbox's next wake-up."""
+        return self._hibernating
+
+    def set(self) -> None:
+        """Resume the hibernating instance in a new task: the mailbox's wake-up while it hibernates.
+
+        Named like ``anyio.Event.set`` because it takes an Event's place as the mailbox's waiter (see
+        :meth:`_drain`), so that ``tell`` stays one attribute check and one call whatever the actor is doing.
+        """
+        if not self._hibernating:
+            return
+        self._hibernating = False
+        handle = self.ref._system._task_group.start_soon(self.run, None, name=f"actor:{self.ref.name}")
+        # An eager task factory may have run the whole resumed task (to its end, or to hibernating again) before
+        # start_soon returned: its handle is then stale and a kill must not cancel it.
+        if not self._hibernating and not self.finished:
+            self._task = handle
 
     def start_timer(self, delay: float, interval: float | None, message: Any) -> Timer:
         timers = self._timers
@@ -188,8 +222,11 @@ class Incarnation:
                     self._batch_scope.cancel()
                     await anyio.sleep(timeout)
 
-    async def run(self, factory: Callable[[], Actor[Any]]) -> None:
+    async def run(self, factory: Callable[[], Actor[Any]] | None) -> None:
         """Build the instance, run ``on_start``, drain the mailbox until stopped, run ``on_stop``.
+
+        With ``factory`` None, resume a hibernating instance instead: drain from where it stopped (see
+        :meth:`set`). Either way the task may end by hibernating, which leaves the instance alive.
 
         Reports the end of its start through :attr:`started` (and a failure through :attr:`start_failure`,
         never by raising: the task group belongs to the whole system) and always records the exit reason, even
@@ -201,6 +238,8 @@ class Incarnation:
         started = False
         # Stays True unless the body runs to its end: a cancellation anywhere (drain, on_start, on_stop) is a kill.
         killed = True
+        hibernated = False
+        fresh = factory is not None
         ref = self.ref
         try:
             # A kill cancels the task's own scope (see ``_task``): it ends this coroutine with the backend's
@@ -211,29 +250,42 @@ class Incarnation:
                     self._kill_scope = kill_scope
                     if self._kill_requested:
                         kill_scope.cancel()
-                self._timers = _NO_TIMERS
-                try:
-                    actor = factory()
-                    # The factory (often a closure over its supervisor's state) is not needed again: dropping it
-                    # here keeps it off the heap for the instance's lifetime, which the GC would rescan.
-                    del factory
-                    actor._attach(self)
-                    self.actor = actor
-                    for interceptor in ref._interceptors:
-                        interceptor.instrument(actor)
-                    await actor.on_start()
-                except Exception as exc:
-                    # Reported to the starter only once the ref is cleaned up (in ``finally``), so that a caller
-                    # seeing ActorStartError never finds the failed actor still registered.
-                    reason = ExitReason.error(exc, f"start failed: {exc!r}")
-                    start_failure = exc
+                if factory is None:
+                    started = True
+                    actor = self.actor
+                    assert actor is not None
+                    if self._kill_requested:
+                        return  # killed while hibernating: ends as a kill, without on_stop
+                else:
+                    self._timers = _NO_TIMERS
+                    try:
+                        actor = factory()
+                        # The factory (often a closure over its supervisor's state) is not needed again: dropping it
+                        # here keeps it off the heap for the instance's lifetime, which the GC would rescan.
+                        del factory
+                        actor._attach(self)
+                        self.actor = actor
+                        for interceptor in ref._interceptors:
+                            interceptor.instrument(actor)
+                        await actor.on_start()
+                    except Exception as exc:
+                        # Reported to the starter only once the ref is cleaned up (in ``finally``), so that a caller
+                        # seeing ActorStartError never finds the failed actor still registered.
+                        reason = ExitReason.error(exc, f"start failed: {exc!r}")
+                        start_failure = exc
+                        killed = False
+                        return
+                    ref._state = RefState.RUNNING
+                    started = True
+                    if self.started is not None:
+                        self.started.set()
+                reason = await self._drain(actor, fresh=fresh)
+                if reason is None:
+                    # Hibernating (the drain loop made this instance its mailbox's waiter): the task ends here,
+                    # the instance lives on, and nothing below runs.
+                    hibernated = True
                     killed = False
                     return
-                ref._state = RefState.RUNNING
-                started = True
-                if self.started is not None:
-                    self.started.set()
-                reason = await self._drain(actor)
                 # No timer fires into on_stop, and on_stop cannot set new ones (as after any other exit).
                 self._cancel_timers()
                 # A kill requested while the drain loop was already returning must not run on_stop.
@@ -255,31 +307,45 @@ class Incarnation:
             # Let through, the task handle would keep the cancellation, whose traceback holds the frames of the
             # code that called kill(), which hold the handle: a reference cycle, garbage for a full collection.
         finally:
-            if killed or reason is None:
-                reason = ExitReason(kind=ExitKind.KILLED, detail=self._kill_detail)
-                if self.actor is not None:
-                    try:
-                        self.actor.on_kill()
-                    except Exception:
-                        logger.exception("%s: on_kill raised", ref.name)
-            self.exit_reason = reason
-            self._cancel_timers()  # also after a failed start or a kill: a timer never outlives its instance
-            self.finished = True
-            if self._done_event is not None:
-                self._done_event.set()
-            ref._system._incarnation_ended(self, reason)
-            if not started:
-                self.start_failure = start_failure if start_failure is not None else ActorStartError(ref.name, reason)
-                if self.started is not None:
-                    self.started.set()
-            # The instance and this object refer to each other, and so do the task handle (through the
-            # cancellation it records) and this object: unlinked here, an ended instance is freed by reference
-            # counting at once instead of waiting, as cyclic garbage, for a full collection.
-            self.actor = None
-            self._task = None
-            self._kill_scope = None
+            if hibernated:
+                # Only the task ends: a kill while hibernating must not cancel its finished handle.
+                self._task = None
+                self._kill_scope = None
+            else:
+                self._end(None if killed else reason, started=started, start_failure=start_failure)
 
-    async def _drain(self, actor: Actor[Any]) -> ExitReason:
+    def _end(self, reason: ExitReason | None, *, started: bool, start_failure: BaseException | None) -> None:
+        """Record the instance's exit (a kill when ``reason`` is None) and unlink it, at the end of its last task."""
+        ref = self.ref
+        if reason is None:
+            reason = ExitReason(kind=ExitKind.KILLED, detail=self._kill_detail)
+            if self.actor is not None:
+                try:
+                    self.actor.on_kill()
+                except Exception:
+                    logger.exception("%s: on_kill raised", ref.name)
+        self.exit_reason = reason
+        self._cancel_timers()  # also after a failed start or a kill: a timer never outlives its instance
+        self.finished = True
+        if self._done_event is not None:
+            self._done_event.set()
+        ref._system._incarnation_ended(self, reason)
+        if not started:
+            self.start_failure = start_failure if start_failure is not None else ActorStartError(ref.name, reason)
+            if self.started is not None:
+                self.started.set()
+        # The instance and this object refer to each other, and so do the task handle (through the cancellation it
+        # records) and this object: unlinked here, an ended instance is freed by reference counting at once instead
+        # of waiting, as cyclic garbage, for a full collection.
+        self.actor = None
+        self._task = None
+        self._kill_scope = None
+
+    async def _drain(self, actor: Actor[Any], *, fresh: bool) -> ExitReason | None:
+        """Handle messages until a stop: return why, or None to hibernate (see :meth:`set`).
+
+        :param fresh: True on the instance's first task: it hibernates if nothing is queued once it has started
+        """
         ref = self.ref
         mailbox = ref._mailbox
         queue = mailbox.queue
@@ -291,16 +357,23 @@ class Incarnation:
         now = _no_clock
         if deadline is not None:
             now = loop_clock()
-            self._guard_scope = anyio.CancelScope()
-            ref._system._task_group.start_soon(self._watch_handler_deadlines, deadline)
+            if self._guard_scope is None:  # one watcher for the instance's life, not one per resumed task
+                self._guard_scope = anyio.CancelScope()
+                ref._system._task_group.start_soon(self._watch_handler_deadlines, deadline)
         item: Any = None
         try:
             while True:
                 if self._stop_reason is not None:
                     return self._stop_reason
                 if not queue:
+                    if fresh:
+                        # Started with nothing to do: hibernate until the first message instead of keeping a task.
+                        self._hibernating = True
+                        mailbox.waiter = self
+                        return None
                     await mailbox.wait_nonempty()
                     continue
+                fresh = False
                 depth = len(queue)
                 if depth > mailbox.high_water:
                     mailbox.high_water = depth

@@ -2,7 +2,7 @@ from __future__ import annotations
 
 import enum
 from collections import deque
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Protocol
 
 import anyio
 import msgspec
@@ -77,6 +77,12 @@ class MailboxStatistics(msgspec.Struct, frozen=True, kw_only=True):
         return sum(self.dropped.values())
 
 
+class Waker(Protocol):
+    """What wakes an actor when its mailbox gets a message: an ``anyio.Event`` or a hibernating Incarnation."""
+
+    def set(self) -> None: ...
+
+
 class Mailbox:
     """The bounded queue behind an :class:`ActorRef`. It outlives actor instances, so a restart keeps its messages.
 
@@ -117,8 +123,9 @@ class Mailbox:
         self.dead_lettered = 0
         self.drained = 0
         self.high_water = 0
-        # The actor's wake-up: set only while its drain loop sleeps on an empty queue.
-        self.waiter: anyio.Event | None = None
+        # The actor's wake-up: set only while its drain loop sleeps on an empty queue (an Event), or while the
+        # actor hibernates without a task (its Incarnation, whose ``set`` resumes it).
+        self.waiter: Waker | None = None
         # The running backend's Event class, found on the first sleep: ``anyio.Event()`` looks the backend up on
         # every call, and a busy actor sleeps once per batch (a mailbox serves one event loop all its life).
         self.waiter_class: Callable[[], anyio.Event] | None = None
