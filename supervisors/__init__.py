@@ -38,17 +38,9 @@ from ._spec import (
     validate_significant,
 )
 from ._strategies import RestartPlan, auto_shutdown_triggered, restart_plan
-from ._supervisor import (
-    ChildBlockedLoop,
-    ChildCounts,
-    ChildInfo,
-    ChildState,
-    Supervisor,
-    SupervisorHealth,
-    SupervisorRef,
-    start_supervisor,
-    supervisor_spec,
-)
+from ._supervisor import Supervisor
+from ._supervisor_messages import ChildBlockedLoop, ChildCounts, ChildInfo, ChildState, SupervisorHealth
+from ._supervisor_ref import SupervisorRef, start_supervisor, supervisor_spec
 from ._watchdog import LoopBlock, LoopLagWatchdog, open_loop_watchdog
 from .app import Runtime, RuntimeHealth, open_runtime
 from .asgi import RuntimeHost, create_app, graceful_shutdown_trigger, runtime_of

@@ -11,7 +11,7 @@ import msgspec
 from actors import ActorError, ActorNotFound
 from actors.chat._monitor import CheckHealth, SetMonitoring
 
-from ._supervisor import SupervisorRef
+from ._supervisor_ref import SupervisorRef
 from .app import COMPONENTS, MONITORING
 from .faults import Crash, FaultHistory, Hang, crash_once, flood, inject
 
@@ -21,7 +21,7 @@ if TYPE_CHECKING:
     from actors import ActorRef
     from actors.chat._anomaly import Anomaly
 
-    from ._supervisor import ChildInfo
+    from ._supervisor_messages import ChildInfo
     from .app import Runtime
 
 logger = logging.getLogger("agentwatch.dashboard")

@@ -15,7 +15,8 @@ import msgspec
 
 from actors import Actor, ActorError, ActorNotFound
 
-from ._supervisor import ChildBlockedLoop, Supervisor
+from ._supervisor import Supervisor
+from ._supervisor_messages import ChildBlockedLoop
 
 if TYPE_CHECKING:
     from collections.abc import AsyncIterator, Callable

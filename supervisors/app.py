@@ -46,7 +46,9 @@ from actors.chat._monitor import (
 from ._config import RuntimeConfig
 from ._process_monitor import process_monitor_specs
 from ._spec import ChildSpec, Restart, Shutdown, Strategy
-from ._supervisor import ChildState, Supervisor, SupervisorHealth, SupervisorRef, start_supervisor
+from ._supervisor import Supervisor
+from ._supervisor_messages import ChildState, SupervisorHealth
+from ._supervisor_ref import SupervisorRef, start_supervisor
 
 if TYPE_CHECKING:
     from collections.abc import AsyncIterator, Callable, Sequence
