@@ -1,7 +1,7 @@
 from __future__ import annotations
 
 import logging
-from collections import OrderedDict
+from collections import OrderedDict, deque
 from typing import TYPE_CHECKING, Any, Final, assert_never
 
 import anyio
@@ -38,6 +38,8 @@ from actors.chat._bridge_routes import (
 )
 from actors.chat._bridge_statistics import (
     ClosedConnections,
+    ConnectionScan,
+    DeliveryTally,
     broadcast_health,
     connection_totals,
     ring_totals,
@@ -55,7 +57,7 @@ from actors.chat._replay_ring import ReplayGap, ReplayRing
 from actors.chat._tap import DeliveryProgress, ReplaySnapshot
 
 if TYPE_CHECKING:
-    from collections import deque
+    from collections.abc import Callable
 
     from actors._clock import Clock
     from actors._message import ExitReason
@@ -117,6 +119,15 @@ class AgentWebSocketBridge(Actor[BridgeMessage]):
         self._connections: dict[str, ConnectionRoutes] = {}
         self._by_writer: dict[ActorRef[Any], ConnectionRoutes] = {}
         self._lagging: dict[ConnectionRoutes, None] = {}  # an ordered set
+        # Connections whose writer was handed events since the tick last found it idle: the only ones that can be
+        # in a turn of sends (a turn sends what the bridge handed over) or whose writer's counters can change, so
+        # the only ones a tick looks at (DeliveryTally).
+        self._busy: dict[ConnectionRoutes, None] = {}
+        self._tally = DeliveryTally()
+        #: Live events handed to a writer (the rest of fan_out_sent the bridge sent itself).
+        self._told_live = 0
+        #: Connections closing, not yet forgotten (the rest of _connections are open).
+        self._closing = 0
         self._unconfirmed: dict[ThreadRoutes, None] = {}  # threads with routed events not yet reported delivered
         self._unsubscribed: dict[str, None] = {}  # threads whose last connection left, not yet reported
         # Totals of connections already closed and forgotten, and the last few's final statistics.
@@ -138,6 +149,9 @@ class AgentWebSocketBridge(Actor[BridgeMessage]):
         self._shedding = False
         # The monitor mailbox's queue, always: a tap that is not its last item after the tell was refused.
         self._monitor_inbox: deque[Any] | None = None
+        # While a monitor is tapped: its ``tell`` (bound once, not per event) and its mailbox's queue.
+        self._tap: Callable[[Any], None] | None = None
+        self._tap_inbox: deque[Any] = deque()
         #: Events sent to clients (delivered + coalesced, all connections) as of the last DeliveryProgress.
         self._reported_delivered = 0
         self._health: ComponentHealth | None = None
@@ -289,16 +303,10 @@ class AgentWebSocketBridge(Actor[BridgeMessage]):
                         except Exception:  # WouldBlock, or the sink is failing: the writer sends it (and handles that)
                             pass
                         else:
-                            # Counted as the writer counts a frame it sent (see ConnectionProgress).
-                            connection.told += 1
-                            progress.taken += 1
-                            progress.delivered += 1
-                            progress.settled += 1
-                            progress.delivered_seq[thread_id] = seq
-                            # LatencyHistogram.record(0), inlined: sent within the millisecond it was accepted.
-                            latency = progress.latency
-                            latency.counts[0] += 1
-                            latency.count += 1
+                            # Counted on the route alone: its seq, for delivery confirmations. How many frames
+                            # the bridge sent itself follows from the route's counts (Route.handed), and each is
+                            # delivered with latency 0; the writer's counters (ConnectionProgress) stay its own.
+                            route.sent_seq = seq
                             sent += 1
                             continue
                 elif outstanding >= capacity:
@@ -311,26 +319,29 @@ class AgentWebSocketBridge(Actor[BridgeMessage]):
                     continue
                 connection.told += 1
                 sent += 1
+                route.handed += 1
+                self._told_live += 1
+                self._busy[connection] = None
+                thread.needs_scan = True
             self._fan_out_sent += sent
         else:
             self._unrouted += 1
         monitor = self._monitor
         if monitor is not None:
-            queue = self._monitor_inbox
+            inbox = self._tap_inbox
             # Below the mark (the usual case) one plain tell. At or above it, content taps are shed (when shedding
             # is configured) and lifecycle taps go into the reserved lane of the monitor's mailbox, which a flood
             # by other senders cannot take: the detectors need every boundary to tell a missing start from a real
             # one.
-            if queue is not None and len(queue) >= self._shed_above:
-                if type(event) in LIFECYCLE_EVENT_TYPES:
-                    tell = monitor.tell_reserved
-                elif self._shedding:
-                    self._taps_shed += 1
-                    tell = None
-                else:
-                    tell = monitor.tell
+            if len(inbox) < self._shed_above:
+                tell = self._tap
+            elif type(event) in LIFECYCLE_EVENT_TYPES:
+                tell = monitor.tell_reserved
+            elif self._shedding:
+                self._taps_shed += 1
+                tell = None
             else:
-                tell = monitor.tell
+                tell = self._tap
             if tell is not None:
                 # A monitor on a REJECT mailbox: the tap is lost all the same, never the bridge's problem. (A try
                 # costs nothing on this path until it raises; contextlib.suppress would cost a call per event.)
@@ -341,8 +352,7 @@ class AgentWebSocketBridge(Actor[BridgeMessage]):
                 self._taps += 1
                 # Counted here, per tap, rather than from the mailbox's drop counters: whatever else floods the
                 # monitor (health checks, reports) is not a tap the bridge lost.
-                inbox = self._monitor_inbox
-                if inbox is not None and (not inbox or inbox[-1] is not stamped):
+                if not inbox or inbox[-1] is not stamped:
                     self._taps_lost += 1
             if fan_out:
                 self._unconfirmed[thread] = None  # its delivery is reported to the monitor on a tick
@@ -360,7 +370,9 @@ class AgentWebSocketBridge(Actor[BridgeMessage]):
         # No catch-up from here: it may close the connection, and this runs inside the loop over the thread's
         # routes. The writer reports when it has drained (WriterDrained), and the tick catches up as well.
         route.deferred += 1
+        route.handed += 1
         self._deferred += 1
+        route.thread.needs_scan = True
         if route.lagging:
             return
         # It was not lagging, so it had been handed everything before the event now being routed.
@@ -393,6 +405,8 @@ class AgentWebSocketBridge(Actor[BridgeMessage]):
             return
         writer = connection.writer
         subscribed_at = route.subscribed_at
+        if missed:
+            self._busy[connection] = None
         for item in missed[:room]:
             try:
                 writer.tell(item)
@@ -485,6 +499,7 @@ class AgentWebSocketBridge(Actor[BridgeMessage]):
         thread = route.thread
         del thread.routes[connection.connection_id]
         del connection.routes[thread.thread_id]
+        connection.forget_route(route)
         if route.lagging:
             route.lagging = False
             connection.lagging_routes -= 1
@@ -504,6 +519,7 @@ class AgentWebSocketBridge(Actor[BridgeMessage]):
         if connection.closing:
             return
         connection.closing = True
+        self._closing += 1
         connection.close_code = code
         for route in list(connection.routes.values()):
             self._remove_route(route)
@@ -528,6 +544,10 @@ class AgentWebSocketBridge(Actor[BridgeMessage]):
         if not connection.closing:
             # The writer closed on its own (the client stopped reading, or a send failed): stop routing to it.
             self._close_connection(connection, CloseCode.ABNORMAL, "writer stopped", tell_writer=False)
+        if connection in self._busy:
+            del self._busy[connection]
+            self._tally.read(connection)  # its last sends, before it is forgotten
+        self._closing -= 1
         del self._connections[connection.connection_id]
         self._closed.record(connection)
 
@@ -550,11 +570,13 @@ class AgentWebSocketBridge(Actor[BridgeMessage]):
                         CloseCode.SLOW_CONSUMER,
                         f"slow consumer: queue full for {now - since:.3g} s; resume with afterSeq",
                     )
+        # One look at the (busy) connections for both the delivery report and the health sample.
+        scan = self._scan()
         self._refresh_monitor()
         if self._monitor is not None and (self._unconfirmed or self._unsubscribed):
-            self._report_delivery(self._monitor)
+            self._report_delivery(self._monitor, scan)
         self._sweep_idle_threads()
-        self._evaluate_health(record=True)
+        self._evaluate_health(record=True, scan=scan)
 
     def _close_stalled_writers(self, now: float) -> None:
         """Close every connection whose writer has been blocked in one turn of sends for ``slow_consumer_after``.
@@ -562,11 +584,13 @@ class AgentWebSocketBridge(Actor[BridgeMessage]):
         The writer keeps no timer of its own (one per turn cost more than the frames): it records when its turn
         started, and the tick looks. A turn whose deadline falls before the next tick gets one extra tick just after
         the deadline, so a client that stopped reading is closed when its time is up, not at a tick boundary.
+
+        Only the busy connections are looked at: a turn sends frames the bridge handed to the writer.
         """
         after = self._config.slow_consumer_after
         next_tick = now + self._config.tick_interval
         stalled: list[ConnectionRoutes] = []
-        for connection in self._connections.values():
+        for connection in self._busy:
             started = connection.progress.turn_started
             if started is None:
                 continue
@@ -612,14 +636,17 @@ class AgentWebSocketBridge(Actor[BridgeMessage]):
         # the monitor is out of service the taps are skipped (and counted) instead.
         monitor = self._monitor_ref
         self._monitor = monitor if monitor is not None and monitor.is_alive else None
+        self._tap = None if self._monitor is None else self._monitor.tell
+        self._tap_inbox = deque() if self._monitor_inbox is None else self._monitor_inbox
 
-    def _report_delivery(self, monitor: ActorRef[Any], *, resync: bool = False) -> None:
+    def _report_delivery(self, monitor: ActorRef[Any], scan: ConnectionScan, *, resync: bool = False) -> None:
         """Tell the monitor how far delivery got per thread, and which threads lost their last connection.
 
+        :param scan: the connections, scanned now (what was sent so far)
         :param resync: the full re-report for a (re)starting monitor (see :class:`DeliveryProgress`)
         """
         assert self._clock is not None
-        delivered_total = self._delivered_total()
+        delivered_total = scan.delivered + scan.coalesced
         delivered = delivered_total - self._reported_delivered
         confirmed = confirmed_delivery(self._unconfirmed)
         if not confirmed and not self._unsubscribed and not delivered:
@@ -649,14 +676,6 @@ class AgentWebSocketBridge(Actor[BridgeMessage]):
             if seq >= thread.routed_seq:
                 del self._unconfirmed[thread]
 
-    def _delivered_total(self) -> int:
-        """Events sent to clients so far, every connection included (a coalesced frame counts what it carries)."""
-        total = self._closed.delivered + self._closed.coalesced
-        for connection in self._connections.values():
-            progress = connection.progress
-            total += progress.delivered + progress.coalesced
-        return total
-
     def _sweep_idle_threads(self) -> None:
         threads = self._threads
         if not threads:
@@ -667,27 +686,46 @@ class AgentWebSocketBridge(Actor[BridgeMessage]):
 
     # ------------------------------------------------------------------ health
 
-    def _sample(self) -> HealthSample:
+    def _scan(self) -> ConnectionScan:
+        """What the connections add up to now (the busy ones are read; see :class:`DeliveryTally`)."""
+        return self._tally.scan(
+            self._busy,
+            sent_directly=self._fan_out_sent - self._told_live,
+            open_connections=len(self._connections) - self._closing,
+        )
+
+    def _sample(self, scan: ConnectionScan | None = None) -> HealthSample:
         assert self._clock is not None
         return sample_health(
-            self._connections.values(),
-            self._closed,
+            scan if scan is not None else self._scan(),
             at=self._clock.now(),
             capacity=self._capacity,
             lagging=len(self._lagging),
             tap_lost=self._tap_lost(),
-            inbox_dropped=self._self.statistics().dropped_total if self._self is not None else 0,
+            inbox_dropped=self._inbox_dropped(),
             monitor=self._monitor_ref,
             monitor_attached=self._monitor is not None,
         )
 
+    def _inbox_dropped(self) -> int:
+        """Publishes (or anything else) the bridge's own mailbox refused so far."""
+        if self._self is None:
+            return 0
+        # Read off the mailbox (same-package shortcut, as for the monitor's queue): statistics() builds two structs,
+        # and the tick needs this one figure.
+        mailbox = self._self._mailbox
+        return mailbox.dropped_newest + mailbox.dropped_oldest + mailbox.rejected
+
     def _tap_lost(self) -> int:
         return self._taps_lost + self._taps_skipped + self._taps_shed
 
-    def _evaluate_health(self, *, record: bool) -> ComponentHealth:
-        """Judge the health now; tell every observer when it changed (the first judgement only if not healthy)."""
+    def _evaluate_health(self, *, record: bool, scan: ConnectionScan | None = None) -> ComponentHealth:
+        """Judge the health now; tell every observer when it changed (the first judgement only if not healthy).
+
+        :param scan: the connections, scanned now (None: scan them here)
+        """
         assert self._clock is not None
-        sample = self._sample()
+        sample = self._sample(scan)
         if record:
             self._health_window.record(sample)
         health = self._health_window.judge(sample, self._clock.now_ms())
@@ -723,7 +761,7 @@ class AgentWebSocketBridge(Actor[BridgeMessage]):
                 self._unconfirmed[thread] = None
         self._refresh_monitor()
         if self._monitor is not None and self._unconfirmed:
-            self._report_delivery(self._monitor, resync=True)
+            self._report_delivery(self._monitor, self._scan(), resync=True)
         return snapshot
 
     def _metrics(self) -> BridgeMetrics:
@@ -733,7 +771,7 @@ class AgentWebSocketBridge(Actor[BridgeMessage]):
             reason: count
             for reason, count in (
                 ("invalid_event", self._invalid),
-                ("inbox_full", self._self.statistics().dropped_total if self._self is not None else 0),
+                ("inbox_full", self._inbox_dropped()),
                 ("discarded_on_close", connections.discarded),
                 ("deferred_on_close", self._deferred_on_close),
                 ("monitor_tap", self._tap_lost()),

@@ -21,7 +21,16 @@ logger = logging.getLogger("agentwatch.chat.bridge")
 class ThreadRoutes:
     """One thread as the bridge keeps it: its numbering, its replay ring and the routes to its subscribers."""
 
-    __slots__ = ("last_active", "last_seq", "reported_seq", "ring", "routed_seq", "routes", "thread_id")
+    __slots__ = (
+        "last_active",
+        "last_seq",
+        "needs_scan",
+        "reported_seq",
+        "ring",
+        "routed_seq",
+        "routes",
+        "thread_id",
+    )
 
     def __init__(self, thread_id: str, ring: ReplayRing) -> None:
         self.thread_id = thread_id
@@ -32,12 +41,17 @@ class ThreadRoutes:
         self.reported_seq = 0
         self.last_active = 0
         self.routes: dict[str, Route] = {}
+        #: Set when an event of the thread is routed without being sent on the spot (handed to a writer's queue,
+        #: or held back for a lagging route); cleared once a delivery check finds every route caught up. While it
+        #: is clear, every event routed so far was sent to every route as it was routed (the fast path), so the
+        #: thread is delivered through ``last_seq`` without a look at its routes.
+        self.needs_scan = False
 
 
 class Route:
     """One connection's subscription to one thread."""
 
-    __slots__ = ("connection", "deferred", "lagging", "subscribed_at", "thread", "told_seq")
+    __slots__ = ("connection", "deferred", "handed", "lagging", "sent_seq", "subscribed_at", "thread", "told_seq")
 
     def __init__(self, connection: ConnectionRoutes, thread: ThreadRoutes, told_seq: int) -> None:
         self.connection = connection
@@ -51,6 +65,12 @@ class Route:
         self.lagging = False
         #: Live events routed here while lagging and not yet handed to the writer.
         self.deferred = 0
+        #: Live events routed here that were not sent on the spot (handed to the writer, or held back): every other
+        #: live event, ``thread.last_seq - subscribed_at - handed`` of them, the bridge sent itself (the fast path).
+        self.handed = 0
+        #: The seq of the last frame the bridge sent itself on this route (0: none). The writer's cursor
+        #: (``progress.delivered_seq``) covers the frames it sent; the route is delivered up to the higher of the two.
+        self.sent_seq = 0
 
 
 class ConnectionRoutes:
@@ -67,6 +87,11 @@ class ConnectionRoutes:
         "progress",
         "replayed",
         "routes",
+        "seen_coalesced",
+        "seen_errors",
+        "seen_sent",
+        "sent_directly_before",
+        "sent_seq_before",
         "told",
         "writer",
     )
@@ -86,6 +111,39 @@ class ConnectionRoutes:
         self.full_since: float | None = None
         self.closing = False
         self.close_code: int | None = None
+        #: Frames the bridge sent itself on routes since removed (see :attr:`Route.handed`), and per thread the seq
+        #: of the last of them.
+        self.sent_directly_before = 0
+        self.sent_seq_before: dict[str, int] = {}
+        #: What the writer had sent, merged and failed to send when the bridge last read it (DeliveryTally).
+        self.seen_sent = 0
+        self.seen_coalesced = 0
+        self.seen_errors = 0
+
+    def sent_directly(self) -> int:
+        """Frames the bridge sent to this connection itself (the fast path), derived from its routes."""
+        sent = self.sent_directly_before
+        for route in self.routes.values():
+            sent += route.thread.last_seq - route.subscribed_at - route.handed
+        return sent
+
+    def forget_route(self, route: Route) -> None:
+        """Keep what the bridge sent itself on a route that is being removed (see :meth:`sent_directly`)."""
+        thread = route.thread
+        self.sent_directly_before += thread.last_seq - route.subscribed_at - route.handed
+        if route.sent_seq > self.sent_seq_before.get(thread.thread_id, 0):
+            self.sent_seq_before[thread.thread_id] = route.sent_seq
+
+    def delivered_seq(self) -> dict[str, int]:
+        """Per thread, the highest seq sent to the connection, by its writer or by the bridge."""
+        delivered = dict(self.progress.delivered_seq)
+        for thread_id, seq in self.sent_seq_before.items():
+            if seq > delivered.get(thread_id, 0):
+                delivered[thread_id] = seq
+        for thread_id, route in self.routes.items():
+            if route.sent_seq > delivered.get(thread_id, 0):
+                delivered[thread_id] = route.sent_seq
+        return delivered
 
 
 def authorized(authorize: Callable[[str, str], bool], principal: str, thread_id: str) -> bool:
@@ -127,24 +185,32 @@ def resume_problem(thread: ThreadRoutes, after_seq: object, now_ms: int) -> str 
 def confirmed_delivery(unconfirmed: Iterable[ThreadRoutes]) -> dict[str, int]:
     """The seq up to which each thread's events are now delivered to every subscriber, where that moved on.
 
-    A route counts as delivered up to ``max(subscribed_at, the seq its writer last sent)``; a thread's confirmation
-    is the lowest of those over its routes, and is included only if above what was last reported.
+    A route counts as delivered up to ``max(subscribed_at, the highest seq sent to it)`` (by its writer, or by the
+    bridge itself: ``Route.sent_seq``); a thread's confirmation is the lowest of those over its routes, and is
+    included only if above what was last reported. A thread whose events were all sent as they were routed
+    (``needs_scan`` clear) is delivered through its last seq: its routes are only looked at when something was
+    queued or held back since they were last found caught up.
     """
     confirmed: dict[str, int] = {}
     for thread in unconfirmed:
         thread_id = thread.thread_id
         reported = thread.reported_seq
-        # The lowest of max(subscribed_at, delivered seq) over the routes; a plain loop (this runs per tick over
-        # every route of every thread with news), which stops once nothing new can be confirmed.
-        low = thread.last_seq
-        for route in thread.routes.values():
-            seq = route.connection.progress.delivered_seq.get(thread_id, 0)
-            subscribed_at = route.subscribed_at
-            value = seq if seq > subscribed_at else subscribed_at
-            if value < low:
-                low = value
-                if low <= reported:
-                    break
+        last_seq = low = thread.last_seq
+        if thread.needs_scan:
+            # The lowest of max(subscribed_at, delivered seq) over the routes; a plain loop (this runs per tick
+            # over every route of every such thread), which stops once nothing new can be confirmed.
+            for route in thread.routes.values():
+                seq = route.connection.progress.delivered_seq.get(thread_id, 0)
+                if route.sent_seq > seq:
+                    seq = route.sent_seq
+                subscribed_at = route.subscribed_at
+                value = seq if seq > subscribed_at else subscribed_at
+                if value < low:
+                    low = value
+                    if low <= reported:
+                        break
+            if low == last_seq:
+                thread.needs_scan = False
         if low > reported:
             confirmed[thread_id] = low
     return confirmed

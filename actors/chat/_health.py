@@ -135,6 +135,12 @@ class LatencyHistogram:
             self.max_value = value_ms
         self.count += 1
 
+    def record_zeros(self, count: int) -> None:
+        """Count ``count`` latencies of 0 ms (frames sent within the millisecond their event was accepted)."""
+        if count:
+            self.counts[0] += count
+            self.count += count
+
     def merge(self, other: LatencyHistogram) -> None:
         """Add ``other``'s counts to this histogram."""
         counts = self.counts
