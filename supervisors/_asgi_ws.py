@@ -38,6 +38,9 @@ _MAX_REASON: Final = 120
 #: Seconds the endpoint waits for the connection's writer to send its close frame before closing itself.
 _CLOSE_WAIT: Final = 2.0
 
+# Read once: an Enum member looked up on its class costs ~45 ns on CPython 3.11, once per frame on the send path.
+_CONNECTED: Final = WebSocketState.CONNECTED
+
 
 class Grant(msgspec.Struct, frozen=True, kw_only=True):
     """What a token admits: the principal it authenticates and the threads that principal may join.
@@ -80,7 +83,7 @@ class StarletteSink:
     the two from interleaving inside one ASGI send on servers that do not serialise sends themselves.
     """
 
-    __slots__ = ("_asgi_send", "_busy", "_closed", "_waiters", "_websocket", "close_code")
+    __slots__ = ("_asgi_send", "_busy", "_closed", "_reading", "_waiters", "_websocket", "close_code")
 
     def __init__(self, websocket: WebSocket) -> None:
         self._websocket = websocket
@@ -93,6 +96,7 @@ class StarletteSink:
         self._busy = False
         self._waiters: deque[anyio.Event] = deque()
         self._closed = anyio.Event()
+        self._reading = anyio.CancelScope()
         #: The code this side closed with, once it did.
         self.close_code: int | None = None
 
@@ -100,6 +104,11 @@ class StarletteSink:
     def closed(self) -> anyio.Event:
         """Set once :meth:`close` has run (the endpoint then stops reading)."""
         return self._closed
+
+    @property
+    def reading(self) -> anyio.CancelScope:
+        """The endpoint's read loop runs in this scope; :meth:`close` cancels it once the close frame is sent."""
+        return self._reading
 
     async def send_text(self, data: str) -> None:
         """Send one text frame."""
@@ -111,7 +120,7 @@ class StarletteSink:
         try:
             asgi_send = self._asgi_send
             websocket = self._websocket
-            if asgi_send is None or websocket.application_state is not WebSocketState.CONNECTED:
+            if asgi_send is None or websocket.application_state is not _CONNECTED:
                 await self._send({"type": "websocket.send", "text": data})
             else:
                 try:
@@ -139,7 +148,7 @@ class StarletteSink:
     async def _send(self, message: dict[str, Any]) -> None:
         websocket = self._websocket
         asgi_send = self._asgi_send
-        if asgi_send is None or websocket.application_state is not WebSocketState.CONNECTED:
+        if asgi_send is None or websocket.application_state is not _CONNECTED:
             await websocket.send(message)  # Starlette's own checks (and its error for a closed socket)
             return
         # Open: what Starlette's WebSocket.send does in this state, without its two calls and checks per frame.
@@ -191,6 +200,7 @@ class StarletteSink:
                 self._release()
         finally:
             self._closed.set()
+            self._reading.cancel()
 
 
 class GatewayStatistics(msgspec.Struct, frozen=True, kw_only=True):
@@ -290,14 +300,10 @@ class WebSocketGateway:
             await sink.send_text(
                 control_frame(CONNECTED, {"connectionId": connection_id, "principal": grant.principal})
             )
-            async with anyio.create_task_group() as tasks:
-
-                async def stop_when_closed() -> None:
-                    # The bridge closed the connection (refusal, replay gap, slow consumer, shutdown): stop reading.
-                    await sink.closed.wait()
-                    tasks.cancel_scope.cancel()
-
-                tasks.start_soon(stop_when_closed)
+            # The bridge closes the connection (refusal, replay gap, slow consumer, shutdown) through the sink, and
+            # the sink's close cancels this scope: the endpoint stops reading. A scope rather than a watcher task:
+            # a task per connection is some 35 more tracked objects that every full garbage collection rescans.
+            with sink.reading:
                 while True:
                     message = await websocket.receive()
                     if message["type"] == "websocket.disconnect":
@@ -315,7 +321,6 @@ class WebSocketGateway:
                         continue
                     if not await self._handle(runtime, connection_id, grant, sink, request):
                         break
-                tasks.cancel_scope.cancel()
         finally:
             # Never waits; a connection the bridge already closed is ignored.
             bridge.disconnect(connection_id)

@@ -444,6 +444,8 @@ class ConnectionWriter(Actor[WriterMessage]):
         self._pending: deque[StampedEvent] = deque()
         # id(frame) → how many events a merged frame in _pending carries (frames not in here carry one).
         self._carried: dict[int, int] = {}
+        # progress.taken when _pending was last coalesced: what was taken since is the only part not merged yet.
+        self._taken_at_merge = 0
         self._backlogged = False
         self._closed = False
         # Why the bridge interrupted a blocked turn: the close to make once the send is cancelled.
@@ -519,7 +521,7 @@ class ConnectionWriter(Actor[WriterMessage]):
         if self._coalesce_at is not None and len(pending) >= self._coalesce_at:
             # Folded events count as coalesced only once their frame is sent (see below): a merged frame that is
             # discarded on close discards every event it carries.
-            self._pending = pending = _coalesce(pending, carried)
+            self._merge_pending(pending, carried)
         sink = self._sink
         text = self._text
         clock = self._clock
@@ -588,6 +590,25 @@ class ConnectionWriter(Actor[WriterMessage]):
                 # A hint only: if the bridge's mailbox refuses it, the bridge's next tick catches up instead.
                 with contextlib.suppress(MailboxFull):
                     self._bridge.tell(WriterDrained(connection_id=self._connection_id))
+
+    def _merge_pending(self, pending: deque[StampedEvent], carried: dict[int, int]) -> None:
+        """Coalesce ``pending`` in place, merging only what arrived since the last merge.
+
+        What was queued then is already merged (no two neighbours of one stream), so only its last frame can fold
+        into the newcomers: a backlog that is flushed a turn at a time costs O(newcomers) per turn, not O(queue).
+        """
+        fresh = self._progress.taken - self._taken_at_merge
+        self._taken_at_merge = self._progress.taken
+        keep = len(pending) - fresh - 1  # frames before the last merged one: they cannot change
+        if keep <= 0:
+            merged = _coalesce(pending, carried)
+            pending.clear()
+            pending.extend(merged)
+            return
+        tail: deque[StampedEvent] = deque()
+        for _ in range(len(pending) - keep):
+            tail.appendleft(pending.pop())
+        pending.extend(_coalesce(tail, carried))
 
     def _discard_pending(self) -> None:
         progress = self._progress

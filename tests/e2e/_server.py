@@ -47,7 +47,9 @@ async def running(
     trigger = graceful_shutdown_trigger(drained_app if drained_app is not None else app, stop.wait)
     try:
         async with anyio.create_task_group() as tasks:
-            tasks.start_soon(partial(serve_hypercorn, app, sock, shutdown_trigger=trigger, graceful_timeout=2.0))
+            tasks.start_soon(
+                partial(serve_hypercorn, app, sock, shutdown_trigger=trigger, graceful_timeout=2.0, freeze_heap=False)
+            )
             async with httpx.AsyncClient() as client:
                 while True:  # until the lifespan has started and the bridge answers
                     try:

@@ -1,6 +1,8 @@
 from __future__ import annotations
 
+import base64
 import json
+import os
 import socket
 from typing import TYPE_CHECKING, Any
 
@@ -11,14 +13,18 @@ from httpx_ws import WebSocketDisconnect
 from websockets.exceptions import ConnectionClosed
 from websockets.sync.client import connect
 
+from actors.chat._connection import CloseCode
 from actors.chat._events import Custom, RunFinished, RunStarted
 from supervisors.asgi import Grant, create_app, runtime_of
 
 from ._server import frame, is_control, open_ws, running
 
 if TYPE_CHECKING:
+    from anyio.abc import SocketStream
     from httpx_ws import AsyncWebSocketSession
     from starlette.applications import Starlette
+
+    from supervisors.asgi import RuntimeHost
 
 pytestmark = pytest.mark.anyio
 
@@ -178,6 +184,80 @@ class TestResume:
                     with pytest.raises(WebSocketDisconnect) as closed:
                         await ws.receive_text()
         assert closed.value.code == 4002
+
+
+class TestBridgeInitiatedClose:
+    async def test_endpoint_stops_reading_when_the_bridge_closes_even_if_the_client_never_answers(self) -> None:
+        app = create_app()
+        host: RuntimeHost = app.state.agentwatch
+        with anyio.fail_after(LIMIT):
+            async with running(app) as server, await anyio.connect_tcp("127.0.0.1", server.port) as stream:
+                client = _SilentClient(stream)
+                await client.handshake(server.port)
+                connection_id = (await client.control())["value"]["connectionId"]
+                await client.send_text(json.dumps({"subscribe": {"threadId": "t7"}}))
+                assert (await client.control())["name"] == "agentwatch.subscribed"
+                assert host.gateway.statistics().open == 1
+                # The application ends the connection through the bridge; the client reads the close frame and
+                # neither answers it nor drops the socket, so no disconnect ever reaches the endpoint's receive.
+                runtime_of(app).bridge.disconnect(connection_id, code=CloseCode.POLICY_VIOLATION, reason="kicked")
+                code = await client.close_code()
+                while host.gateway.statistics().open:  # noqa: ASYNC110 (a counter, not an event, to wait on)
+                    await anyio.sleep(0.01)
+        assert code == CloseCode.POLICY_VIOLATION
+
+
+class _SilentClient:
+    """A raw WebSocket client over one TCP stream that never answers a close frame (a client that hung)."""
+
+    def __init__(self, stream: SocketStream) -> None:
+        self._stream = stream
+        self._buffer = b""
+
+    async def handshake(self, port: int) -> None:
+        key = base64.b64encode(os.urandom(16)).decode()
+        await self._stream.send(
+            f"GET /ws HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
+            f"Sec-WebSocket-Key: {key}\r\nSec-WebSocket-Version: 13\r\n\r\n".encode()
+        )
+        while b"\r\n\r\n" not in self._buffer:
+            self._buffer += await self._stream.receive()
+        head, _, self._buffer = self._buffer.partition(b"\r\n\r\n")
+        assert head.startswith(b"HTTP/1.1 101"), head
+
+    async def send_text(self, text: str) -> None:
+        payload = text.encode()
+        assert len(payload) < 126
+        mask = os.urandom(4)
+        masked = bytes(byte ^ mask[i % 4] for i, byte in enumerate(payload))
+        await self._stream.send(bytes([0x81, 0x80 | len(payload)]) + mask + masked)
+
+    async def next_frame(self) -> tuple[int, bytes]:
+        """The next frame from the server (opcode, payload): server frames are unmasked, and short here."""
+        while True:
+            buffer = self._buffer
+            if len(buffer) >= 4:
+                length, header = buffer[1] & 0x7F, 2
+                assert length != 127, "no 64-bit frame lengths expected"
+                if length == 126:
+                    length, header = int.from_bytes(buffer[2:4], "big"), 4
+                if len(buffer) >= header + length:
+                    self._buffer = buffer[header + length :]
+                    return buffer[0] & 0x0F, buffer[header : header + length]
+            self._buffer += await self._stream.receive()
+
+    async def control(self) -> dict[str, Any]:
+        """The next text frame, decoded."""
+        opcode, payload = await self.next_frame()
+        assert opcode == 0x1, (opcode, payload)
+        return frame(payload)
+
+    async def close_code(self) -> int:
+        """Read up to the server's close frame and return its code (without answering it)."""
+        while True:
+            opcode, payload = await self.next_frame()
+            if opcode == 0x8:
+                return int.from_bytes(payload[:2], "big")
 
 
 def _subscribe_then(url: str, thread_id: str, subscribed: anyio.Event, count: int) -> int:
