@@ -220,16 +220,14 @@ class MemorySink:
 
 
 class ConnectionProgress:
-    """What one connection's writer has done so far: written by that writer (and the bridge's fast path), read by
-    the bridge.
+    """What one connection's writer has done so far: written by that writer alone, read by the bridge.
 
     This is the one sanctioned cross-actor read in the system. The bridge and the writers run on one event loop,
     so a read between two of the writer's statements always sees consistent integers. It reads ``settled`` on
     every routed event (to keep the writer's queue bounded without a message per frame) and the rest on its tick
-    (delivery progress for the monitor, stalled turns) and for metrics. The bridge writes here in one case only:
-    a frame it sent itself through ``send_nowait`` while the writer had nothing outstanding (everything the
-    bridge had handed it was settled, so the writer was parked between messages with its counters at rest); it
-    then counts the frame exactly as the writer would have (taken, delivered, settled, delivered seq, latency).
+    (delivery progress for the monitor, stalled turns) and for metrics. A frame the bridge sent itself through
+    ``send_nowait`` (its fast path, while the writer had nothing outstanding) is not counted here: the bridge
+    counts it on its route (``Route.sent_seq``, and the frames sent directly follow from the route's counts).
 
     Conservation, kept by the writer at every instant: ``taken == delivered + coalesced + discarded + pending``
     where ``pending`` is the events in the writer's own queue (a merged frame counts every event it carries);
