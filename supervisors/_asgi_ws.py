@@ -1,5 +1,6 @@
 from __future__ import annotations
 
+import contextlib
 import inspect
 import logging
 from collections import deque
@@ -8,12 +9,14 @@ from typing import TYPE_CHECKING, Any, Final
 
 import anyio
 import msgspec
+from sniffio import current_async_library
 from starlette.websockets import WebSocket, WebSocketDisconnect, WebSocketState
 
 from actors import ActorError
 from actors.chat._bridge_messages import SubscribeOutcome
 from actors.chat._connection import CloseCode
 
+from ._eager_send import InFlightSend, start_eagerly
 from ._ws_protocol import (
     CONNECTED,
     SUBSCRIBED,
@@ -83,7 +86,18 @@ class StarletteSink:
     the two from interleaving inside one ASGI send on servers that do not serialise sends themselves.
     """
 
-    __slots__ = ("_asgi_send", "_busy", "_closed", "_reading", "_waiters", "_websocket", "close_code")
+    __slots__ = (
+        "_asgi_send",
+        "_busy",
+        "_closed",
+        "_eager",
+        "_in_flight",
+        "_reading",
+        "_sent_early",
+        "_waiters",
+        "_websocket",
+        "close_code",
+    )
 
     def __init__(self, websocket: WebSocket) -> None:
         self._websocket = websocket
@@ -97,6 +111,15 @@ class StarletteSink:
         self._waiters: deque[anyio.Event] = deque()
         self._closed = anyio.Event()
         self._reading = anyio.CancelScope()
+        # The bridge's fast path (send_text_nowait): on asyncio the ASGI send runs in the bridge's own stack, and
+        # with Hypercorn it returns without ever waiting unless the client applies backpressure. On trio every
+        # socket send is a checkpoint that waits, and its traps belong to the task that made them: no fast path.
+        self._eager = self._asgi_send is not None and current_async_library() == "asyncio"
+        # A fast-path send that had to wait: its rest, run by whoever takes the lock next (see _acquire).
+        self._in_flight: InFlightSend | None = None
+        # The frame of the last in-flight send once it has completed: the writer's send of that same frame (the
+        # bridge handed it the frame along with WouldBlock) then returns at once instead of sending it twice.
+        self._sent_early: str | bytes | None = None
         #: The code this side closed with, once it did.
         self.close_code: int | None = None
 
@@ -117,6 +140,8 @@ class StarletteSink:
             await self._acquire()
         else:
             self._busy = True
+        if self._sent_early is not None and self._was_sent_early(data):
+            return  # completed by whoever took the lock first since the fast path left it in flight
         try:
             asgi_send = self._asgi_send
             websocket = self._websocket
@@ -140,6 +165,8 @@ class StarletteSink:
             await self._acquire()
         else:
             self._busy = True
+        if self._sent_early is not None and self._was_sent_early(data):
+            return  # completed by whoever took the lock first since the fast path left it in flight
         try:
             await self._send({"type": "websocket.send", "bytes": data})
         finally:
@@ -158,8 +185,74 @@ class StarletteSink:
             websocket.application_state = WebSocketState.DISCONNECTED
             raise WebSocketDisconnect(code=1006) from exc
 
+    def send_text_nowait(self, data: str) -> None:
+        """Send one text frame now, or raise ``anyio.WouldBlock`` (the bridge's fast path, :class:`NowaitSink`).
+
+        On asyncio the ASGI send runs right here. If the server has to wait for the client (backpressure), the
+        send is left in flight holding the lock, and WouldBlock hands the frame to the connection's writer, whose
+        ``send_text`` of it completes the send in flight instead of sending the frame again.
+        """
+        self._send_nowait({"type": "websocket.send", "text": data}, data)
+
+    def send_bytes_nowait(self, data: bytes) -> None:
+        """As :meth:`send_text_nowait`, for a binary frame."""
+        self._send_nowait({"type": "websocket.send", "bytes": data}, data)
+
+    def _send_nowait(self, message: dict[str, Any], frame: str | bytes) -> None:
+        websocket = self._websocket
+        if not self._eager or self._busy or self._waiters or websocket.application_state is not _CONNECTED:
+            raise anyio.WouldBlock
+        assert self._asgi_send is not None
+        self._busy = True
+        try:
+            in_flight = start_eagerly(self._asgi_send(message))
+        except OSError as exc:
+            self._release()
+            websocket.application_state = WebSocketState.DISCONNECTED
+            raise WebSocketDisconnect(code=1006) from exc
+        except BaseException:
+            self._release()
+            raise
+        if in_flight is None:
+            self._release()
+            return
+        self._in_flight = in_flight
+        self._sent_early = frame
+        raise anyio.WouldBlock
+
+    def _was_sent_early(self, frame: str | bytes) -> bool:
+        """True, releasing the lock, if ``frame`` is the one an in-flight send has completed.
+
+        Kept until that frame comes (the writer sends the frames it was handed in order, so it is the writer's next
+        one), not cleared by a control frame that took the lock in between.
+        """
+        if frame != self._sent_early:
+            return False
+        self._sent_early = None
+        self._release()
+        return True
+
+    async def _finish_in_flight(self) -> None:
+        """Run the rest of the in-flight send; the lock it held then goes to the next in line (or is free)."""
+        in_flight, self._in_flight = self._in_flight, None
+        assert in_flight is not None
+        sent = False
+        try:
+            await in_flight
+            sent = True
+        except OSError as exc:
+            self._websocket.application_state = WebSocketState.DISCONNECTED
+            raise WebSocketDisconnect(code=1006) from exc
+        finally:
+            if not sent:
+                self._sent_early = None
+            self._release()
+
     async def _acquire(self) -> None:
         """Wait for the sends in progress or queued before this one; on return this one holds the lock."""
+        if self._in_flight is not None:
+            # Nobody else will run it: a send left in flight by the fast path holds the lock until it completes.
+            await self._finish_in_flight()
         if not self._busy and not self._waiters:
             self._busy = True
             return
@@ -188,6 +281,11 @@ class StarletteSink:
             return
         self.close_code = code
         try:
+            if self._in_flight is not None:
+                # A frame the fast path left in flight goes out before the close frame; if it cannot, the close
+                # below finds the socket gone.
+                with contextlib.suppress(WebSocketDisconnect, OSError):
+                    await self._finish_in_flight()
             await self._acquire()
             try:
                 websocket = self._websocket

@@ -1,0 +1,168 @@
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any, cast
+
+import anyio
+import pytest
+from starlette.websockets import WebSocketState
+
+from supervisors._asgi_ws import StarletteSink
+from supervisors._eager_send import start_eagerly
+
+if TYPE_CHECKING:
+    from starlette.websockets import WebSocket
+
+pytestmark = pytest.mark.anyio
+
+
+class FakeWebSocket:
+    """What StarletteSink uses of a Starlette WebSocket, over an ASGI send that waits while ``held``."""
+
+    def __init__(self) -> None:
+        self.application_state = WebSocketState.CONNECTED
+        self.client_state = WebSocketState.CONNECTED
+        self.frames: list[str] = []
+        self.closed_with: int | None = None
+        self.held = False
+        self.released = anyio.Event()
+
+    async def _send(self, message: dict[str, Any]) -> None:
+        # As Hypercorn's send: returns without waiting unless the client applies backpressure.
+        if self.held:
+            await self.released.wait()
+        self.frames.append(message["text"])
+
+    async def send(self, message: dict[str, Any]) -> None:
+        await self._send(message)
+
+    async def close(self, code: int, reason: str) -> None:
+        self.closed_with = code
+
+    def release(self) -> None:
+        self.held = False
+        self.released.set()
+
+
+def sink_over(websocket: FakeWebSocket) -> StarletteSink:
+    return StarletteSink(cast("WebSocket", websocket))
+
+
+def on_asyncio() -> bool:
+    from sniffio import current_async_library
+
+    return current_async_library() == "asyncio"
+
+
+class TestStarletteSinkFastPath:
+    async def test_nowait_send_sends_at_once_on_asyncio_and_defers_on_trio(self) -> None:
+        websocket = FakeWebSocket()
+        sink = sink_over(websocket)
+        if on_asyncio():
+            sink.send_text_nowait("a")
+            assert websocket.frames == ["a"]
+        else:
+            # trio's traps belong to the task that made them: the bridge's task never runs the send.
+            with pytest.raises(anyio.WouldBlock):
+                sink.send_text_nowait("a")
+            assert websocket.frames == []
+
+    async def test_send_left_in_flight_is_finished_once_by_the_writer(self) -> None:
+        websocket = FakeWebSocket()
+        sink = sink_over(websocket)
+        websocket.held = True
+        with pytest.raises(anyio.WouldBlock):
+            sink.send_text_nowait("b")  # in flight (asyncio) or not started (trio): either way the writer's
+        with pytest.raises(anyio.WouldBlock):
+            sink.send_text_nowait("c")  # the lock is held by "b": nothing overtakes it
+        async with anyio.create_task_group() as tasks:
+
+            async def writer() -> None:
+                await sink.send_text("b")  # the frame the bridge handed over with WouldBlock
+                await sink.send_text("c")
+
+            tasks.start_soon(writer)
+            await anyio.wait_all_tasks_blocked()
+            assert websocket.frames == []
+            websocket.release()
+        assert websocket.frames == ["b", "c"]
+
+    async def test_control_frame_finishes_the_send_in_flight_first_without_duplicates(self) -> None:
+        websocket = FakeWebSocket()
+        sink = sink_over(websocket)
+        websocket.held = True
+        with pytest.raises(anyio.WouldBlock):
+            sink.send_text_nowait("event")
+        async with anyio.create_task_group() as tasks:
+            tasks.start_soon(sink.send_text, "control")  # the endpoint's control frame
+            await anyio.wait_all_tasks_blocked()
+            websocket.release()
+        await sink.send_text("event")  # the writer's send of the handed-over frame, after the control frame
+        if on_asyncio():
+            assert websocket.frames == ["event", "control"]  # in flight first, sent once
+        else:
+            assert websocket.frames == ["control", "event"]
+
+    async def test_close_sends_the_frame_in_flight_before_closing(self) -> None:
+        websocket = FakeWebSocket()
+        sink = sink_over(websocket)
+        websocket.held = True
+        with pytest.raises(anyio.WouldBlock):
+            sink.send_text_nowait("last")
+        async with anyio.create_task_group() as tasks:
+            tasks.start_soon(sink.close, 1001, "bye")
+            await anyio.wait_all_tasks_blocked()
+            # On asyncio the close waits for the frame in flight; on trio nothing was in flight.
+            assert websocket.closed_with == (None if on_asyncio() else 1001)
+            websocket.release()
+        assert websocket.closed_with == 1001
+        assert websocket.frames == (["last"] if on_asyncio() else [])
+
+    async def test_cancelled_writer_cancels_the_send_in_flight(self) -> None:
+        websocket = FakeWebSocket()
+        sink = sink_over(websocket)
+        websocket.held = True
+        with pytest.raises(anyio.WouldBlock):
+            sink.send_text_nowait("stuck")
+        with anyio.move_on_after(0.05):
+            await sink.send_text("stuck")
+        # The lock is free again: a later frame goes out once the client reads.
+        websocket.release()
+        await sink.send_text("next")
+        assert websocket.frames == ["next"]
+
+
+class TestStartEagerly:
+    async def test_coroutine_that_never_waits_completes_in_the_call(self) -> None:
+        done: list[int] = []
+
+        async def quick() -> None:
+            done.append(1)
+
+        assert start_eagerly(quick()) is None
+        assert done == [1]
+
+    async def test_rest_of_a_waiting_coroutine_runs_in_the_awaiting_task(self) -> None:
+        if not on_asyncio():
+            pytest.skip("start_eagerly is only used on asyncio (trio's traps name their task)")
+        gate = anyio.Event()
+        steps: list[str] = []
+
+        async def waits() -> None:
+            steps.append("before")
+            await gate.wait()
+            steps.append("after")
+
+        in_flight = start_eagerly(waits())
+        assert in_flight is not None
+        assert steps == ["before"]
+        async with anyio.create_task_group() as tasks:
+
+            async def finish() -> None:
+                await in_flight
+
+            tasks.start_soon(finish)
+            await anyio.wait_all_tasks_blocked()
+            gate.set()
+        assert steps == ["before", "after"]
+        with pytest.raises(RuntimeError, match="only once"):
+            await in_flight
