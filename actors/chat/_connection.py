@@ -89,9 +89,11 @@ class NowaitSink(Protocol):
     Each call either sends the whole frame and returns, or raises: ``anyio.WouldBlock`` when it would have to wait
     (the client applies backpressure, another send is in progress), any other exception when the sink failed. A
     sink may have begun sending a frame it answers WouldBlock for (StarletteSink leaves such a send in flight):
-    its waiting send of that same frame, which comes next, must then complete that send, not send it twice. The bridge calls it only while the connection's writer has nothing queued (so order is kept),
-    and on any exception hands the frame to the writer, which sends it with ``send_text`` / ``send_bytes`` (and
-    closes the connection if that fails). It must never block: it runs inside the bridge's handler.
+    its waiting send of that same frame, which comes next, must then complete that send, not send it twice.
+
+    The bridge calls it only while the connection's writer has nothing queued (so order is kept), and on any
+    exception hands the frame to the writer, which sends it with ``send_text`` / ``send_bytes`` (and closes the
+    connection if that fails). It must never block: it runs inside the bridge's handler.
     """
 
     def send_text_nowait(self, data: str) -> None:
