@@ -152,10 +152,12 @@ class DeliveryTracker:
 
     def confirm_all(self, confirmed: Mapping[str, int]) -> int:
         """:meth:`confirm` each thread's seq; return the total advance (see :meth:`confirm`)."""
-        threads = self._threads
+        # Bound once: the table is an OrderedDict, whose .get the interpreter cannot specialise (~2% of the
+        # monitor's cost per event when looked up per thread).
+        thread_of = self._threads.get
         advanced = 0
         for thread_id, seq in confirmed.items():
-            thread = threads.get(thread_id)
+            thread = thread_of(thread_id)
             if thread is None:
                 self._add(thread_id, seq, None)
                 continue

@@ -1,6 +1,11 @@
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 from ._oldest_first import OldestFirstTable
+
+if TYPE_CHECKING:
+    from collections.abc import Callable
 
 RunKey = tuple[str, str]
 """``(thread_id, run_id)``."""
@@ -22,7 +27,14 @@ class FinishedRuns(OldestFirstTable[RunKey, int]):
 
     def add(self, key: RunKey, finished_at: int) -> None:
         """Remember that run ``key`` finished at ``finished_at`` (ms); one already remembered keeps its first."""
-        self._put(key, finished_at)
+        # _put inline: the run tracker adds every run it sees finish.
+        items = self._items
+        if key in items:
+            return
+        items[key] = finished_at
+        if len(items) > self._capacity:
+            items.popitem(last=False)
+            self._forgotten += 1
 
     @property
     def added(self) -> int:
@@ -49,3 +61,9 @@ class FinishedRuns(OldestFirstTable[RunKey, int]):
     def get(self, key: RunKey) -> int | None:
         """When run ``key`` finished (ms), or None when it is not remembered as finished."""
         return self._items.get(key)
+
+    @property
+    def lookup(self) -> Callable[[RunKey], int | None]:
+        """:meth:`get`, as the table's own bound lookup: for a caller that asks for every run it starts, without a
+        method call of ours in between (the table object lives as long as this memory)."""
+        return self._items.get

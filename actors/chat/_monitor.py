@@ -12,14 +12,39 @@ import anyio
 import anyio.lowlevel
 import msgspec
 
-from actors import Actor, ActorError, ActorRef, ActorStopped, AskTimeout, Message
+from actors import Actor, ActorError, ActorRef
 
 from ._anomaly import Anomaly, AnomalyKind, ReportedKeys
-from ._audit import AuditPolicy, AuditResult, AuditVerdict, FlowWindow, cross_validate, flow_judgeable
-from ._components import ComponentHealthChanged, ComponentProxy, ComponentReport, ProbeComponent, live_proxy
-from ._detection import REBUILD_SLICE, DetectionThresholds, RunTracker, TrackerStatistics
-from ._events import AgentEvent, StampedEvent, stamp
+from ._audit import AuditResult, AuditVerdict, FlowWindow, cross_validate, flow_judgeable
+from ._components import ComponentHealthChanged, ComponentReport, ProbeComponent, live_proxy
+from ._detection import RunTracker
+from ._events import StampedEvent, stamp
 from ._finished_runs import FinishedRuns
+
+# The monitor's protocol (settings, messages, reports) and the seed API's handle have modules of their own; every
+# name is still importable from here, where it was defined before (actors.chat and the application tree import it).
+from ._monitor_handle import (
+    ChatEventMonitorHandle as ChatEventMonitorHandle,
+    ProxyStarter as ProxyStarter,
+    ProxyStopper as ProxyStopper,
+)
+from ._monitor_messages import (
+    AuditSummary as AuditSummary,
+    CheckHealth as CheckHealth,
+    GetAlerts as GetAlerts,
+    GetAuditSummary as GetAuditSummary,
+    JudgeReport as JudgeReport,
+    MonitorConfig as MonitorConfig,
+    MonitorHealth as MonitorHealth,
+    MonitorMessage as MonitorMessage,
+    RecordEvent as RecordEvent,
+    RegisterComponent as RegisterComponent,
+    RegisteredComponent as RegisteredComponent,
+    SetMonitoring as SetMonitoring,
+    UnregisterComponent as UnregisterComponent,
+    _AuditRound,
+    _Tick,
+)
 from ._tap import DeliveryProgress, ReplaySnapshot
 
 logger = logging.getLogger("agentwatch.monitor")
@@ -28,59 +53,6 @@ _by_observed_at = operator.attrgetter("observed_at")
 
 AlertSink = Callable[[Anomaly], Awaitable[None] | None]
 """Called once per anomaly (sync or async). A sink that raises or hangs never stops detection."""
-
-
-class MonitorConfig(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
-    """The ChatEventMonitor's settings (durations in seconds).
-
-    :param thresholds: the detectors' thresholds
-    :param check_interval: how often pending deadlines (stuck tools, stale threads, undelivered events) are checked;
-        an anomaly is reported at most this long after its threshold passed
-    :param audit_interval: how often every registered component is audited (0 disables periodic audits)
-    :param audit_timeout: how long reading a component's health may take before it counts as unresponsive
-    :param audit: when a claim of health is called a lie
-    :param reported_keys: how many anomaly keys are remembered to report each anomaly once, across restarts
-    :param alert_history: how many recent anomalies ``check_health()`` and the summary keep
-    :param rebuild_timeout: how long a (re)starting monitor waits for the bridge's replay snapshot
-    :param direct_replay: how many events reported directly (``record_event``) are kept in :class:`MonitorMemory`
-        so that a restarted monitor rebuilds their runs too (the bridge's rings only hold tapped events)
-    :param finished_runs: how many finished runs :class:`MonitorMemory` remembers, so that a restarted monitor
-        does not take a run whose RUN_FINISHED left the replay rings for one still in flight
-    :param rebuild_slice: how many replayed events a (re)starting monitor handles before it lets the event loop
-        run other tasks (the bridge among them)
-    """
-
-    thresholds: DetectionThresholds = DetectionThresholds()
-    check_interval: float = 1.0
-    audit_interval: float = 10.0
-    audit_timeout: float = 2.0
-    audit: AuditPolicy = AuditPolicy()
-    reported_keys: int = 100_000
-    alert_history: int = 1000
-    rebuild_timeout: float = 5.0
-    direct_replay: int = 10_000
-    finished_runs: int = 100_000
-    rebuild_slice: int = REBUILD_SLICE
-
-    def __post_init__(self) -> None:
-        for name in ("check_interval", "audit_timeout", "rebuild_timeout"):
-            value = getattr(self, name)
-            if isinstance(value, bool) or not isinstance(value, int | float) or not value > 0:
-                raise ValueError(f"MonitorConfig.{name} must be > 0 seconds, got {value!r}")
-        if isinstance(self.audit_interval, bool) or not self.audit_interval >= 0:
-            raise ValueError(f"MonitorConfig.audit_interval must be >= 0 seconds, got {self.audit_interval!r}")
-        for name in ("reported_keys", "alert_history", "direct_replay", "finished_runs", "rebuild_slice"):
-            value = getattr(self, name)
-            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-                raise ValueError(f"MonitorConfig.{name} must be an int >= 1, got {value!r}")
-
-
-class RegisteredComponent(msgspec.Struct, frozen=True, kw_only=True):
-    """A component under audit: its proxy and whether the monitor's tap observes its event flow (the bridge)."""
-
-    component_id: str
-    proxy: ActorRef[Any]
-    observes_flow: bool
 
 
 class MonitorMemory:
@@ -113,113 +85,6 @@ class MonitorMemory:
         self.finished = FinishedRuns(config.finished_runs)
 
 
-# -- messages -------------------------------------------------------------------------------------------------
-
-
-class RecordEvent(Message, frozen=True, kw_only=True):
-    """An event reported to the monitor directly (the seed's ``record_event``), not through the bridge's tap."""
-
-    thread_id: str
-    run_id: str
-    event: AgentEvent
-    observed_at: int | None = None
-
-
-class SetMonitoring(Message, frozen=True, kw_only=True):
-    enabled: bool
-
-
-class CheckHealth(Message, frozen=True, kw_only=True):
-    """Asks the monitor for its own health; the reply is a :class:`MonitorHealth` (``check_health()`` sends it)."""
-
-
-class RegisterComponent(Message, frozen=True, kw_only=True):
-    component: RegisteredComponent
-
-
-class UnregisterComponent(Message, frozen=True, kw_only=True):
-    component_id: str
-
-
-class JudgeReport(Message, frozen=True, kw_only=True):
-    """Cross-validate a report read on demand (``audit_component``); the reply is the AuditResult."""
-
-    report: ComponentReport | None
-    component_id: str
-    unresponsive: bool = False
-
-
-class GetAuditSummary(Message, frozen=True, kw_only=True):
-    pass
-
-
-class GetAlerts(Message, frozen=True, kw_only=True):
-    pass
-
-
-class _Tick(Message, frozen=True, kw_only=True):
-    pass
-
-
-class _AuditRound(Message, frozen=True, kw_only=True):
-    pass
-
-
-MonitorMessage = (
-    StampedEvent
-    | DeliveryProgress
-    | RecordEvent
-    | SetMonitoring
-    | CheckHealth
-    | RegisterComponent
-    | UnregisterComponent
-    | JudgeReport
-    | ComponentReport
-    | ComponentHealthChanged
-    | GetAuditSummary
-    | GetAlerts
-    | _Tick
-    | _AuditRound
-)
-
-
-class MonitorHealth(msgspec.Struct, frozen=True, kw_only=True, rename="camel"):
-    """The monitor's own health (``check_health()``).
-
-    ``status`` is ``degraded`` when its mailbox is more than half full, tapped events were dropped, or monitoring
-    is paused (``reasons`` says which); ``components`` maps each audited component to its last verdict;
-    ``suppressed_while_paused`` counts anomalies found while monitoring was paused.
-    """
-
-    status: str
-    reasons: tuple[str, ...]
-    monitoring: bool
-    backlog: int
-    tap_drops: int
-    events_observed: int
-    runs_in_flight: int
-    anomalies_by_kind: dict[str, int]
-    components: dict[str, str]
-    instance: int
-    tracker: TrackerStatistics
-    suppressed_while_paused: int = 0
-
-
-class AuditSummary(msgspec.Struct, frozen=True, kw_only=True, rename="camel"):
-    """``get_component_audit_summary()``: every registered component's last claim and audit verdict.
-
-    ``components`` maps each registered component to its last audit (None before the first); ``claims`` holds the
-    latest status each one claimed, pushed through its observer or read by an audit.
-    """
-
-    total_components: int
-    healthy: int
-    mismatched: tuple[str, ...]
-    unresponsive: tuple[str, ...]
-    components: dict[str, AuditResult | None]
-    claims: dict[str, str] = {}
-
-
 # -- the actor ----------------------------------------------------------------------------------------------------
 
 
@@ -247,7 +112,10 @@ class ChatEventMonitor(Actor[MonitorMessage]):
         self.sinks = tuple(sinks)
         self.dispatcher = dispatcher
         self.tracker = RunTracker(self.config.thresholds, finished_runs=self.memory.finished)
-        self.flow = FlowWindow()
+        self._flow = FlowWindow()
+        # How much of the tracker's ingest counts is already in the flow window (see the flow property).
+        self._flow_ingested = 0
+        self._flow_routed = 0
         self.enabled = True
         # After a rebuild, events of these threads up to this seq were already replayed from the rings: events
         # queued in our mailbox during the restart are skipped instead of being observed twice.
@@ -257,6 +125,21 @@ class ChatEventMonitor(Actor[MonitorMessage]):
         self._direct_seq: dict[str, int] = {}
         # The time (ms) the tracker's deadlines were last advanced to.
         self._advanced_to = 0
+
+    @property
+    def flow(self) -> FlowWindow:
+        """What the tap has shown of the bridge's event flow since the last conclusive audit (the audit's evidence).
+
+        The tap's events are counted once, by the tracker's ingest; they are added to the window here, when it is
+        read, rather than on the hot path (two more counters per event cost the monitor ~10% of its ingest).
+        """
+        flow = self._flow
+        tracker = self.tracker
+        ingested, routed = tracker.ingested, tracker.ingested_routed
+        flow.tapped += ingested - self._flow_ingested
+        flow.routed += routed - self._flow_routed
+        self._flow_ingested, self._flow_routed = ingested, routed
+        return flow
 
     async def on_start(self) -> None:
         self.memory.instances += 1
@@ -400,29 +283,20 @@ class ChatEventMonitor(Actor[MonitorMessage]):
         if type(message) is StampedEvent:
             # Observed even while monitoring is paused (only reports are held back): a resumed monitor whose runs
             # moved on unseen would raise false stale threads and missing starts.
-            replayed = self._replayed_through
-            if replayed:
-                through = replayed.get(message.thread_id)
-                if through is not None:
-                    if message.seq <= through:
-                        return None
-                    del replayed[message.thread_id]
+            if self._replayed_through and self._replayed(message):
+                return None
             self.memory.last_tapped = message
-            flow = self.flow
-            flow.tapped += 1
-            tracker = self.tracker
             # Deadlines that passed before this event was accepted fire first, so a tool call that ends after its
             # threshold is reported even when no tick ran in between (the boundary is exact, not tick-aligned).
             # Once per ms is enough: every deadline set since is at least one threshold later.
             at = message.observed_at
             if at > self._advanced_to:
                 self._advanced_to = at
-                due = tracker.advance(at)
+                due = self.tracker.advance(at)
                 if due:
                     self._report(due)
-            found = tracker.ingest(message)  # observe, and expect its delivery when it was routed
-            if message.fan_out:
-                flow.routed += 1
+            # Observe, and expect its delivery when it was routed; the tracker counts it for the flow window too.
+            found = self.tracker.ingest(message)
             if found:
                 self._report(found)
             return None
@@ -464,6 +338,17 @@ class ChatEventMonitor(Actor[MonitorMessage]):
 
     # -- detection ------------------------------------------------------------------------------------------------
 
+    def _replayed(self, message: StampedEvent) -> bool:
+        """Whether a tapped event was already replayed from the rings by the rebuild (it is then skipped)."""
+        replayed = self._replayed_through
+        through = replayed.get(message.thread_id)
+        if through is None:
+            return False
+        if message.seq <= through:
+            return True
+        del replayed[message.thread_id]  # the first event past the replayed ones: the thread is caught up
+        return False
+
     def _on_progress(self, progress: DeliveryProgress) -> None:
         tracker = self.tracker
         if progress.resync:
@@ -480,8 +365,9 @@ class ChatEventMonitor(Actor[MonitorMessage]):
         # Delivered: what the bridge's writers actually sent. A confirmation can jump (a client that resumed is
         # confirmed from where it subscribed) with nothing read by anyone, so jumps are only counted for a
         # hand-made report that does not say.
-        self.flow.delivered += confirmed if progress.delivered is None else progress.delivered
-        self.flow.delivery_progressed(progress.confirmed, progress.unsubscribed)
+        flow = self._flow  # neither reads the tap's counts: no need to bring them up to date
+        flow.delivered += confirmed if progress.delivered is None else progress.delivered
+        flow.delivery_progressed(progress.confirmed, progress.unsubscribed)
         for thread_id in progress.unsubscribed:
             tracker.thread_has_no_subscribers(thread_id)
 
@@ -712,155 +598,3 @@ class AlertDispatcher(Actor[Anomaly]):
             except Exception:
                 self.failures[name] += 1
                 logger.exception("alert sink %s raised; the next sinks still get the alert", name)
-
-
-# -- the seed API -----------------------------------------------------------------------------------------------
-
-
-ProxyStarter = Callable[[str, Callable[[], Actor[Any]]], Awaitable[ActorRef[Any]]]
-ProxyStopper = Callable[[str], Awaitable[None]]
-
-
-class ChatEventMonitorHandle:
-    """The seed's ChatEventMonitor API, on top of the monitor actor's ref.
-
-    Method names are the production system's. Calls that read the monitor's state are asks, hence async (the
-    seed's ``get_component_audit_summary()`` was sync; here it is awaited).
-
-    :param proxy_starter: starts a component proxy actor (in the application tree: a dynamic child of the
-        monitoring branch) and returns its ref
-    """
-
-    def __init__(
-        self,
-        ref: ActorRef[MonitorMessage],
-        *,
-        proxy_starter: ProxyStarter,
-        proxy_stopper: ProxyStopper | None = None,
-        config: MonitorConfig | None = None,
-        flow_component_types: tuple[type, ...] = (),
-    ) -> None:
-        self.ref = ref
-        self.config = config or MonitorConfig()
-        self._proxy_starter = proxy_starter
-        self._proxy_stopper = proxy_stopper
-        self._proxies: dict[str, RegisteredComponent] = {}
-        self._flow_types = flow_component_types
-
-    async def start_monitoring(self) -> None:
-        """(Re)enable detection (the monitor starts enabled)."""
-        self.ref.tell(SetMonitoring(enabled=True))
-
-    async def stop_monitoring(self) -> None:
-        """Pause alerting; events are still tracked, so resuming raises no false alarm.
-
-        Anomalies found while paused are not reported, only counted (``check_health().suppressed_while_paused``).
-        """
-        self.ref.tell(SetMonitoring(enabled=False))
-
-    def record_event(self, event: AgentEvent, *, thread_id: str, run_id: str, observed_at: int | None = None) -> None:
-        """Report an event directly, not through the bridge. Never blocks; dropped (counted) if the monitor is full."""
-        self.ref.tell(RecordEvent(thread_id=thread_id, run_id=run_id, event=event, observed_at=observed_at))
-
-    async def check_health(self, *, timeout: float = 5.0) -> MonitorHealth:
-        """The monitor's own health: backlog, tap drops, detections, component verdicts."""
-        health: MonitorHealth = await self.ref.ask(CheckHealth(), timeout=timeout)
-        return health
-
-    async def register_component_for_monitoring(
-        self, component_id: str, component: Any, *, observes_flow: bool | None = None
-    ) -> None:
-        """Wrap ``component`` in a proxy actor and audit it periodically and on demand.
-
-        :param observes_flow: whether the monitor's tap comes from this component (cross-validate its claims
-            against delivery); by default true for the bridge
-        :raises ValueError: when ``component_id`` is already registered
-        """
-        if not component_id or not isinstance(component_id, str):
-            raise ValueError(f"component_id must be a non-empty str, got {component_id!r}")
-        if component_id in self._proxies:
-            raise ValueError(f"a component named {component_id!r} is already registered")
-        missing = [
-            name for name in ("get_health_status", "get_metrics") if not callable(getattr(component, name, None))
-        ]
-        if missing:
-            raise TypeError(f"component {component_id!r} does not implement MonitorableComponent: missing {missing}")
-        if observes_flow is None:
-            observes_flow = isinstance(component, self._flow_types) if self._flow_types else False
-        monitor = self.ref
-        proxy = await self._proxy_starter(component_id, lambda: ComponentProxy(component_id, component, monitor))
-        registered = RegisteredComponent(component_id=component_id, proxy=proxy, observes_flow=observes_flow)
-        self._proxies[component_id] = registered
-        self.ref.tell(RegisterComponent(component=registered))
-
-    async def unregister_component(self, component_id: str) -> None:
-        """Stop auditing a component and stop its proxy."""
-        if self._proxies.pop(component_id, None) is None:
-            raise KeyError(component_id)
-        self.ref.tell(UnregisterComponent(component_id=component_id))
-        if self._proxy_stopper is not None:
-            await self._proxy_stopper(component_id)
-
-    async def audit_component(self, component_id: str) -> AuditResult:
-        """Audit one component now: read its claim through its proxy (bounded by ``audit_timeout``), cross-validate.
-
-        Works while the monitor is detached too (without the flow check): an audit never fails because of it.
-        """
-        registered = self._proxies.get(component_id)
-        if registered is None:
-            raise KeyError(f"no component registered as {component_id!r}")
-        proxy = live_proxy(registered.proxy, self.ref._system)
-        if proxy is not registered.proxy:  # the branch was re-attached: its proxies were started anew
-            self._proxies[component_id] = registered = msgspec.structs.replace(registered, proxy=proxy)
-        report: ComponentReport | None = None
-        unresponsive = False
-        try:
-            reply = await proxy.ask(ProbeComponent(reply_to=_NOWHERE, audit_id=0), timeout=self.config.audit_timeout)
-            report = reply if isinstance(reply, ComponentReport) else None
-        except (AskTimeout, ActorError):
-            unresponsive = True
-        try:
-            result: AuditResult = await self.ref.ask(
-                JudgeReport(report=report, component_id=component_id, unresponsive=unresponsive),
-                timeout=self.config.audit_timeout,
-            )
-        except (ActorStopped, AskTimeout):
-            if report is None:
-                return AuditResult(
-                    component_id=component_id,
-                    audit_id=0,
-                    at=self._now_ms(),
-                    claimed="unknown",
-                    verdict=AuditVerdict.UNRESPONSIVE,
-                    findings=("its proxy did not answer and the monitor is unavailable",),
-                )
-            return cross_validate(report, flow=None, policy=self.config.audit, at=self._now_ms())
-        return result
-
-    def _now_ms(self) -> int:
-        # The handle runs outside any actor: it reads the runtime clock through the monitor's system.
-        return self.ref._system.clock.now_ms()
-
-    async def audit_bridge_health(self, component_id: str = "agent_websocket_bridge") -> AuditResult:
-        """The seed's name for auditing the bridge."""
-        return await self.audit_component(component_id)
-
-    async def get_component_audit_summary(self, *, timeout: float = 5.0) -> AuditSummary:
-        """Every registered component's last audit."""
-        summary: AuditSummary = await self.ref.ask(GetAuditSummary(), timeout=timeout)
-        return summary
-
-    async def get_alerts(self, *, timeout: float = 5.0) -> list[Anomaly]:
-        """The most recent anomalies (bounded history), oldest first."""
-        alerts: list[Anomaly] = await self.ref.ask(GetAlerts(), timeout=timeout)
-        return alerts
-
-
-class _Nowhere:
-    """A reply_to for on-demand probes: the proxy's ask reply carries the report, nothing else needs it."""
-
-    def tell(self, message: object) -> None:
-        return None
-
-
-_NOWHERE: Any = _Nowhere()

@@ -90,6 +90,7 @@ def rebuild_steps(
         while (entry := pop_due(at)) is not None:
             tracker._fire(entry, at, found)
             budget -= 1
+        tracker._events_observed += 1
         tracker._observe(stamped, None)  # what it reveals at once was the previous monitor's to report
         budget -= 1
         if budget <= 0:
@@ -145,7 +146,7 @@ def _restore_finished(
             break
     else:
         flags = 0
-    # Before the finish only the calls' states matter (as _open_tool, _end_tool and _close_tool keep them).
+    # Before the finish only the calls' states matter (as the tracker's tool-call handlers keep them).
     stuck_ms = tracker._stuck_ms
     tools: dict[str, int] = {}
     for stamped in events[:split]:

@@ -4,7 +4,8 @@ from typing import Final
 
 from actors.chat._events import RunError, RunFinished, RunStarted, ToolCallEnd, ToolCallResult, ToolCallStart
 
-# What an event means to the state machine; everything absent from the table is plain activity.
+# What an event means to the state machine; everything absent from the table is plain activity. Ordered: the
+# categories above _STARTED are exactly the ones that act on a run in flight (the tracker tests `> _STARTED`).
 _ACTIVITY: Final = 0
 _STARTED: Final = 1
 _FINISHED: Final = 2

@@ -1285,3 +1285,25 @@ class TestSeedApi:
             assert health.anomalies_by_kind == {"missing_agent_started": 1}
             assert health.backlog == 0
             assert msgspec.json.decode(msgspec.json.encode(health))["tapDrops"] == 31
+
+
+@virtual_time
+class TestFlowWindow:
+    async def test_flow_window_counts_every_tapped_event_and_the_routed_ones(self) -> None:
+        # The tap's events are counted once, by the tracker, and brought into the audit's flow window when it is read.
+        async with monitor_rig() as rig:
+            rig.tap.emit("t1", "r1", run_started("t1", "r1"), fan_out=1)
+            rig.tap.emit("t1", "r1", text(), fan_out=2)
+            rig.tap.emit("t2", "r2", run_started("t2", "r2"))  # routed to nobody
+            rig.tap.emit("t2", "r2", text())
+            rig.tap.emit("t1", "r1", tool_start("c1"), fan_out=1)
+            await rig.settle()
+            flow = rig.monitor.current_instance.flow
+            assert (flow.tapped, flow.routed) == (5, 3)
+            flow.reset()  # a conclusive audit starts a new window: only what is tapped after it counts
+            rig.tap.emit("t2", "r2", text(), fan_out=1)
+            rig.tap.emit("t1", "r1", text())
+            await rig.settle()
+            flow = rig.monitor.current_instance.flow
+            assert (flow.tapped, flow.routed) == (2, 1)
+            assert (await rig.health()).events_observed == 7

@@ -466,6 +466,14 @@ class TestHighLatency:
             (AnomalyKind.HIGH_LATENCY, "r2"),
         ]
 
+    def test_high_latency_of_a_late_run_started_is_reported_alone(self) -> None:
+        # A run's RUN_STARTED takes a shortcut past the event handlers: its latency must still be judged.
+        tracker = RunTracker()
+        late = msgspec.structs.replace(started(), timestamp=T0 - LATENCY_MS - 1)
+        on_time = msgspec.structs.replace(started(run="r2"), timestamp=T0 - LATENCY_MS)
+        assert kinds(feed(tracker, (late, T0))) == [AnomalyKind.HIGH_LATENCY]
+        assert feed(tracker, (on_time, T0), run="r2") == []
+
     def test_high_latency_on_the_first_event_comes_with_the_missing_start(self) -> None:
         tracker = RunTracker()
         found = feed(tracker, (text(timestamp=T0 - LATENCY_MS - 1), T0))
@@ -858,6 +866,25 @@ class TestIngest:
         tracker.ingest(stamped(tool_start(), at=T0 + 1, seq=2))
         assert tracker.statistics().pending_deliveries == 0
         assert [a.kind for a in tracker.advance(T0 + 1 + STUCK_MS)] == [AnomalyKind.STUCK_TOOL]
+
+    def test_ingest_counts_events_and_the_routed_ones_apart_from_observe(self) -> None:
+        # The monitor's flow window reads these instead of counting the tap itself.
+        tracker = RunTracker()
+        tracker.ingest(routed(started(), at=T0))
+        tracker.ingest(stamped(text(), at=T0 + 1, seq=2))  # routed to nobody
+        tracker.ingest(routed(tool_start(), at=T0 + 2, seq=3))  # a handled type, through the in-time dispatch
+        tracker.ingest(routed(text(), at=T0 + 3, seq=4))
+        tracker.observe(stamped(text(), at=T0 + 4, thread="t2", run="r2"))  # not ingested
+        assert (tracker.ingested, tracker.ingested_routed) == (4, 3)
+        assert tracker.statistics().events_observed == 5
+
+    def test_ingest_of_a_new_run_on_a_known_thread_counts_once(self) -> None:
+        # The slow path (a run the thread's cached run is not) must not count the event a second time.
+        tracker = RunTracker()
+        tracker.ingest(routed(started(run="r1"), at=T0, run="r1"))
+        tracker.ingest(routed(finished(run="r1"), at=T0 + 1, run="r1", seq=2))
+        tracker.ingest(routed(started(run="r2"), at=T0 + 2, run="r2", seq=3))
+        assert (tracker.ingested, tracker.statistics().events_observed) == (3, 3)
 
     def test_ingest_interleaved_runs_of_one_thread_keep_their_own_state(self) -> None:
         tracker = RunTracker()

@@ -23,6 +23,15 @@ class TestFinishedRuns:
         finished.add(("t", "r"), 20)
         assert (finished.get(("t", "r")), finished.added) == (10, 1)
 
+    def test_lookup_taken_before_additions_sees_them_and_the_forgetting(self) -> None:
+        # The run tracker binds it once, when it is built, and asks it for every run it starts.
+        finished = FinishedRuns(2)
+        lookup = finished.lookup
+        finished.add(("t", "r0"), 5)
+        finished.add(("t", "r1"), 6)
+        finished.add(("t", "r2"), 7)  # r0 is forgotten
+        assert [lookup(("t", f"r{index}")) for index in range(4)] == [None, 6, 7, None]
+
     def test_newest_returns_latest_additions_oldest_first(self) -> None:
         finished = FinishedRuns(10)
         for index in range(5):
