@@ -151,8 +151,7 @@ class StarletteSink:
                 try:
                     await asgi_send({"type": "websocket.send", "text": data})
                 except OSError as exc:
-                    websocket.application_state = WebSocketState.DISCONNECTED
-                    raise WebSocketDisconnect(code=1006) from exc
+                    raise self._lost() from exc
         finally:
             if self._waiters:
                 self._release()
@@ -182,8 +181,7 @@ class StarletteSink:
         try:
             await asgi_send(message)
         except OSError as exc:
-            websocket.application_state = WebSocketState.DISCONNECTED
-            raise WebSocketDisconnect(code=1006) from exc
+            raise self._lost() from exc
 
     def send_text_nowait(self, data: str) -> None:
         """Send one text frame now, or raise ``anyio.WouldBlock`` (the bridge's fast path, :class:`NowaitSink`).
@@ -208,8 +206,7 @@ class StarletteSink:
             in_flight = start_eagerly(self._asgi_send(message))
         except OSError as exc:
             self._release()
-            websocket.application_state = WebSocketState.DISCONNECTED
-            raise WebSocketDisconnect(code=1006) from exc
+            raise self._lost() from exc
         except BaseException:
             self._release()
             raise
@@ -219,6 +216,11 @@ class StarletteSink:
         self._in_flight = in_flight
         self._sent_early = frame
         raise anyio.WouldBlock
+
+    def _lost(self) -> WebSocketDisconnect:
+        """The socket failed under an ASGI send: mark the WebSocket gone and return the error to raise (1006)."""
+        self._websocket.application_state = WebSocketState.DISCONNECTED
+        return WebSocketDisconnect(code=1006)
 
     def _was_sent_early(self, frame: str | bytes) -> bool:
         """True, releasing the lock, if ``frame`` is the one an in-flight send has completed.
@@ -241,8 +243,7 @@ class StarletteSink:
             await in_flight
             sent = True
         except OSError as exc:
-            self._websocket.application_state = WebSocketState.DISCONNECTED
-            raise WebSocketDisconnect(code=1006) from exc
+            raise self._lost() from exc
         finally:
             if not sent:
                 self._sent_early = None
