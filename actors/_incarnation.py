@@ -157,11 +157,6 @@ class Incarnation:
         """Run this instance (:meth:`run`) as a new task of ``task_group``; return at once."""
         self._task = task_group.start_soon(self.run, factory, name=f"actor:{self.ref.name}")
 
-    @property
-    def hibernating(self) -> bool:
-        """True while the instance has no task: started, nothing queued, waiting for its mailbox's next wake-up."""
-        return self._hibernating
-
     def set(self) -> None:
         """Resume the hibernating instance in a new task: the mailbox's wake-up while it hibernates.
 

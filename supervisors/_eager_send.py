@@ -45,12 +45,6 @@ class InFlightSend:
             except StopIteration:
                 return
 
-    def close(self) -> None:
-        """Abandon the rest of the send (its ``finally`` blocks run now)."""
-        coroutine, self._coroutine = self._coroutine, None
-        if coroutine is not None:
-            coroutine.close()
-
 
 def start_eagerly(awaitable: Awaitable[Any]) -> InFlightSend | None:
     """Run ``awaitable`` in the caller's stack until it returns (None) or first has to wait (the rest, to await).
