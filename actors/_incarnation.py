@@ -10,6 +10,7 @@ import anyio.lowlevel
 
 from ._actor import Actor
 from ._exceptions import ActorFailed, ActorStartError
+from ._mailbox import BATCH_SIZE
 from ._message import NORMAL_EXIT, SHUTDOWN_EXIT, ExitKind, ExitReason
 from ._ref import AskRequest, RefState, TimerFire
 from ._timers import Timer
@@ -21,9 +22,6 @@ if TYPE_CHECKING:
     from ._ref import ActorRef
 
 logger = logging.getLogger("agentwatch.actors")
-
-#: Messages handled back to back before the drain loop yields to other tasks (fairness under a flood).
-BATCH_SIZE = 256
 
 ExitCallback = Callable[["ActorRef[Any]", ExitReason], None]
 

@@ -11,6 +11,10 @@ if TYPE_CHECKING:
     from collections.abc import Callable
 
 
+#: Messages handled back to back before an actor's drain loop yields to other tasks (fairness under a flood).
+BATCH_SIZE = 256
+
+
 class Overflow(enum.Enum):
     """What a full mailbox does with one more message. Every drop is counted by reason."""
 

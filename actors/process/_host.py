@@ -16,8 +16,7 @@ import msgspec
 
 from actors._actor import Actor
 from actors._exceptions import ActorError, ActorFailed, ActorNotFound
-from actors._incarnation import BATCH_SIZE
-from actors._mailbox import MailboxSpec
+from actors._mailbox import BATCH_SIZE, MailboxSpec
 from actors._message import ExitKind, ExitReason
 from actors._ref import ActorRef, RefState
 
