@@ -1,0 +1,117 @@
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+
+from actors import Actor, ActorRef, Message, open_actor_system
+
+pytestmark = pytest.mark.anyio
+
+
+class Tap(Message, frozen=True, kw_only=True):
+    n: int
+
+
+class LoudTap(Tap, frozen=True, kw_only=True):
+    """A subclass of Tap: take_queued(Tap) takes exactly Tap, not this."""
+
+
+class Batcher(Actor[Any]):
+    """Handles a run of queued Taps in one call and records the size of each run it handled."""
+
+    def __init__(self, runs: list[list[int]], *, limit: int = 256) -> None:
+        self.runs = runs
+        self.limit = limit
+        self.others: list[Any] = []
+
+    async def receive(self, message: Any) -> Any:
+        if type(message) is Tap:
+            self.runs.append([tap.n for tap in (message, *self.take_queued(Tap, self.limit))])
+        elif message == "ping":
+            return "pong"
+        else:
+            self.others.append(message)
+        return None
+
+
+def tell_all(ref: ActorRef[Any], messages: list[Any]) -> None:
+    # Told without a checkpoint in between: they are all queued before the actor handles the first.
+    for message in messages:
+        ref.tell(message)
+
+
+class CountingInterceptor:
+    """Wraps receive so that every message it sees is counted (a fault injector instruments actors this way)."""
+
+    def __init__(self) -> None:
+        self.seen = 0
+
+    def instrument(self, actor: Any) -> None:
+        inner = actor.receive
+
+        async def counted(message: Any) -> Any:
+            self.seen += 1
+            return await inner(message)
+
+        actor.receive = counted
+
+
+class TestTakeQueued:
+    async def test_take_queued_run_of_one_type_handled_in_one_call(self) -> None:
+        runs: list[list[int]] = []
+        async with open_actor_system() as system:
+            ref = await system.start(lambda: Batcher(runs))
+            tell_all(ref, [Tap(n=n) for n in range(10)])
+            assert await ref.ask("ping") == "pong"
+        assert runs == [list(range(10))]
+
+    async def test_take_queued_other_type_ends_the_run_in_order(self) -> None:
+        runs: list[list[int]] = []
+        instances: list[Batcher] = []
+
+        def build() -> Batcher:
+            instances.append(Batcher(runs))
+            return instances[-1]
+
+        async with open_actor_system() as system:
+            ref = await system.start(build)
+            tell_all(ref, [Tap(n=0), Tap(n=1), "between", Tap(n=2), LoudTap(n=3), Tap(n=4)])
+            assert await ref.ask("ping") == "pong"
+        # A LoudTap is not exactly a Tap: it ends the run and reaches receive on its own.
+        assert runs == [[0, 1], [2], [4]]
+        assert instances[0].others == ["between", LoudTap(n=3)]
+
+    async def test_take_queued_limit_caps_each_run(self) -> None:
+        runs: list[list[int]] = []
+        async with open_actor_system() as system:
+            ref = await system.start(lambda: Batcher(runs, limit=3))
+            tell_all(ref, [Tap(n=n) for n in range(10)])
+            assert await ref.ask("ping") == "pong"
+        assert runs == [[0, 1, 2, 3], [4, 5, 6, 7], [8, 9]]
+
+    async def test_take_queued_messages_taken_counted_as_processed(self) -> None:
+        async with open_actor_system() as system:
+            ref = await system.start(lambda: Batcher([]))
+            tell_all(ref, [Tap(n=n) for n in range(50)])
+            assert await ref.ask("ping") == "pong"
+            mailbox = ref.statistics().mailbox
+        assert (mailbox.sent, mailbox.processed, mailbox.queued) == (51, 51, 0)
+        assert mailbox.sent == mailbox.processed + mailbox.dropped_total + mailbox.dead_lettered + mailbox.queued
+
+    async def test_take_queued_instrumented_actor_each_message_meets_the_interceptor(self) -> None:
+        runs: list[list[int]] = []
+        interceptor = CountingInterceptor()
+        async with open_actor_system() as system:
+            ref = await system.start(lambda: Batcher(runs))
+            ref.add_interceptor(interceptor)
+            tell_all(ref, [Tap(n=n) for n in range(5)])
+            assert await ref.ask("ping") == "pong"
+            ref.remove_interceptor(interceptor)
+        # Nothing is taken past an instrumented receive: a fault that slows or fails each message still does.
+        assert runs == [[0], [1], [2], [3], [4]]
+        assert interceptor.seen == 6
+
+    def test_take_queued_outside_a_running_actor_raises(self) -> None:
+        with pytest.raises(Exception, match="not running"):
+            Batcher([]).take_queued(Tap)
