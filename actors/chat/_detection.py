@@ -45,7 +45,7 @@ from actors.chat._run_state import (
 from actors.chat._thresholds import DetectionThresholds as DetectionThresholds
 
 if TYPE_CHECKING:
-    from collections.abc import Callable, Container, Generator, Iterable, Mapping
+    from collections.abc import Callable, Container, Generator, Iterable, Mapping, Sequence
 
     from actors.chat._deadlines import DeadlineEntry
     from actors.chat._finished_runs import FinishedRuns
@@ -175,6 +175,10 @@ class RunTracker:
         self._events_observed = 0
         self._ingested = 0
         self._ingested_unrouted = 0
+        #: The tap :meth:`ingest` took last (the one being ingested when it raised, if one did).
+        self.last_taken: StampedEvent | None = None
+        # How far deadlines were advanced (ms): ingest() advances them again only when a tap is newer.
+        self._advanced_to = 0
         self._evictions = 0
         self._abandoned = 0
         self._by_kind: dict[AnomalyKind, int] = {}
@@ -209,48 +213,62 @@ class RunTracker:
         """How many of the :attr:`ingested` events the bridge had routed to a connection (``fan_out > 0``)."""
         return self._ingested - self._ingested_unrouted
 
-    def ingest(self, stamped: StampedEvent) -> tuple[Anomaly, ...]:
-        """:meth:`observe` an event and, when the bridge routed it (``fan_out > 0``), :meth:`expect_delivery` it.
+    def ingest(self, taps: Sequence[StampedEvent]) -> tuple[Anomaly, ...]:
+        """The monitor's hot path: for each tap in order, fire the deadlines that passed before it was accepted,
+        then :meth:`observe` it and, when the bridge routed it (``fan_out > 0``), :meth:`expect_delivery` it.
 
-        The same as the two calls, in one pass: the monitor's hot path. The thread's delivery state, looked up for
-        the expectation, also leads to the run it is running, so an event of a busy run costs one dict lookup.
+        Deadlines are advanced to a tap's ``observed_at`` once per ms (every deadline set since is at least one
+        threshold later), so a tool call that ends after its threshold is reported even when no tick ran in
+        between: the boundary is exact, not tick-aligned. A run of taps costs one call: the thread's delivery
+        state, looked up for the expectation, also leads to the run it is running, so an event of a busy run
+        costs one dict lookup. :attr:`last_taken` is the tap being ingested (the one that raised, if one did).
 
-        :return: as :meth:`observe`.
+        :return: the anomalies found, deadlines first, in order; a shared empty tuple when there are none.
         """
-        self._ingested += 1
-        now = stamped.observed_at
-        thread = self._thread_of(stamped.thread_id)
-        if stamped.fan_out:
-            seq = stamped.seq
-            if thread is not None and thread.armed is not None and seq > thread.confirmed:
-                # DeliveryTracker.expect's common case inline (a thread already waiting on a deadline): one call
-                # less per event on the hot path. Two appends, not `+= (seq, now)`: the interpreter appends to a
-                # list in place, where the tuple costs an allocation and an extend call (~4% of the monitor's ingest).
-                pending = thread.pending
-                pending.append(seq)
-                pending.append(now)
-                thread.latest = now
+        self._ingested += len(taps)
+        found: list[Anomaly] = []
+        thread_of = self._thread_of
+        latency_ms = self._latency_ms
+        for stamped in taps:
+            self.last_taken = stamped
+            now = stamped.observed_at
+            if now > self._advanced_to:
+                self._advanced_to = now
+                self._advance(now, found)
+            thread = thread_of(stamped.thread_id)
+            if stamped.fan_out:
+                seq = stamped.seq
+                if thread is not None and thread.armed is not None and seq > thread.confirmed:
+                    # DeliveryTracker.expect's common case inline (a thread already waiting on a deadline). Two
+                    # appends, not `+= (seq, now)`: the interpreter appends to a list in place, where the tuple
+                    # costs an allocation and an extend call (~4% of the monitor's ingest).
+                    pending = thread.pending
+                    pending.append(seq)
+                    pending.append(now)
+                    thread.latest = now
+                else:
+                    thread = self._deliveries.expect(stamped.thread_id, seq, now)
+                run = thread.current_run
             else:
-                thread = self._deliveries.expect(stamped.thread_id, seq, now)
-            run = thread.current_run
-        else:
-            self._ingested_unrouted += 1
-            run = None if thread is None else thread.current_run
-        if run is None or run.flight_id != stamped.run_id:
-            found = self._observe(stamped, thread)
-        else:
-            if now > run.last_activity:
-                run.last_activity = now
-            event = stamped.event
-            timestamp = event.timestamp
-            if timestamp is None or now - timestamp <= self._latency_ms:
-                handler = _IN_TIME.get(type(event))
-                if handler is None:
-                    return _NOTHING  # plain activity of a run in flight, in time: the common case
-                found = handler(self, run, stamped)
+                self._ingested_unrouted += 1
+                run = None if thread is None else thread.current_run
+            if run is None or run.flight_id != stamped.run_id:
+                more = self._observe(stamped, thread)
             else:
-                found = self._apply(run, stamped, None)
-        if found is None:
+                if now > run.last_activity:
+                    run.last_activity = now
+                event = stamped.event
+                timestamp = event.timestamp
+                if timestamp is None or now - timestamp <= latency_ms:
+                    handler = _IN_TIME.get(type(event))
+                    if handler is None:
+                        continue  # plain activity of a run in flight, in time: the common case
+                    more = handler(self, run, stamped)
+                else:
+                    more = self._apply(run, stamped, None)
+            if more:
+                found += more
+        if not found:
             return _NOTHING
         self._tally(found)
         return tuple(found)
@@ -582,6 +600,8 @@ class RunTracker:
         :return: the anomalies found; a shared empty tuple when there are none.
         """
         found: list[Anomaly] = []
+        if now_ms > self._advanced_to:
+            self._advanced_to = now_ms
         self._advance(now_ms, found)
         if not found:
             return _NOTHING

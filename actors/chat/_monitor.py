@@ -123,8 +123,6 @@ class ChatEventMonitor(Actor[MonitorMessage]):
         self._pending_audits: dict[int, tuple[str, int]] = {}
         self._audit_ids = 0
         self._direct_seq: dict[str, int] = {}
-        # The time (ms) the tracker's deadlines were last advanced to.
-        self._advanced_to = 0
 
     @property
     def flow(self) -> FlowWindow:
@@ -281,29 +279,23 @@ class ChatEventMonitor(Actor[MonitorMessage]):
         # The tap is the hot path: test for it before the general dispatch (a match on Structs costs ~0.3 µs), and
         # handle it here rather than in a method of its own (a call per event is ~5% of the monitor's ingest).
         if type(message) is StampedEvent:
-            # The taps queued right behind this one are handled here too, in one pass: the drain loop's dispatch
-            # and a receive call per event were a fifth of the monitor's cost per event (bench/monitor.py).
-            memory = self.memory
+            # The taps queued right behind this one are ingested in the same pass: the drain loop's dispatch and
+            # a receive call per event were a fifth of the monitor's cost per event (bench/monitor.py). They are
+            # observed even while monitoring is paused (only reports are held back): a resumed monitor whose runs
+            # moved on unseen would raise false stale threads and missing starts.
+            taps: Sequence[StampedEvent] = (message, *self.take_queued(StampedEvent))
+            if self._replayed_through:
+                taps = [tap for tap in taps if not self._replayed(tap)]
+                if not taps:
+                    return None
             tracker = self.tracker
-            for tap in (message, *self.take_queued(StampedEvent)):
-                # Observed even while monitoring is paused (only reports are held back): a resumed monitor whose
-                # runs moved on unseen would raise false stale threads and missing starts.
-                if self._replayed_through and self._replayed(tap):
-                    continue
-                memory.last_tapped = tap
-                # Deadlines that passed before this event was accepted fire first, so a tool call that ends after
-                # its threshold is reported even when no tick ran in between (the boundary is exact, not
-                # tick-aligned). Once per ms is enough: every deadline set since is at least one threshold later.
-                at = tap.observed_at
-                if at > self._advanced_to:
-                    self._advanced_to = at
-                    due = tracker.advance(at)
-                    if due:
-                        self._report(due)
-                # Observe, and expect its delivery when it was routed; the tracker counts it for the flow window.
-                found = tracker.ingest(tap)
-                if found:
-                    self._report(found)
+            try:
+                found = tracker.ingest(taps)
+            finally:
+                # The tap that raised counts as seen: a restarted monitor must not replay it into a crash loop.
+                self.memory.last_tapped = tracker.last_taken
+            if found:
+                self._report(found)
             return None
         match message:
             case DeliveryProgress():
@@ -394,7 +386,6 @@ class ChatEventMonitor(Actor[MonitorMessage]):
 
     def _on_tick(self) -> None:
         now = self.clock.now_ms()
-        self._advanced_to = max(self._advanced_to, now)
         found = self.tracker.advance(now)
         if found:
             self._report(found)

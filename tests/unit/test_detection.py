@@ -10,6 +10,7 @@ from typing import Any
 import msgspec
 import pytest
 
+from actors.chat import _detection as detection_module
 from actors.chat._aliases import agent_completed, agent_started, tool_completed, tool_executing
 from actors.chat._anomaly import ALL_THREADS, Anomaly, AnomalyKind, ReportedKeys, Severity
 from actors.chat._deadlines import DeadlineHeap
@@ -854,26 +855,26 @@ class TestIngest:
 
     def test_ingest_routed_events_are_observed_and_expected(self) -> None:
         tracker = RunTracker()
-        assert tracker.ingest(routed(started(), at=T0)) == ()
-        assert tracker.ingest(routed(text(), at=T0 + 1, seq=2)) == ()
+        assert tracker.ingest([routed(started(), at=T0)]) == ()
+        assert tracker.ingest([routed(text(), at=T0 + 1, seq=2)]) == ()
         stats = tracker.statistics()
         assert (stats.events_observed, stats.runs_in_flight, stats.pending_deliveries) == (2, 1, 2)
         assert [a.seq for a in tracker.advance(T0 + UNDELIVERED_MS)] == [1]
 
     def test_ingest_unrouted_events_are_observed_only(self) -> None:
         tracker = RunTracker()
-        tracker.ingest(stamped(started(), at=T0))
-        tracker.ingest(stamped(tool_start(), at=T0 + 1, seq=2))
+        tracker.ingest([stamped(started(), at=T0)])
+        tracker.ingest([stamped(tool_start(), at=T0 + 1, seq=2)])
         assert tracker.statistics().pending_deliveries == 0
         assert [a.kind for a in tracker.advance(T0 + 1 + STUCK_MS)] == [AnomalyKind.STUCK_TOOL]
 
     def test_ingest_counts_events_and_the_routed_ones_apart_from_observe(self) -> None:
         # The monitor's flow window reads these instead of counting the tap itself.
         tracker = RunTracker()
-        tracker.ingest(routed(started(), at=T0))
-        tracker.ingest(stamped(text(), at=T0 + 1, seq=2))  # routed to nobody
-        tracker.ingest(routed(tool_start(), at=T0 + 2, seq=3))  # a handled type, through the in-time dispatch
-        tracker.ingest(routed(text(), at=T0 + 3, seq=4))
+        tracker.ingest([routed(started(), at=T0)])
+        tracker.ingest([stamped(text(), at=T0 + 1, seq=2)])  # routed to nobody
+        tracker.ingest([routed(tool_start(), at=T0 + 2, seq=3)])  # a handled type, through the in-time dispatch
+        tracker.ingest([routed(text(), at=T0 + 3, seq=4)])
         tracker.observe(stamped(text(), at=T0 + 4, thread="t2", run="r2"))  # not ingested
         assert (tracker.ingested, tracker.ingested_routed) == (4, 3)
         assert tracker.statistics().events_observed == 5
@@ -881,9 +882,9 @@ class TestIngest:
     def test_ingest_of_a_new_run_on_a_known_thread_counts_once(self) -> None:
         # The slow path (a run the thread's cached run is not) must not count the event a second time.
         tracker = RunTracker()
-        tracker.ingest(routed(started(run="r1"), at=T0, run="r1"))
-        tracker.ingest(routed(finished(run="r1"), at=T0 + 1, run="r1", seq=2))
-        tracker.ingest(routed(started(run="r2"), at=T0 + 2, run="r2", seq=3))
+        tracker.ingest([routed(started(run="r1"), at=T0, run="r1")])
+        tracker.ingest([routed(finished(run="r1"), at=T0 + 1, run="r1", seq=2)])
+        tracker.ingest([routed(started(run="r2"), at=T0 + 2, run="r2", seq=3)])
         assert (tracker.ingested, tracker.statistics().events_observed) == (3, 3)
 
     def test_ingest_interleaved_runs_of_one_thread_keep_their_own_state(self) -> None:
@@ -897,7 +898,7 @@ class TestIngest:
             (text(), "r1"),
         ]
         found = [
-            a for seq, (event, run) in enumerate(events, 1) for a in tracker.ingest(routed(event, run=run, seq=seq))
+            a for seq, (event, run) in enumerate(events, 1) for a in tracker.ingest([routed(event, run=run, seq=seq)])
         ]
         assert found == []
         stats = tracker.statistics()
@@ -906,41 +907,72 @@ class TestIngest:
         stuck = tracker.advance(T0 + STUCK_MS)
         assert [(a.kind, a.run_id, a.tool_call_id) for a in stuck] == [(AnomalyKind.STUCK_TOOL, "r1", "a")]
 
+    def test_ingest_run_of_taps_fires_the_deadlines_due_before_each_tap_first(self) -> None:
+        # One call for a run of taps, as the monitor takes them from its mailbox: a deadline that passed before a
+        # tap was accepted is reported, at that tap's time, before what the tap itself reveals.
+        tracker = RunTracker()
+        late = T0 + 1 + STUCK_MS
+        found = tracker.ingest(
+            [
+                stamped(started(), at=T0),
+                stamped(tool_start("c1"), at=T0 + 1, seq=2),
+                stamped(ToolCallResult(message_id="r", tool_call_id="c9", content="?"), at=late, seq=3),
+            ]
+        )
+        assert [(a.kind, a.tool_call_id, a.detected_at) for a in found] == [
+            (AnomalyKind.STUCK_TOOL, "c1", late),
+            (AnomalyKind.ORPHAN_TOOL_COMPLETED, "c9", late),
+        ]
+        assert (tracker.ingested, tracker.last_taken.seq if tracker.last_taken else None) == (3, 3)
+
+    def test_ingest_tap_that_raises_is_the_last_taken(self, monkeypatch: pytest.MonkeyPatch) -> None:
+        # The monitor records last_taken as seen even when ingest raised on it: a restarted monitor does not
+        # replay a poison event into a crash loop, and replays the taps behind it as unseen.
+        def poison(tracker: RunTracker, run: Any, tap: StampedEvent) -> None:
+            raise RuntimeError("poison")
+
+        monkeypatch.setitem(detection_module._IN_TIME, ToolCallStart, poison)
+        tracker = RunTracker()
+        taps = [routed(started(), at=T0), routed(tool_start(), at=T0, seq=2), routed(text(), at=T0, seq=3)]
+        with pytest.raises(RuntimeError, match="poison"):
+            tracker.ingest(taps)
+        assert tracker.last_taken is taps[1]
+
     def test_ingest_event_for_the_run_just_finished_is_after_completion(self) -> None:
         tracker = RunTracker()
-        tracker.ingest(routed(started(), at=T0))
-        tracker.ingest(routed(finished(), at=T0 + 1, seq=2))
-        assert kinds(tracker.ingest(routed(text(), at=T0 + 2, seq=3))) == [AnomalyKind.EVENT_AFTER_COMPLETION]
+        tracker.ingest([routed(started(), at=T0)])
+        tracker.ingest([routed(finished(), at=T0 + 1, seq=2)])
+        assert kinds(tracker.ingest([routed(text(), at=T0 + 2, seq=3)])) == [AnomalyKind.EVENT_AFTER_COMPLETION]
 
     def test_ingest_event_for_an_evicted_run_is_a_missing_start(self) -> None:
         tracker = RunTracker(DetectionThresholds(max_tracked_runs=2))
-        tracker.ingest(routed(started(run="r1"), at=T0, run="r1"))
-        tracker.ingest(routed(text(), at=T0, run="r1", seq=2))  # thread t1 now leads to r1
-        tracker.ingest(routed(started("t2", "r2"), at=T0 + 1, thread="t2", run="r2"))
-        tracker.ingest(routed(started("t2", "r3"), at=T0 + 1, thread="t2", run="r3", seq=2))  # r1 is evicted
+        tracker.ingest([routed(started(run="r1"), at=T0, run="r1")])
+        tracker.ingest([routed(text(), at=T0, run="r1", seq=2)])  # thread t1 now leads to r1
+        tracker.ingest([routed(started("t2", "r2"), at=T0 + 1, thread="t2", run="r2")])
+        tracker.ingest([routed(started("t2", "r3"), at=T0 + 1, thread="t2", run="r3", seq=2)])  # r1 is evicted
         assert tracker.statistics().evictions == 1  # a run; both threads keep their delivery state
-        found = tracker.ingest(routed(text(), at=T0 + 2, run="r1", seq=3))
+        found = tracker.ingest([routed(text(), at=T0 + 2, run="r1", seq=3)])
         assert [(a.kind, a.run_id) for a in found] == [(AnomalyKind.MISSING_AGENT_STARTED, "r1")]
 
     def test_ingest_event_for_an_abandoned_run_is_a_missing_start(self) -> None:
         tracker = RunTracker()
-        tracker.ingest(routed(started(), at=T0))
-        tracker.ingest(routed(text(), at=T0, seq=2))  # the thread now leads to the run
+        tracker.ingest([routed(started(), at=T0)])
+        tracker.ingest([routed(text(), at=T0, seq=2)])  # the thread now leads to the run
         tracker.confirm_delivery("t1", 2)
         assert kinds(tracker.advance(T0 + STALE_MS)) == [AnomalyKind.STALE_THREAD]
         tracker.advance(T0 + STALE_MS + RETENTION_MS)
         assert tracker.statistics().runs_abandoned == 1
-        found = tracker.ingest(routed(text(), at=T0 + STALE_MS + RETENTION_MS + 1, seq=3))
+        found = tracker.ingest([routed(text(), at=T0 + STALE_MS + RETENTION_MS + 1, seq=3)])
         assert kinds(found) == [AnomalyKind.MISSING_AGENT_STARTED]
 
     def test_ingest_late_event_of_a_known_run_is_reported_once(self) -> None:
         tracker = RunTracker()
-        tracker.ingest(routed(started(), at=T0))
-        tracker.ingest(routed(text(), at=T0 + 1, seq=2))  # the thread now leads to the run
-        assert kinds(tracker.ingest(routed(text(timestamp=T0), at=T0 + LATENCY_MS + 1, seq=3))) == [
+        tracker.ingest([routed(started(), at=T0)])
+        tracker.ingest([routed(text(), at=T0 + 1, seq=2)])  # the thread now leads to the run
+        assert kinds(tracker.ingest([routed(text(timestamp=T0), at=T0 + LATENCY_MS + 1, seq=3)])) == [
             AnomalyKind.HIGH_LATENCY
         ]
-        assert tracker.ingest(routed(text(timestamp=T0), at=T0 + LATENCY_MS + 2, seq=4)) == ()
+        assert tracker.ingest([routed(text(timestamp=T0), at=T0 + LATENCY_MS + 2, seq=4)]) == ()
 
     def test_confirm_deliveries_counts_what_each_thread_newly_confirmed(self) -> None:
         tracker = RunTracker()
@@ -967,7 +999,7 @@ class TestConcurrentRuns:
                 thread, run, at = f"thread-{n:08d}", f"run-{n:08d}", T0 + n // 100
                 opening: tuple[AgentEvent, ...] = (started(thread, run), tool_start(f"call-{n:08d}"), text())
                 for seq, event in enumerate(opening, start=1):
-                    tracker.ingest(routed(event, at=at, thread=thread, run=run, seq=seq))
+                    tracker.ingest([routed(event, at=at, thread=thread, run=run, seq=seq)])
             gc.collect()
             held = tracemalloc.get_traced_memory()[0] - before
         finally:
@@ -982,7 +1014,7 @@ class TestConcurrentRuns:
             thread, run, call = f"thread-{n:08d}", f"run-{n:08d}", f"call-{n:08d}"
             closing: tuple[AgentEvent, ...] = (ToolCallEnd(tool_call_id=call), result(call), finished(thread, run))
             for seq, event in enumerate(closing, start=4):
-                assert tracker.ingest(routed(event, at=end, thread=thread, run=run, seq=seq)) == ()
+                assert tracker.ingest([routed(event, at=end, thread=thread, run=run, seq=seq)]) == ()
         assert tracker.confirm_deliveries({f"thread-{n:08d}": 6 for n in range(runs)}) == 3 * runs
         assert tracker.advance(end + STALE_MS) == ()
         stats = tracker.statistics()

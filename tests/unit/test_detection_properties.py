@@ -176,21 +176,37 @@ def stamped(event: AgentEvent, thread: str, run: str, seq: int, at: int) -> Stam
 def drive(tracker: RunTracker, actions: Iterator[Action], *, ingest: bool = False) -> list[Anomaly]:
     """Play a timeline the way the monitor actor does: fire each deadline exactly when it comes due.
 
-    :param ingest: feed each event with ``ingest`` (the monitor's path), rather than ``observe`` then
-        ``expect_delivery``; the two must not differ.
+    :param ingest: feed the events with ``ingest`` (the monitor's path), in runs of consecutive events as the
+        monitor takes them from its mailbox, rather than each with ``observe`` then ``expect_delivery``; the two
+        must not differ. A run holds the events of one ms (a deadline one of them sets cannot fall due inside it)
+        and ends where a deadline falls due or a confirmation comes.
     """
     found: list[Anomaly] = []
+    taps: list[StampedEvent] = []
     for at, _, _, item, confirmation in actions:
-        while (deadline := tracker.next_deadline()) is not None and deadline <= at:
-            found += fire(tracker, deadline)
+        if taps and taps[0].observed_at != at:
+            found += tracker.ingest(taps)
+            taps = []
+        if (deadline := tracker.next_deadline()) is not None and deadline <= at:
+            if taps:
+                found += tracker.ingest(taps)
+                taps = []
+            while (deadline := tracker.next_deadline()) is not None and deadline <= at:
+                found += fire(tracker, deadline)
         if item is not None and ingest:
-            found += tracker.ingest(item)
-        elif item is not None:
+            taps.append(item)
+            continue
+        if taps:
+            found += tracker.ingest(taps)
+            taps = []
+        if item is not None:
             found += tracker.observe(item)
             tracker.expect_delivery(item.thread_id, item.seq, item.observed_at)
         else:
             assert confirmation is not None
             tracker.confirm_delivery(*confirmation)
+    if taps:
+        found += tracker.ingest(taps)
     while (deadline := tracker.next_deadline()) is not None:
         found += fire(tracker, deadline)
     return found
