@@ -13,6 +13,8 @@ from ._exceptions import ActorFailed, ActorStopped, AskTimeout, MailboxFull
 from ._mailbox import Mailbox, MailboxSpec, MailboxStatistics, Overflow
 
 if TYPE_CHECKING:
+    from collections.abc import Sequence
+
     from ._incarnation import Incarnation
     from ._message import ExitReason
     from ._system import ActorSystem
@@ -263,6 +265,33 @@ class ActorRef(Generic[MsgT]):
                 waiter.set()
             return
         self._overflow(message)
+
+    def tell_many(self, messages: Sequence[MsgT]) -> int:
+        """Queue several messages without waiting: exactly :meth:`tell` of each, in order, in one step when they fit.
+
+        For a sender that produces runs of messages (the bridge's taps): when the mailbox has room for all of them,
+        they are queued with one append of the run and at most one wake-up; otherwise each is told in turn, so the
+        overflow policy applies to each and every drop is counted.
+
+        :return: how many were queued (the others were dropped, or dead-lettered if the actor has stopped)
+        :raises MailboxFull: when the mailbox is full and its policy is REJECT (the messages before it are queued)
+        """
+        mailbox = self._mailbox
+        queue = mailbox.queue
+        count = len(messages)
+        if len(queue) + count <= mailbox.limit and self._state not in _CLOSED_STATES:
+            mailbox.sent += count
+            queue.extend(messages)
+            waiter = mailbox.waiter
+            if waiter is not None and count:
+                mailbox.waiter = None
+                waiter.set()
+            return count
+        # Not queued: what DROP_NEWEST drops and what goes to dead letters (DROP_OLDEST queues each one).
+        lost = mailbox.dropped_newest + mailbox.dead_lettered
+        for message in messages:
+            self.tell(message)
+        return count - (mailbox.dropped_newest + mailbox.dead_lettered - lost)
 
     def tell_reserved(self, message: MsgT) -> None:
         """Like :meth:`tell`, but may also fill the mailbox's reserved slots (``MailboxSpec.reserved``).

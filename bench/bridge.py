@@ -13,6 +13,8 @@ import msgspec
 from _common import BACKENDS, alternate, emit, figure, median, parse_args, progress, repeated, sent_ns_of
 
 from actors import MailboxSpec, Overflow, open_actor_system
+from actors._mailbox import BATCH_SIZE
+from actors.chat._bridge import AgentWebSocketBridge
 from actors.chat._bridge_handle import spawn_bridge
 from actors.chat._bridge_messages import BridgeConfig, Publish
 from actors.chat._connection import MemorySink
@@ -409,9 +411,39 @@ async def tap_batch(tell: Callable[[StampedEvent], None], stamped: StampedEvent,
     return elapsed / TAP_BATCH
 
 
+async def tap_runs(bridge: AgentWebSocketBridge, stamped: StampedEvent, run: int, drained: Callable[[], bool]) -> float:
+    """ns per event of the bridge's own tap, ``TAP_BATCH`` events in runs of ``run``: each event added to the run
+    being routed (as the bridge's _publish does), each run told to the monitor once routed (its _flush_taps, as its
+    receive does after a run of publishes); then wait until the monitor has drained them."""
+    flush = bridge._flush_taps
+    start = time.perf_counter_ns()
+    for n in range(1, TAP_BATCH + 1):
+        bridge._taps_pending.append(stamped)
+        if n % run == 0:
+            flush()
+    if bridge._taps_pending:
+        flush()
+    elapsed = time.perf_counter_ns() - start
+    while not drained():
+        await anyio.lowlevel.checkpoint()
+    return elapsed / TAP_BATCH
+
+
 async def measure_tap_cost(system: ActorSystem, blocks: int) -> dict[str, float]:
-    """The tap, ``monitor_ref.tell(stamped)`` into a real monitor's mailbox, against ``send_nowait`` on a stream."""
+    """The tap into a real monitor's mailbox, per event, against ``send_nowait`` on a stream.
+
+    The figure compares the hand-off primitives, like for like: ``monitor_ref.tell(stamped)``, what the bridge
+    calls to tap a run of one event (sparse traffic), against the stream's ``send_nowait``. For context, the
+    bridge's whole tap code (its bookkeeping included: counts, the shedding mark, the lost-tap check) is timed on
+    a bridge of its own with the monitor attached, in runs of one and of ``BATCH_SIZE`` (a bridge draining a
+    flood taps each run with one ``tell_many``).
+    """
     monitor = await system.start(lambda: ChatEventMonitor(MONITOR_CONFIG), name="tap-monitor", mailbox=MONITOR_MAILBOX)
+    handle = spawn_bridge(system, BRIDGE_CONFIG, name="tap-bridge")
+    handle.attach_monitor(monitor)
+    assert (await handle.get_metrics()).monitor_attached
+    bridge = handle.ref.current_instance
+    assert isinstance(bridge, AgentWebSocketBridge)
     now = system.clock.now_ms()
     # The prepared event belongs to a run the monitor saw start, so observing it again and again is its handler's
     # common case (activity in a run in flight), not a stream of anomalies.
@@ -421,13 +453,19 @@ async def measure_tap_cost(system: ActorSystem, blocks: int) -> dict[str, float]
     stamped = stamp(delta, thread_id="tap", run_id="tap-run", seq=2, observed_at=now)
     send, receive = anyio.create_memory_object_stream[StampedEvent](max_buffer_size=TAP_BATCH)
     drain = Drain(receive)
+
+    def monitor_drained() -> bool:
+        return monitor.statistics().queued == 0
+
     async with anyio.create_task_group() as tg:
         tg.start_soon(drain.run)
         await anyio.lowlevel.checkpoint()  # the consumer now sleeps on its empty stream, as the monitor does
         result = await alternate(
             blocks,
             {
-                "tap": lambda: tap_batch(monitor.tell, stamped, lambda: monitor.statistics().queued == 0),
+                "tap": lambda: tap_batch(monitor.tell, stamped, monitor_drained),
+                "bridge tap": lambda: tap_runs(bridge, stamped, 1, monitor_drained),
+                "bridge tap in runs": lambda: tap_runs(bridge, stamped, BATCH_SIZE, monitor_drained),
                 "tap floor": lambda: tap_batch(
                     send.send_nowait, stamped, lambda: send.statistics().current_buffer_used == 0
                 ),
@@ -435,8 +473,12 @@ async def measure_tap_cost(system: ActorSystem, blocks: int) -> dict[str, float]
         )
         send.close()
     assert monitor.statistics().dropped_total == 0, monitor.statistics()
+    metrics = await handle.get_metrics()
+    assert (metrics.taps, metrics.dropped.get("monitor_tap", 0)) == (2 * blocks * TAP_BATCH, 0), metrics
     health: MonitorHealth = await monitor.ask(CheckHealth())
-    assert health.events_observed == drain.count + 1  # as many through both (the monitor also had RUN_STARTED)
+    # As many through each of the three taps as through the floor (the monitor also had RUN_STARTED).
+    assert health.events_observed == 3 * drain.count + 1
+    await handle.ref.stop()
     await monitor.stop()
     return result
 
@@ -607,6 +649,8 @@ def main() -> None:
         attached_cost = median(samples[f"publish cost/attached/{backend}"])
         detached_cost = median(samples[f"publish cost/detached/{backend}"])
         tap |= {
+            "bridge_tap_ns": med("bridge tap", backend, 1),
+            f"bridge_tap_in_runs_of_{BATCH_SIZE}_ns": med("bridge tap in runs", backend, 1),
             "publish_cost_attached_us": round(attached_cost, 3),
             "publish_cost_detached_us": round(detached_cost, 3),
             "publish_cost_difference_us": round(attached_cost - detached_cost, 3),

@@ -57,8 +57,6 @@ from actors.chat._replay_ring import ReplayGap, ReplayRing
 from actors.chat._tap import DeliveryProgress, ReplaySnapshot
 
 if TYPE_CHECKING:
-    from collections.abc import Callable
-
     from actors._clock import Clock
     from actors._message import ExitReason
     from actors._ref import ActorRef
@@ -138,6 +136,9 @@ class AgentWebSocketBridge(Actor[BridgeMessage]):
         self._monitor: ActorRef[Any] | None = None
         self._monitor_ref: ActorRef[Any] | None = None
         self._taps = 0
+        # The taps of the run of publishes being routed, told to the monitor together once it is (_flush_taps):
+        # empty between messages.
+        self._taps_pending: list[StampedEvent] = []
         #: Taps the monitor's mailbox refused (full, or the monitor stopped since the last tick).
         self._taps_lost = 0
         self._taps_skipped = 0
@@ -149,8 +150,7 @@ class AgentWebSocketBridge(Actor[BridgeMessage]):
         self._shedding = False
         # The monitor mailbox's queue, always: a tap that is not its last item after the tell was refused.
         self._monitor_inbox: deque[Any] | None = None
-        # While a monitor is tapped: its ``tell`` (bound once, not per event) and its mailbox's queue.
-        self._tap: Callable[[Any], None] | None = None
+        # While a monitor is tapped: its mailbox's queue.
         self._tap_inbox: deque[Any] = deque()
         #: Events sent to clients (delivered + coalesced, all connections) as of the last DeliveryProgress.
         self._reported_delivered = 0
@@ -216,7 +216,13 @@ class AgentWebSocketBridge(Actor[BridgeMessage]):
     async def receive(self, message: BridgeMessage) -> Any:
         match message:
             case Publish():
-                self._publish(message)
+                # The publishes queued right behind this one are routed in the same pass (one dispatch for the
+                # run), and their taps go to the monitor together once the run is routed (see _flush_taps).
+                publish = self._publish
+                for item in (message, *self.take_queued(Publish)):
+                    publish(item)
+                if self._taps_pending:
+                    self._flush_taps()
             case WriterDrained(connection_id=connection_id):
                 self._on_writer_drained(connection_id)
             case Tick():
@@ -326,38 +332,63 @@ class AgentWebSocketBridge(Actor[BridgeMessage]):
             self._fan_out_sent += sent
         else:
             self._unrouted += 1
-        monitor = self._monitor
-        if monitor is not None:
-            inbox = self._tap_inbox
-            # Below the mark (the usual case) one plain tell. At or above it, content taps are shed (when shedding
-            # is configured) and lifecycle taps go into the reserved lane of the monitor's mailbox, which a flood
-            # by other senders cannot take: the detectors need every boundary to tell a missing start from a real
-            # one.
-            if len(inbox) < self._shed_above:
-                tell = self._tap
-            elif type(event) in LIFECYCLE_EVENT_TYPES:
-                tell = monitor.tell_reserved
-            elif self._shedding:
-                self._taps_shed += 1
-                tell = None
-            else:
-                tell = self._tap
-            if tell is not None:
-                # A monitor on a REJECT mailbox: the tap is lost all the same, never the bridge's problem. (A try
-                # costs nothing on this path until it raises; contextlib.suppress would cost a call per event.)
-                try:  # noqa: SIM105
-                    tell(stamped)
-                except MailboxFull:
-                    pass
-                self._taps += 1
-                # Counted here, per tap, rather than from the mailbox's drop counters: whatever else floods the
-                # monitor (health checks, reports) is not a tap the bridge lost.
-                if not inbox or inbox[-1] is not stamped:
-                    self._taps_lost += 1
+        if self._monitor is not None:
+            self._taps_pending.append(stamped)
             if fan_out:
                 self._unconfirmed[thread] = None  # its delivery is reported to the monitor on a tick
         elif self._monitor_ref is not None:
             self._taps_skipped += 1
+
+    def _flush_taps(self) -> None:
+        """Tap the events of the run just routed to the monitor: when its mailbox has room for them all below the
+        shedding mark (the usual case), one ``tell`` (a run of one: sparse traffic) or one ``tell_many``; else each
+        one as :meth:`_tap_one` decides."""
+        taps = self._taps_pending
+        monitor = self._monitor
+        assert monitor is not None  # taps are only kept while a monitor is tapped, which a run cannot change
+        inbox = self._tap_inbox
+        count = len(taps)
+        if len(inbox) + count <= self._shed_above:
+            # They all fit below the mark, itself never above the mailbox's limit: none is refused for room (not
+            # even on a REJECT mailbox), only if the monitor stopped since the last tick (dead letters, lost).
+            self._taps += count
+            if count == 1:
+                stamped = taps.pop()
+                monitor.tell(stamped)
+                if not inbox or inbox[-1] is not stamped:
+                    self._taps_lost += 1
+            else:
+                self._taps_lost += count - monitor.tell_many(taps)
+                taps.clear()  # tell_many copied them
+            return
+        self._taps_pending = []
+        for stamped in taps:
+            self._tap_one(monitor, stamped)
+
+    def _tap_one(self, monitor: ActorRef[Any], stamped: StampedEvent) -> None:
+        """Tap one event into a monitor mailbox at or near its shedding mark."""
+        inbox = self._tap_inbox
+        # Below the mark one plain tell. At or above it, content taps are shed (when shedding is configured) and
+        # lifecycle taps go into the reserved lane of the monitor's mailbox, which a flood by other senders cannot
+        # take: the detectors need every boundary to tell a missing start from a real one.
+        if len(inbox) < self._shed_above:
+            tell = monitor.tell
+        elif type(stamped.event) in LIFECYCLE_EVENT_TYPES:
+            tell = monitor.tell_reserved
+        elif self._shedding:
+            self._taps_shed += 1
+            return
+        else:
+            tell = monitor.tell
+        try:  # noqa: SIM105  (a monitor on a REJECT mailbox: lost all the same, never the bridge's problem)
+            tell(stamped)
+        except MailboxFull:
+            pass
+        self._taps += 1
+        # Counted here, per tap, rather than from the mailbox's drop counters: whatever else floods the monitor
+        # (health checks, reports) is not a tap the bridge lost.
+        if not inbox or inbox[-1] is not stamped:
+            self._taps_lost += 1
 
     def _open_thread(self, thread_id: str) -> ThreadRoutes:
         config = self._config
@@ -636,7 +667,6 @@ class AgentWebSocketBridge(Actor[BridgeMessage]):
         # the monitor is out of service the taps are skipped (and counted) instead.
         monitor = self._monitor_ref
         self._monitor = monitor if monitor is not None and monitor.is_alive else None
-        self._tap = None if self._monitor is None else self._monitor.tell
         self._tap_inbox = deque() if self._monitor_inbox is None else self._monitor_inbox
 
     def _report_delivery(self, monitor: ActorRef[Any], scan: ConnectionScan, *, resync: bool = False) -> None:
