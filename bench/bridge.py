@@ -412,16 +412,17 @@ async def tap_batch(tell: Callable[[StampedEvent], None], stamped: StampedEvent,
 
 
 async def tap_runs(bridge: AgentWebSocketBridge, stamped: StampedEvent, run: int, drained: Callable[[], bool]) -> float:
-    """ns per event of the bridge's own tap, ``TAP_BATCH`` events in runs of ``run``: each event added to the run
-    being routed (as the bridge's _publish does), each run told to the monitor once routed (its _flush_taps, as its
+    """ns per event of the bridge's own tap (its MonitorTap), ``TAP_BATCH`` events in runs of ``run``: each event
+    added to the run being routed (as the bridge's _publish does), each run told to the monitor once routed (as its
     receive does after a run of publishes); then wait until the monitor has drained them."""
-    flush = bridge._flush_taps
+    tap = bridge._tap
+    flush = tap.flush
     start = time.perf_counter_ns()
     for n in range(1, TAP_BATCH + 1):
-        bridge._taps_pending.append(stamped)
+        tap.pending.append(stamped)
         if n % run == 0:
             flush()
-    if bridge._taps_pending:
+    if tap.pending:
         flush()
     elapsed = time.perf_counter_ns() - start
     while not drained():

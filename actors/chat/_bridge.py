@@ -1,7 +1,7 @@
 from __future__ import annotations
 
 import logging
-from collections import OrderedDict, deque
+from collections import OrderedDict
 from typing import TYPE_CHECKING, Any, Final, assert_never
 
 import anyio
@@ -46,12 +46,13 @@ from actors.chat._bridge_statistics import (
     sample_health,
     statistics_of,
 )
+from actors.chat._bridge_tap import MonitorTap
 from actors.chat._connection import (
     Close,
     CloseCode,
     WriterDrained,
 )
-from actors.chat._events import EVENT_CLASSES, LIFECYCLE_EVENT_TYPES, StampedEvent, stamp
+from actors.chat._events import EVENT_CLASSES, StampedEvent, stamp
 from actors.chat._health import ComponentHealth, HealthStatus, HealthWindow
 from actors.chat._replay_ring import ReplayGap, ReplayRing
 from actors.chat._tap import DeliveryProgress, ReplaySnapshot
@@ -101,8 +102,8 @@ class AgentWebSocketBridge(Actor[BridgeMessage]):
     ever delays itself. While a writer is idle and its sink can take a frame without waiting, the bridge writes the
     frame itself, in its own pass (the fast path), rather than waking the writer's task for it. A connection whose
     queue is full lags: its live events wait in the replay ring and are handed over as it drains; one that lags for
-    ``slow_consumer_after`` is closed with 4001. Every accepted event is tapped to the monitor with one non-blocking
-    ``tell``. See ``docs/bridge.md``.
+    ``slow_consumer_after`` is closed with 4001. Every accepted event is tapped to the monitor without waiting, one
+    hand-off per run of events routed (:class:`MonitorTap`). See ``docs/bridge.md``.
 
     :param config: routing, buffering and health settings
     :param wiring: the monitor and observers, kept across restarts of this actor (one per ref)
@@ -132,26 +133,8 @@ class AgentWebSocketBridge(Actor[BridgeMessage]):
         self._closed = ClosedConnections(config.closed_connections_kept)
         self._clock: Clock | None = None
         self._self: ActorRef[BridgeMessage] | None = None
-        # Taps go to _monitor; _monitor_ref is the configured monitor even while it is detached.
-        self._monitor: ActorRef[Any] | None = None
-        self._monitor_ref: ActorRef[Any] | None = None
-        self._taps = 0
-        # The taps of the run of publishes being routed, told to the monitor together once it is (_flush_taps):
-        # empty between messages.
-        self._taps_pending: list[StampedEvent] = []
-        #: Taps the monitor's mailbox refused (full, or the monitor stopped since the last tick).
-        self._taps_lost = 0
-        self._taps_skipped = 0
-        self._taps_shed = 0
-        # The queue length from which non-lifecycle taps are shed (config.tap_shed_at), and lifecycle taps use the
-        # mailbox's reserved lane: an overloaded monitor loses content first, and the room left goes to what its
-        # detectors cannot do without.
-        self._shed_above = 0
-        self._shedding = False
-        # The monitor mailbox's queue, always: a tap that is not its last item after the tell was refused.
-        self._monitor_inbox: deque[Any] | None = None
-        # While a monitor is tapped: its mailbox's queue.
-        self._tap_inbox: deque[Any] = deque()
+        # The monitoring tap: which monitor gets the accepted events, and the counts of what it did not get.
+        self._tap = MonitorTap(config.tap_shed_at)
         #: Events sent to clients (delivered + coalesced, all connections) as of the last DeliveryProgress.
         self._reported_delivered = 0
         self._health: ComponentHealth | None = None
@@ -178,7 +161,7 @@ class AgentWebSocketBridge(Actor[BridgeMessage]):
         self._clock = self.clock
         self._self = self.ref
         wiring = self._wiring
-        self._set_monitor(wiring.monitor if wiring.monitor_set else self._config.monitor)
+        self._tap.set_monitor(wiring.monitor if wiring.monitor_set else self._config.monitor)
         # A baseline, so that whatever happens before the first tick counts in the health window.
         self._health_window.record(self._sample())
         self.send_every(self._config.tick_interval, _TICK)
@@ -217,12 +200,13 @@ class AgentWebSocketBridge(Actor[BridgeMessage]):
         match message:
             case Publish():
                 # The publishes queued right behind this one are routed in the same pass (one dispatch for the
-                # run), and their taps go to the monitor together once the run is routed (see _flush_taps).
+                # run), and their taps go to the monitor together once the run is routed (MonitorTap.flush).
                 publish = self._publish
                 for item in (message, *self.take_queued(Publish)):
                     publish(item)
-                if self._taps_pending:
-                    self._flush_taps()
+                tap = self._tap
+                if tap.pending:
+                    tap.flush()
             case WriterDrained(connection_id=connection_id):
                 self._on_writer_drained(connection_id)
             case Tick():
@@ -242,7 +226,7 @@ class AgentWebSocketBridge(Actor[BridgeMessage]):
             case AttachMonitor(monitor=monitor):
                 self._wiring.monitor = monitor
                 self._wiring.monitor_set = True
-                self._set_monitor(monitor)
+                self._tap.set_monitor(monitor)
             case RegisterObserver(observer=observer):
                 if observer not in self._wiring.observers:
                     self._wiring.observers.append(observer)
@@ -332,63 +316,13 @@ class AgentWebSocketBridge(Actor[BridgeMessage]):
             self._fan_out_sent += sent
         else:
             self._unrouted += 1
-        if self._monitor is not None:
-            self._taps_pending.append(stamped)
+        tap = self._tap
+        if tap.monitor is not None:
+            tap.pending.append(stamped)
             if fan_out:
                 self._unconfirmed[thread] = None  # its delivery is reported to the monitor on a tick
-        elif self._monitor_ref is not None:
-            self._taps_skipped += 1
-
-    def _flush_taps(self) -> None:
-        """Tap the events of the run just routed to the monitor: when its mailbox has room for them all below the
-        shedding mark (the usual case), one ``tell`` (a run of one: sparse traffic) or one ``tell_many``; else each
-        one as :meth:`_tap_one` decides."""
-        taps = self._taps_pending
-        monitor = self._monitor
-        assert monitor is not None  # taps are only kept while a monitor is tapped, which a run cannot change
-        inbox = self._tap_inbox
-        count = len(taps)
-        if len(inbox) + count <= self._shed_above:
-            # They all fit below the mark, itself never above the mailbox's limit: none is refused for room (not
-            # even on a REJECT mailbox), only if the monitor stopped since the last tick (dead letters, lost).
-            self._taps += count
-            if count == 1:
-                stamped = taps.pop()
-                monitor.tell(stamped)
-                if not inbox or inbox[-1] is not stamped:
-                    self._taps_lost += 1
-            else:
-                self._taps_lost += count - monitor.tell_many(taps)
-                taps.clear()  # tell_many copied them
-            return
-        self._taps_pending = []
-        for stamped in taps:
-            self._tap_one(monitor, stamped)
-
-    def _tap_one(self, monitor: ActorRef[Any], stamped: StampedEvent) -> None:
-        """Tap one event into a monitor mailbox at or near its shedding mark."""
-        inbox = self._tap_inbox
-        # Below the mark one plain tell. At or above it, content taps are shed (when shedding is configured) and
-        # lifecycle taps go into the reserved lane of the monitor's mailbox, which a flood by other senders cannot
-        # take: the detectors need every boundary to tell a missing start from a real one.
-        if len(inbox) < self._shed_above:
-            tell = monitor.tell
-        elif type(stamped.event) in LIFECYCLE_EVENT_TYPES:
-            tell = monitor.tell_reserved
-        elif self._shedding:
-            self._taps_shed += 1
-            return
-        else:
-            tell = monitor.tell
-        try:  # noqa: SIM105  (a monitor on a REJECT mailbox: lost all the same, never the bridge's problem)
-            tell(stamped)
-        except MailboxFull:
-            pass
-        self._taps += 1
-        # Counted here, per tap, rather than from the mailbox's drop counters: whatever else floods the monitor
-        # (health checks, reports) is not a tap the bridge lost.
-        if not inbox or inbox[-1] is not stamped:
-            self._taps_lost += 1
+        elif tap.monitor_ref is not None:
+            tap.skipped += 1
 
     def _open_thread(self, thread_id: str) -> ThreadRoutes:
         config = self._config
@@ -540,7 +474,7 @@ class AgentWebSocketBridge(Actor[BridgeMessage]):
             # Nobody is owed anything on this thread any more: a client that comes back resumes from the ring.
             self._unconfirmed.pop(thread, None)
             thread.reported_seq = thread.routed_seq = thread.last_seq
-            if self._monitor_ref is not None:
+            if self._tap.monitor_ref is not None:
                 self._unsubscribed[thread.thread_id] = None
 
     def _close_connection(
@@ -603,9 +537,9 @@ class AgentWebSocketBridge(Actor[BridgeMessage]):
                     )
         # One look at the (busy) connections for both the delivery report and the health sample.
         scan = self._scan()
-        self._refresh_monitor()
-        if self._monitor is not None and (self._unconfirmed or self._unsubscribed):
-            self._report_delivery(self._monitor, scan)
+        monitor = self._tap.refresh()
+        if monitor is not None and (self._unconfirmed or self._unsubscribed):
+            self._report_delivery(monitor, scan)
         self._sweep_idle_threads()
         self._evaluate_health(record=True, scan=scan)
 
@@ -646,29 +580,6 @@ class AgentWebSocketBridge(Actor[BridgeMessage]):
                 assert connection.close_code is not None
                 interrupt(connection.close_code, reason)
 
-    def _set_monitor(self, monitor: ActorRef[Any] | None) -> None:
-        self._monitor_ref = monitor
-        # Read once per event on the publish path, so the deque itself is kept (it lives as long as the ref).
-        self._monitor_inbox = monitor._mailbox.queue if monitor is not None else None
-        shed_at = self._config.tap_shed_at
-        self._shedding = shed_at is not None
-        if monitor is None:
-            self._shed_above = 0
-        else:
-            # The mark from which a tap needs a decision: the shedding level if configured, and never above the
-            # point where ordinary tells are refused (the mailbox's limit below its reserved lane).
-            mailbox = monitor._mailbox
-            shed_mark = max(1, int(mailbox.capacity * shed_at)) if shed_at is not None else mailbox.limit
-            self._shed_above = min(shed_mark, mailbox.limit)
-        self._refresh_monitor()
-
-    def _refresh_monitor(self) -> None:
-        # Checked on the tick rather than per event: a tell to a detached ref costs a dead-letter record, so while
-        # the monitor is out of service the taps are skipped (and counted) instead.
-        monitor = self._monitor_ref
-        self._monitor = monitor if monitor is not None and monitor.is_alive else None
-        self._tap_inbox = deque() if self._monitor_inbox is None else self._monitor_inbox
-
     def _report_delivery(self, monitor: ActorRef[Any], scan: ConnectionScan, *, resync: bool = False) -> None:
         """Tell the monitor how far delivery got per thread, and which threads lost their last connection.
 
@@ -694,7 +605,7 @@ class AgentWebSocketBridge(Actor[BridgeMessage]):
             monitor.tell(report)
         except MailboxFull:
             return
-        inbox = self._monitor_inbox
+        inbox = self._tap.monitor_queue
         if inbox is not None and (not inbox or inbox[-1] is not report):
             return
         self._reported_delivered = delivered_total
@@ -731,10 +642,10 @@ class AgentWebSocketBridge(Actor[BridgeMessage]):
             at=self._clock.now(),
             capacity=self._capacity,
             lagging=len(self._lagging),
-            tap_lost=self._tap_lost(),
+            tap_lost=self._tap.lost_total,
             inbox_dropped=self._inbox_dropped(),
-            monitor=self._monitor_ref,
-            monitor_attached=self._monitor is not None,
+            monitor=self._tap.monitor_ref,
+            monitor_attached=self._tap.monitor is not None,
         )
 
     def _inbox_dropped(self) -> int:
@@ -745,9 +656,6 @@ class AgentWebSocketBridge(Actor[BridgeMessage]):
         # and the tick needs this one figure.
         mailbox = self._self._mailbox
         return mailbox.dropped_newest + mailbox.dropped_oldest + mailbox.rejected
-
-    def _tap_lost(self) -> int:
-        return self._taps_lost + self._taps_skipped + self._taps_shed
 
     def _evaluate_health(self, *, record: bool, scan: ConnectionScan | None = None) -> ComponentHealth:
         """Judge the health now; tell every observer when it changed (the first judgement only if not healthy).
@@ -789,9 +697,9 @@ class AgentWebSocketBridge(Actor[BridgeMessage]):
             if thread.routed_seq:
                 thread.reported_seq = 0
                 self._unconfirmed[thread] = None
-        self._refresh_monitor()
-        if self._monitor is not None and self._unconfirmed:
-            self._report_delivery(self._monitor, self._scan(), resync=True)
+        monitor = self._tap.refresh()
+        if monitor is not None and self._unconfirmed:
+            self._report_delivery(monitor, self._scan(), resync=True)
         return snapshot
 
     def _metrics(self) -> BridgeMetrics:
@@ -804,7 +712,7 @@ class AgentWebSocketBridge(Actor[BridgeMessage]):
                 ("inbox_full", self._inbox_dropped()),
                 ("discarded_on_close", connections.discarded),
                 ("deferred_on_close", self._deferred_on_close),
-                ("monitor_tap", self._tap_lost()),
+                ("monitor_tap", self._tap.lost_total),
             )
             if count
         }
@@ -844,9 +752,9 @@ class AgentWebSocketBridge(Actor[BridgeMessage]):
             latency_p99_ms=latency.quantile(0.99),
             latency_samples=latency.count,
             latency_counts=tuple(latency.counts),
-            monitor_attached=self._monitor is not None,
-            taps=self._taps,
-            taps_shed=self._taps_shed,
+            monitor_attached=self._tap.monitor is not None,
+            taps=self._tap.taps,
+            taps_shed=self._tap.shed,
         )
 
 
