@@ -58,10 +58,11 @@ class BridgeHandle:
     :param config: the bridge's config (writers are built from it)
     """
 
-    __slots__ = ("_config", "_ref", "_system")
+    __slots__ = ("_config", "_ref", "_system", "_tell")
 
     def __init__(self, ref: ActorRef[BridgeMessage], system: ActorSystem, config: BridgeConfig | None = None) -> None:
         self._ref = ref
+        self._tell = ref.tell  # bound once: publish is called once per event
         self._system = system
         self._config = config if config is not None else BridgeConfig()
 
@@ -83,13 +84,15 @@ class BridgeHandle:
         :raises TypeError: when ``event`` is not an AG-UI event or an id is not a non-empty str
         :raises MailboxFull: when the bridge's mailbox is full and its policy is REJECT
         """
-        _require_id("thread_id", thread_id)
-        _require_id("run_id", run_id)
+        # Once per event on the critical path: one test for the usual arguments, the full checks only otherwise.
+        if type(thread_id) is not str or type(run_id) is not str or not thread_id or not run_id:
+            _require_id("thread_id", thread_id)
+            _require_id("run_id", run_id)
         if type(event) not in _EVENT_TYPES:
             raise TypeError(
                 f"event must be an AG-UI event (RunStarted, ToolCallStart, ...), got {type(event).__name__}"
             )
-        self._ref.tell(Publish(thread_id=thread_id, run_id=run_id, event=event))
+        self._tell(Publish(thread_id=thread_id, run_id=run_id, event=event))
 
     def _now_ms(self) -> int:
         return self._system.clock.now_ms()

@@ -3,13 +3,16 @@ from __future__ import annotations
 from typing import TYPE_CHECKING, Any, cast
 
 import anyio
+import anyio.lowlevel
 import pytest
-from starlette.websockets import WebSocketState
+from starlette.websockets import WebSocketDisconnect, WebSocketState
 
 from supervisors._asgi_ws import StarletteSink
 from supervisors._eager_send import start_eagerly
 
 if TYPE_CHECKING:
+    from collections.abc import Generator
+
     from starlette.websockets import WebSocket
 
 pytestmark = pytest.mark.anyio
@@ -128,6 +131,91 @@ class TestStarletteSinkFastPath:
         # The lock is free again: a later frame goes out once the client reads.
         websocket.release()
         await sink.send_text("next")
+        assert websocket.frames == ["next"]
+
+
+class YieldingWebSocket(FakeWebSocket):
+    """Its ASGI send first gives the loop one turn with a bare ``yield`` (asyncio's sleep(0)), then sends."""
+
+    async def _send(self, message: dict[str, Any]) -> None:
+        await anyio.lowlevel.checkpoint()  # on asyncio: sleep(0), whose one step yields None
+        self.frames.append(message["text"])
+
+
+class AwaitableSendWebSocket(FakeWebSocket):
+    """Its ASGI send is a plain function returning an awaitable that is not a coroutine (as some servers' are)."""
+
+    def _send(self, message: dict[str, Any]) -> Any:
+        return _Appending(self, message["text"])
+
+
+class _Appending:
+    def __init__(self, websocket: FakeWebSocket, frame: str) -> None:
+        self._websocket = websocket
+        self._frame = frame
+
+    def __await__(self) -> Generator[Any, Any, None]:
+        if self._websocket.held:
+            yield from self._websocket.released.wait().__await__()
+        self._websocket.frames.append(self._frame)
+
+
+class FailingWebSocket(FakeWebSocket):
+    """Its ASGI send raises as a server's does when the client has gone, while ``failing``."""
+
+    failing = False
+
+    async def _send(self, message: dict[str, Any]) -> None:
+        if self.failing:
+            raise ConnectionResetError("client gone")
+        self.frames.append(message["text"])
+
+
+class TestStarletteSinkEagerStep:
+    # asyncio only: the eager step exists only there (the trio side is the first test of TestStarletteSinkFastPath).
+    @pytest.mark.parametrize("anyio_backend", ["asyncio"])
+    async def test_send_that_yields_none_is_left_in_flight_not_taken_as_done(self) -> None:
+        websocket = YieldingWebSocket()
+        sink = sink_over(websocket)
+        with pytest.raises(anyio.WouldBlock):
+            sink.send_text_nowait("a")  # it waited (a bare yield): in flight, holding the lock
+        assert websocket.frames == []
+        await sink.send_text("a")  # the writer's send of the handed-over frame finishes it, once
+        await sink.send_text("b")
+        assert websocket.frames == ["a", "b"]
+
+    @pytest.mark.parametrize("anyio_backend", ["asyncio"])
+    async def test_send_returning_a_plain_awaitable_goes_through_the_fast_path(self) -> None:
+        websocket = AwaitableSendWebSocket()
+        sink = sink_over(websocket)
+        sink.send_text_nowait("a")
+        assert websocket.frames == ["a"]
+        websocket.held = True
+        with pytest.raises(anyio.WouldBlock):
+            sink.send_text_nowait("b")
+        async with anyio.create_task_group() as tasks:
+            tasks.start_soon(sink.send_text, "b")
+            await anyio.wait_all_tasks_blocked()
+            websocket.release()
+        assert websocket.frames == ["a", "b"]
+
+    async def test_failing_send_releases_the_lock_and_reports_a_lost_connection(self) -> None:
+        websocket = FailingWebSocket()
+        sink = sink_over(websocket)
+        websocket.failing = True
+        if on_asyncio():
+            with pytest.raises(WebSocketDisconnect) as lost:
+                sink.send_text_nowait("a")
+            assert lost.value.code == 1006
+            assert websocket.application_state is WebSocketState.DISCONNECTED
+        else:
+            with pytest.raises(anyio.WouldBlock):
+                sink.send_text_nowait("a")
+        # The lock was released: the next send is not kept waiting.
+        websocket.failing = False
+        websocket.application_state = WebSocketState.CONNECTED
+        with anyio.fail_after(5):
+            await sink.send_text("next")
         assert websocket.frames == ["next"]
 
 
