@@ -227,47 +227,57 @@ class RunTracker:
         """
         self._ingested += len(taps)
         found: list[Anomaly] = []
+        # Bound once per run of taps rather than looked up per event (attributes of self, a global's method).
         thread_of = self._thread_of
         latency_ms = self._latency_ms
-        for stamped in taps:
-            self.last_taken = stamped
-            now = stamped.observed_at
-            if now > self._advanced_to:
-                self._advanced_to = now
-                self._advance(now, found)
-            thread = thread_of(stamped.thread_id)
-            if stamped.fan_out:
-                seq = stamped.seq
-                if thread is not None and thread.armed is not None and seq > thread.confirmed:
-                    # DeliveryTracker.expect's common case inline (a thread already waiting on a deadline). Two
-                    # appends, not `+= (seq, now)`: the interpreter appends to a list in place, where the tuple
-                    # costs an allocation and an extend call (~4% of the monitor's ingest).
-                    pending = thread.pending
-                    pending.append(seq)
-                    pending.append(now)
-                    thread.latest = now
+        in_time = _IN_TIME.get
+        advanced_to = self._advanced_to
+        stamped = None
+        try:
+            for stamped in taps:
+                now = stamped.observed_at
+                if now > advanced_to:
+                    advanced_to = now
+                    self._advance(now, found)
+                thread = thread_of(stamped.thread_id)
+                if stamped.fan_out:
+                    seq = stamped.seq
+                    if thread is not None and thread.armed is not None and seq > thread.confirmed:
+                        # DeliveryTracker.expect's common case inline (a thread already waiting on a deadline).
+                        # Two appends, not `+= (seq, now)`: the interpreter appends to a list in place, where the
+                        # tuple costs an allocation and an extend call (~4% of the monitor's ingest).
+                        pending = thread.pending
+                        pending.append(seq)
+                        pending.append(now)
+                        thread.latest = now
+                    else:
+                        thread = self._deliveries.expect(stamped.thread_id, seq, now)
+                    run = thread.current_run
                 else:
-                    thread = self._deliveries.expect(stamped.thread_id, seq, now)
-                run = thread.current_run
-            else:
-                self._ingested_unrouted += 1
-                run = None if thread is None else thread.current_run
-            if run is None or run.flight_id != stamped.run_id:
-                more = self._observe(stamped, thread)
-            else:
-                if now > run.last_activity:
-                    run.last_activity = now
-                event = stamped.event
-                timestamp = event.timestamp
-                if timestamp is None or now - timestamp <= latency_ms:
-                    handler = _IN_TIME.get(type(event))
-                    if handler is None:
-                        continue  # plain activity of a run in flight, in time: the common case
-                    more = handler(self, run, stamped)
+                    self._ingested_unrouted += 1
+                    run = None if thread is None else thread.current_run
+                if run is None or run.flight_id != stamped.run_id:
+                    more = self._observe(stamped, thread)
                 else:
-                    more = self._apply(run, stamped, None)
-            if more:
-                found += more
+                    if now > run.last_activity:
+                        run.last_activity = now
+                    event = stamped.event
+                    timestamp = event.timestamp
+                    if timestamp is None or now - timestamp <= latency_ms:
+                        handler = in_time(type(event))
+                        if handler is None:
+                            continue  # plain activity of a run in flight, in time: the common case
+                        more = handler(self, run, stamped)
+                    else:
+                        more = self._apply(run, stamped, None)
+                if more:
+                    found += more
+        finally:
+            # Kept per run, not per event: the last tap taken (the one that raised, if one did) and how far the
+            # deadlines went.
+            self._advanced_to = advanced_to
+            if stamped is not None:
+                self.last_taken = stamped
         if not found:
             return _NOTHING
         self._tally(found)
