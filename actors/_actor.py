@@ -4,11 +4,13 @@ import abc
 from typing import TYPE_CHECKING, Any, Generic, TypeVar
 
 from ._exceptions import ActorError
-from ._mailbox import BATCH_SIZE
 
 if TYPE_CHECKING:
+    from collections.abc import Iterator
+
     from ._clock import Clock
     from ._incarnation import Incarnation
+    from ._mailbox import Mailbox
     from ._message import ExitReason
     from ._ref import ActorRef
     from ._system import ActorSystem
@@ -71,29 +73,28 @@ class Actor(abc.ABC, Generic[MsgT]):
         Supervisors use it to take their children down with them.
         """
 
-    def take_queued(self, kind: type[QueuedT], limit: int = BATCH_SIZE) -> list[QueuedT]:
-        """Take the messages of type ``kind`` queued right behind the current one, to handle them in this call.
+    def take_queued(self, kind: type[QueuedT]) -> Iterator[QueuedT]:
+        """Iterate over the messages of type ``kind`` queued right behind the current one, to handle them in this call.
 
-        An actor whose messages come in floods (the monitor's taps) handles a run of them in one pass instead of
-        paying the drain loop's dispatch and a ``receive`` call for each. The messages are taken in order from the
-        head of the mailbox, stopping at the first one of another type (exactly ``kind``, not a subclass) or at
-        ``limit``, and are counted as handled. None are taken while a fault injector instruments this actor, so
-        that each message still goes through its instrumented ``receive``.
+        An actor whose messages come in floods (the monitor's taps, the bridge's publishes) handles a run of them in
+        one pass instead of paying the drain loop's dispatch and a ``receive`` call for each. Each message is taken
+        from the head of the mailbox (and counted as handled) only when the iteration reaches it, so a handler that
+        fails part way leaves the rest queued for whoever handles the mailbox next (a restarted instance). The run
+        ends at the first message of another type (exactly ``kind``, not a subclass: an ask or a timer ends it too)
+        and where the drain loop's batch ends (:data:`BATCH_SIZE` messages, these included), so that the actor
+        still lets other tasks run between batches. Nothing is taken while a fault injector instruments the actor,
+        so that each message still goes through its instrumented ``receive``.
+
+        The whole run is one ``receive`` call: a handler deadline (``handler_timeout``) applies to it as a whole.
 
         :param kind: the message type to take
-        :param limit: the most to take in one call (the drain loop's batch size by default, for fairness)
-        :return: the messages taken, oldest first (empty when the next message is not a ``kind``)
+        :return: an iterator over the messages, oldest first (empty when the next message is not a ``kind``)
         """
-        ref = self._current.ref
+        incarnation = self._current
+        ref = incarnation.ref
         if ref._interceptors:
-            return []
-        mailbox = ref._mailbox
-        queue = mailbox.queue
-        taken: list[QueuedT] = []
-        while queue and type(queue[0]) is kind and len(taken) < limit:
-            taken.append(queue.popleft())
-        mailbox.processed += len(taken)
-        return taken
+            return iter(())
+        return _take_queued(incarnation, ref._mailbox, kind)
 
     def stop(self) -> None:
         """Stop this actor after the current message (exit reason ``normal``)."""
@@ -127,3 +128,11 @@ class Actor(abc.ABC, Generic[MsgT]):
     def unwatch(self, ref: ActorRef[Any]) -> None:
         """Cancel a :meth:`watch`: no ``Terminated`` for ``ref`` is delivered after this call."""
         self._current.ref._system.unwatch(self._current.ref, ref)
+
+
+def _take_queued(incarnation: Incarnation, mailbox: Mailbox, kind: type[QueuedT]) -> Iterator[QueuedT]:
+    queue = mailbox.queue
+    batch_end = incarnation.batch_end  # the batch this receive call belongs to
+    while queue and type(queue[0]) is kind and mailbox.processed < batch_end:
+        mailbox.processed += 1
+        yield queue.popleft()

@@ -56,6 +56,7 @@ class Incarnation:
         "_task",
         "_timers",
         "actor",
+        "batch_end",
         "exit_reason",
         "finished",
         "handler_timeout",
@@ -101,6 +102,10 @@ class Incarnation:
         self._handler_since: float | None = None
         self._handler_serial = 0
         self._batch_scope: anyio.CancelScope | None = None
+        #: The mailbox's ``processed`` count at which the current batch ends: the drain loop yields to other tasks
+        #: there, and :meth:`Actor.take_queued` takes no message past it (a batch is BATCH_SIZE messages, however
+        #: many of them one ``receive`` call takes).
+        self.batch_end = 0
         self._guard_scope: anyio.CancelScope | None = None
         # Hibernation (OTP's word): an instance that has started and has nothing queued ends its task and keeps
         # only its state; the mailbox's next wake-up (a message, a stop, a kill) resumes it in a new task through
@@ -370,10 +375,10 @@ class Incarnation:
                 depth = len(queue)
                 if depth > mailbox.high_water:
                     mailbox.high_water = depth
-                handled = 0
+                batch_end = self.batch_end = mailbox.processed + BATCH_SIZE
                 with anyio.CancelScope() if deadline is not None else _NO_SCOPE as batch_scope:
                     self._batch_scope = batch_scope
-                    while queue and handled < BATCH_SIZE:
+                    while queue and mailbox.processed < batch_end:
                         # A fault injector may wrap or unwrap the instance's receive at any await: re-read it
                         # as soon as the ref's interceptors change, so a reverted fault ends with the message.
                         if ref._interceptor_version != version:
@@ -381,7 +386,6 @@ class Incarnation:
                             receive = actor.receive
                         item = queue.popleft()
                         mailbox.processed += 1
-                        handled += 1
                         if deadline is not None:
                             self._handler_serial += 1
                             self._handler_since = now()
@@ -407,7 +411,7 @@ class Incarnation:
                     raise HandlerTimeout(ref.name, deadline)
                 if mailbox.space_waiters:
                     mailbox.wake_senders()
-                if handled == BATCH_SIZE:
+                if mailbox.processed >= batch_end:
                     await anyio.lowlevel.checkpoint()
         except Exception as exc:
             ref._failed += 1

@@ -273,7 +273,8 @@ class ActorRef(Generic[MsgT]):
         they are queued with one append of the run and at most one wake-up; otherwise each is told in turn, so the
         overflow policy applies to each and every drop is counted.
 
-        :return: how many were queued (the others were dropped, or dead-lettered if the actor has stopped)
+        :return: how many were queued (the others were dropped, or dead-lettered if the actor has stopped); under
+            DROP_OLDEST each one is, although later ones of the run may then evict earlier ones
         :raises MailboxFull: when the mailbox is full and its policy is REJECT (the messages before it are queued)
         """
         mailbox = self._mailbox

@@ -5,6 +5,7 @@ from collections import OrderedDict
 from typing import TYPE_CHECKING, Any, Final, assert_never
 
 import anyio
+import msgspec
 
 from actors._actor import Actor
 from actors._exceptions import MailboxFull
@@ -200,18 +201,23 @@ class AgentWebSocketBridge(Actor[BridgeMessage]):
         match message:
             case Publish():
                 # The publishes queued right behind this one are routed in the same pass (one dispatch for the
-                # run), and their taps go to the monitor together once the run is routed (MonitorTap.flush). One
-                # clock read for the run: its events were all accepted when it was taken from the mailbox (observed_at
-                # counts whole ms, and a run of 256 takes ~1.5 ms to route under a flood; a read per event was
-                # ~3% of the bridge's cost per event on asyncio and more on trio).
+                # run), and their taps go to the monitor together once the run is routed (MonitorTap.flush), also
+                # when one raised: the events routed before it are the monitor's too, and those behind it are
+                # still queued (take_queued takes each as it comes to it). One clock read for the run: its events
+                # were all accepted when it was taken from the mailbox (observed_at counts whole ms, and a run of
+                # 256 takes ~1.5 ms to route under a flood; a read per event was ~3% of the bridge's cost per
+                # event on asyncio and more on trio).
                 assert self._clock is not None
                 accepted_at = self._clock.now_ms()
                 publish = self._publish
-                for item in (message, *self.take_queued(Publish)):
-                    publish(item, accepted_at)
                 tap = self._tap
-                if tap.pending:
-                    tap.flush()
+                try:
+                    publish(message, accepted_at)
+                    for item in self.take_queued(Publish):
+                        publish(item, accepted_at)
+                finally:
+                    if tap.pending:
+                        tap.flush()
             case WriterDrained(connection_id=connection_id):
                 self._on_writer_drained(connection_id)
             case Tick():
@@ -259,16 +265,30 @@ class AgentWebSocketBridge(Actor[BridgeMessage]):
             self._invalid += 1
             logger.warning("rejected a Publish that is not an event for a str thread and run: %r", message)
             return
+        timestamp = event.timestamp
+        if timestamp is not None and type(timestamp) is not int:
+            # A struct built in code is not validated: the monitor does arithmetic on this field.
+            self._invalid += 1
+            logger.warning("rejected a Publish: $.event.timestamp: expected int or None, got %s", type(timestamp))
+            return
         thread = self._threads.get(thread_id)
         if thread is None:
             thread = self._open_thread(thread_id)
         else:
             self._threads.move_to_end(thread_id)
         seq = thread.last_seq + 1
-        thread.last_seq = seq
         routes = thread.routes
         fan_out = len(routes)
-        stamped = stamp(event, thread_id=thread_id, run_id=run_id, seq=seq, observed_at=observed_at, fan_out=fan_out)
+        try:
+            stamped = stamp(
+                event, thread_id=thread_id, run_id=run_id, seq=seq, observed_at=observed_at, fan_out=fan_out
+            )
+        except (TypeError, ValueError, OverflowError, msgspec.MsgspecError) as exc:
+            # Metadata that is not a mapping, a value JSON cannot hold: one counter, and the seq is not used.
+            self._invalid += 1
+            logger.warning("rejected a Publish whose event cannot be encoded (%s): %r", exc, message)
+            return
+        thread.last_seq = seq
         thread.ring.append(stamped)
         thread.last_active = observed_at
         if fan_out:

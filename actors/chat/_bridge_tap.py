@@ -1,12 +1,13 @@
 from __future__ import annotations
 
-from collections import deque
 from typing import TYPE_CHECKING, Any
 
 from actors import ActorRef, MailboxFull
 from actors.chat._events import LIFECYCLE_EVENT_TYPES, StampedEvent
 
 if TYPE_CHECKING:
+    from collections import deque
+
     from actors._mailbox import Mailbox
 
 
@@ -24,7 +25,6 @@ class MonitorTap:
 
     __slots__ = (
         "_inbox",
-        "_live_inbox",
         "_shed_above",
         "_shed_at",
         "lost",
@@ -55,10 +55,9 @@ class MonitorTap:
         # The queue length from which a tap needs a decision: the shedding mark if configured, never above the
         # point where ordinary tells are refused (the mailbox's limit below its reserved lane).
         self._shed_above = 0
-        # The configured monitor mailbox's queue, always (a report that is not its last item after the tell was
-        # refused), and the one taps are checked against: the same while the monitor is alive, else empty.
+        # The configured monitor mailbox's queue (None: none is configured): a tap or report that is not its last
+        # item after the tell was refused.
         self._inbox: deque[Any] | None = None
-        self._live_inbox: deque[Any] = deque()
 
     @property
     def lost_total(self) -> int:
@@ -94,15 +93,16 @@ class MonitorTap:
         """
         monitor = self.monitor_ref
         self.monitor = monitor if monitor is not None and monitor.is_alive else None
-        self._live_inbox = deque() if self._inbox is None else self._inbox
         return self.monitor
 
     def flush(self) -> None:
         """Tap the events of the run just routed (:attr:`pending`), in order; never waits."""
         taps = self.pending
         monitor = self.monitor
-        assert monitor is not None  # events are only added while a monitor is tapped, which a run cannot change
-        inbox = self._live_inbox
+        inbox = self._inbox
+        # Events are only added while a monitor is tapped, which a run cannot change.
+        assert monitor is not None
+        assert inbox is not None
         count = len(taps)
         if len(inbox) + count <= self._shed_above:
             # They all fit below the mark, itself never above the mailbox's limit: none is refused for room (not
@@ -123,7 +123,8 @@ class MonitorTap:
 
     def _tap_one(self, monitor: ActorRef[Any], stamped: StampedEvent) -> None:
         """Tap one event into a monitor mailbox at or near its shedding mark."""
-        inbox = self._live_inbox
+        inbox = self._inbox
+        assert inbox is not None
         # Below the mark one plain tell. At or above it, content taps are shed (when shedding is configured) and
         # lifecycle taps go into the reserved lane of the monitor's mailbox, which a flood by other senders cannot
         # take: the detectors need every boundary to tell a missing start from a real one.

@@ -45,7 +45,7 @@ from actors.chat._run_state import (
 from actors.chat._thresholds import DetectionThresholds as DetectionThresholds
 
 if TYPE_CHECKING:
-    from collections.abc import Callable, Container, Generator, Iterable, Mapping, Sequence
+    from collections.abc import Callable, Container, Generator, Iterable, Mapping
 
     from actors.chat._deadlines import DeadlineEntry
     from actors.chat._finished_runs import FinishedRuns
@@ -177,6 +177,8 @@ class RunTracker:
         self._ingested_unrouted = 0
         #: The tap :meth:`ingest` took last (the one being ingested when it raised, if one did).
         self.last_taken: StampedEvent | None = None
+        #: What the taps before the one that raised revealed, when :meth:`ingest` raised (counted as found).
+        self.found_before_failure: tuple[Anomaly, ...] = ()
         # How far deadlines were advanced (ms): ingest() advances them again only when a tap is newer.
         self._advanced_to = 0
         self._evictions = 0
@@ -213,7 +215,7 @@ class RunTracker:
         """How many of the :attr:`ingested` events the bridge had routed to a connection (``fan_out > 0``)."""
         return self._ingested - self._ingested_unrouted
 
-    def ingest(self, taps: Sequence[StampedEvent]) -> tuple[Anomaly, ...]:
+    def ingest(self, taps: Iterable[StampedEvent]) -> tuple[Anomaly, ...]:
         """The monitor's hot path: for each tap in order, fire the deadlines that passed before it was accepted,
         then :meth:`observe` it and, when the bridge routed it (``fan_out > 0``), :meth:`expect_delivery` it.
 
@@ -221,12 +223,14 @@ class RunTracker:
         threshold later), so a tool call that ends after its threshold is reported even when no tick ran in
         between: the boundary is exact, not tick-aligned. A run of taps costs one call: the thread's delivery
         state, looked up for the expectation, also leads to the run it is running, so an event of a busy run
-        costs one dict lookup. :attr:`last_taken` is the tap being ingested (the one that raised, if one did).
+        costs one dict lookup. :attr:`last_taken` is the tap being ingested (the one that raised, if one did), and
+        :attr:`found_before_failure` what the taps before it revealed.
 
+        :param taps: the taps, oldest first; taken from the iterable one at a time
         :return: the anomalies found, deadlines first, in order; a shared empty tuple when there are none.
         """
-        self._ingested += len(taps)
         found: list[Anomaly] = []
+        ingested = 0
         # Bound once per run of taps rather than looked up per event (attributes of self, a global's method).
         thread_of = self._thread_of
         latency_ms = self._latency_ms
@@ -235,6 +239,7 @@ class RunTracker:
         stamped = None
         try:
             for stamped in taps:
+                ingested += 1
                 now = stamped.observed_at
                 if now > advanced_to:
                     advanced_to = now
@@ -272,9 +277,15 @@ class RunTracker:
                         more = self._apply(run, stamped, None)
                 if more:
                     found += more
+        except Exception:
+            # Found, so never found again: the caller reports them before it fails (see found_before_failure).
+            self._tally(found)
+            self.found_before_failure = tuple(found)
+            raise
         finally:
-            # Kept per run, not per event: the last tap taken (the one that raised, if one did) and how far the
-            # deadlines went.
+            # Kept per run, not per event: the taps counted, the last one taken (the one that raised, if one did)
+            # and how far the deadlines went.
+            self._ingested += ingested
             self._advanced_to = advanced_to
             if stamped is not None:
                 self.last_taken = stamped

@@ -2,10 +2,11 @@ from __future__ import annotations
 
 import heapq
 import inspect
+import itertools
 import logging
 import operator
 from collections import Counter, deque
-from collections.abc import Awaitable, Callable, Iterator, Sequence
+from collections.abc import Awaitable, Callable, Iterable, Iterator, Sequence
 from typing import Any
 
 import anyio
@@ -49,6 +50,9 @@ from ._tap import DeliveryProgress, ReplaySnapshot
 
 logger = logging.getLogger("agentwatch.monitor")
 
+#: Poisoned taps a MonitorMemory keeps (a bug that fails on every event of a kind fills it; the cap bounds it).
+_POISONED_KEPT = 64
+
 _by_observed_at = operator.attrgetter("observed_at")
 
 AlertSink = Callable[[Anomaly], Awaitable[None] | None]
@@ -83,6 +87,18 @@ class MonitorMemory:
         self.direct: deque[StampedEvent] = deque(maxlen=config.direct_replay)
         # Runs seen to finish: a ring may lose a run's RUN_FINISHED and keep later events of it.
         self.finished = FinishedRuns(config.finished_runs)
+        # Tapped events an instance failed on, as (thread_id, seq): the rebuild of the next one skips them instead
+        # of failing on them again (a restart loop). The most recent _POISONED_KEPT; all of them are counted.
+        self.poisoned: dict[tuple[str, int], None] = {}
+        self.poisoned_total = 0
+
+    def poison(self, tap: StampedEvent) -> None:
+        """Remember that an instance failed on ``tap``: the next instance's rebuild skips it."""
+        self.poisoned_total += 1
+        poisoned = self.poisoned
+        poisoned[(tap.thread_id, tap.seq)] = None
+        if len(poisoned) > _POISONED_KEPT:
+            del poisoned[next(iter(poisoned))]
 
 
 # -- the actor ----------------------------------------------------------------------------------------------------
@@ -190,8 +206,11 @@ class ChatEventMonitor(Actor[MonitorMessage]):
         through: dict[str, int] = {}
         newest: StampedEvent | None = None
         budget = slice_events
+        poisoned = memory.poisoned
         for stamped in snapshot:
             thread_id = stamped.thread_id
+            if poisoned and (thread_id, stamped.seq) in poisoned:
+                continue  # an instance failed on it: replaying it would fail this one too
             # With no event seen yet (the very first tap crashed or hung the previous instance), every replayed
             # event is new to the monitor.
             if last is None or (
@@ -283,17 +302,23 @@ class ChatEventMonitor(Actor[MonitorMessage]):
             # a receive call per event were a fifth of the monitor's cost per event (bench/monitor.py). They are
             # observed even while monitoring is paused (only reports are held back): a resumed monitor whose runs
             # moved on unseen would raise false stale threads and missing starts.
-            taps: Sequence[StampedEvent] = (message, *self.take_queued(StampedEvent))
+            taps: Iterable[StampedEvent] = itertools.chain((message,), self.take_queued(StampedEvent))
             if self._replayed_through:
-                taps = [tap for tap in taps if not self._replayed(tap)]
-                if not taps:
-                    return None
+                taps = (tap for tap in taps if not self._replayed(tap))
             tracker = self.tracker
             try:
                 found = tracker.ingest(taps)
+            except Exception:
+                # What the taps before the one that raised revealed is reported now: the next instance replays
+                # them silently. The one that raised is skipped by its rebuild instead of failing it again, and
+                # the taps behind it are still queued for it (take_queued takes each as it comes to it).
+                self._report(tracker.found_before_failure)
+                if tracker.last_taken is not None:
+                    self.memory.poison(tracker.last_taken)
+                raise
             finally:
-                # The tap that raised counts as seen: a restarted monitor must not replay it into a crash loop.
-                self.memory.last_tapped = tracker.last_taken
+                if tracker.last_taken is not None:
+                    self.memory.last_tapped = tracker.last_taken
             if found:
                 self._report(found)
             return None

@@ -2,9 +2,12 @@ from __future__ import annotations
 
 from typing import Any
 
+import anyio
+import anyio.lowlevel
 import pytest
 
-from actors import Actor, ActorRef, Message, open_actor_system
+from actors import Actor, ActorRef, MailboxSpec, Message, open_actor_system
+from actors._mailbox import BATCH_SIZE
 
 pytestmark = pytest.mark.anyio
 
@@ -18,16 +21,21 @@ class LoudTap(Tap, frozen=True, kw_only=True):
 
 
 class Batcher(Actor[Any]):
-    """Handles a run of queued Taps in one call and records the size of each run it handled."""
+    """Handles a run of queued Taps in one call and records each run it handled; fails on the Tap ``fail_on``."""
 
-    def __init__(self, runs: list[list[int]], *, limit: int = 256) -> None:
+    def __init__(self, runs: list[list[int]], *, fail_on: int | None = None) -> None:
         self.runs = runs
-        self.limit = limit
+        self.fail_on = fail_on
         self.others: list[Any] = []
 
     async def receive(self, message: Any) -> Any:
         if type(message) is Tap:
-            self.runs.append([tap.n for tap in (message, *self.take_queued(Tap, self.limit))])
+            run = [message.n]
+            self.runs.append(run)
+            for tap in self.take_queued(Tap):
+                if tap.n == self.fail_on:
+                    raise RuntimeError(f"failed on {tap.n}")
+                run.append(tap.n)
         elif message == "ping":
             return "pong"
         else:
@@ -82,13 +90,28 @@ class TestTakeQueued:
         assert runs == [[0, 1], [2], [4]]
         assert instances[0].others == ["between", LoudTap(n=3)]
 
-    async def test_take_queued_limit_caps_each_run(self) -> None:
+    async def test_take_queued_batch_end_caps_each_run(self) -> None:
+        # A run ends where the drain loop's batch does: BATCH_SIZE messages, the one receive was called with included.
         runs: list[list[int]] = []
         async with open_actor_system() as system:
-            ref = await system.start(lambda: Batcher(runs, limit=3))
-            tell_all(ref, [Tap(n=n) for n in range(10)])
+            ref = await system.start(lambda: Batcher(runs), mailbox=MailboxSpec(capacity=1000))
+            tell_all(ref, [Tap(n=n) for n in range(600)])
             assert await ref.ask("ping") == "pong"
-        assert runs == [[0, 1, 2, 3], [4, 5, 6, 7], [8, 9]]
+        assert [len(run) for run in runs] == [BATCH_SIZE, BATCH_SIZE, 600 - 2 * BATCH_SIZE]
+        assert [n for run in runs for n in run] == list(range(600))
+
+    async def test_take_queued_handler_failing_mid_run_leaves_the_rest_queued(self) -> None:
+        runs: list[list[int]] = []
+        async with open_actor_system() as system:
+            ref = await system.start(lambda: Batcher(runs, fail_on=3))
+            tell_all(ref, [Tap(n=n) for n in range(6)])
+            with anyio.fail_after(5):
+                while ref.is_alive:
+                    await anyio.lowlevel.checkpoint()
+            mailbox = ref.statistics().mailbox
+        # Taps 4 and 5 were never taken: the unsupervised actor stopped with them queued, so they are dead letters.
+        assert runs == [[0, 1, 2]]
+        assert (mailbox.processed, mailbox.dead_lettered) == (4, 2)
 
     async def test_take_queued_messages_taken_counted_as_processed(self) -> None:
         async with open_actor_system() as system:

@@ -938,6 +938,25 @@ class TestIngest:
             tracker.ingest(taps)
         assert tracker.last_taken is taps[1]
 
+    def test_ingest_tap_raising_mid_run_anomalies_of_earlier_taps_kept(self, monkeypatch: pytest.MonkeyPatch) -> None:
+        # Regression: a later tap raising dropped what the earlier taps of its run revealed (a run's state already
+        # said they were found, so nothing reported them again).
+        def poison(tracker: RunTracker, run: Any, tap: StampedEvent) -> None:
+            raise RuntimeError("poison")
+
+        monkeypatch.setitem(detection_module._IN_TIME, ToolCallStart, poison)
+        tracker = RunTracker()
+        taps = [routed(ToolCallEnd(tool_call_id="x"), at=T0), routed(tool_start("c1"), at=T0, run="r2", seq=2)]
+        with pytest.raises(RuntimeError, match="poison"):
+            tracker.ingest(taps)
+        assert tracker.last_taken is taps[1]
+        assert kinds(tracker.found_before_failure) == [
+            AnomalyKind.MISSING_AGENT_STARTED,
+            AnomalyKind.ORPHAN_TOOL_COMPLETED,
+        ]
+        by_kind = tracker.statistics().anomalies_by_kind
+        assert (by_kind[AnomalyKind.MISSING_AGENT_STARTED], tracker.ingested) == (1, 2)
+
     def test_ingest_event_for_the_run_just_finished_is_after_completion(self) -> None:
         tracker = RunTracker()
         tracker.ingest([routed(started(), at=T0)])
