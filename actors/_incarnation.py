@@ -394,6 +394,9 @@ class Incarnation:
                             reply = await receive(item.message)
                             if not item.resolve(reply):
                                 ref._system.dead_letters.record(ref.name, "late_reply", reply)
+                            # Not kept until the next ask: a large answer (a replay snapshot) would outlive what it
+                            # holds and be freed all at once, much later, stalling the loop (bench/isolation.py).
+                            reply = None
                         elif kind is TimerFire:
                             if item.incarnation is not self:
                                 ref._system.dead_letters.record(ref.name, "stale_timer", item.message)

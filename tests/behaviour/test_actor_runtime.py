@@ -636,3 +636,27 @@ class TestReferenceCycles:
                 await system.start_incarnation(ref, Recorder, on_exit=None)
                 assert await wait_freed(first)
                 assert ref.current_instance is not None
+
+
+class Answer:
+    """An ask's answer that a weak reference can follow."""
+
+
+class Answerer(Actor[Any]):
+    async def receive(self, message: Any) -> Answer:
+        return Answer()
+
+
+class TestAnsweredAskFreed:
+    # Regression: an answered ask's reply stayed alive after the asker had it: in the answering actor's drain loop
+    # until its next ask, and in the ask-deadline heap until the deadline. A 5,120-event replay snapshot so outlived
+    # the rings that held its events, and freeing it later, all at once, stalled the loop 2.5-4 ms
+    # (bench/isolation.py, a process monitor killed and restarted).
+    @pytest.mark.parametrize("timeout", [5.0, None])
+    async def test_answered_ask_reply_freed_once_the_asker_drops_it(self, timeout: float | None) -> None:
+        with cyclic_gc_paused():
+            async with open_actor_system() as system:
+                ref = await system.start(Answerer)
+                answer = weakref.ref(await ref.ask("question", timeout=timeout))
+                assert await wait_freed(answer)
+                assert ref.is_alive
