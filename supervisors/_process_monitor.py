@@ -8,6 +8,7 @@ from actors.chat._anomaly import Anomaly
 from actors.process import ActorRecipe, ProcessIsolation
 from actors.process._chat_monitor import (
     FetchMemory,
+    FinishedRunsLog,
     HostMailbox,
     MemorySync,
     MonitorPlacement,
@@ -26,7 +27,9 @@ class MonitorMemoryKeeper(Actor[Any]):
     """Keeps the MonitorMemory in the parent for a monitor that runs in a worker process (killed at any time).
 
     Each anomaly the monitor reports comes here first (recorded, so that no later instance reports it again), then
-    goes to the alert dispatcher; the rest of the memory is synced every ``check_interval``.
+    goes to the alert dispatcher; the rest of the memory is synced every ``check_interval``. The finished runs are
+    also kept encoded, as the syncs bring them, so that a restarting monitor's FetchMemory costs the parent's event
+    loop (which the bridge shares) no per-run work (:class:`FinishedRunsLog`).
 
     :param memory: the runtime's memory (``Runtime.memory``)
     :param alerts: the AlertDispatcher's name
@@ -37,13 +40,15 @@ class MonitorMemoryKeeper(Actor[Any]):
         self.memory = memory
         self.alerts = alerts
         self.monitor = monitor
+        #: ``memory.finished`` as a restarting monitor receives it, encoded as the syncs bring it (see the class).
+        self.finished = FinishedRunsLog.of(memory.finished)
 
     async def receive(self, message: Any) -> Any:
         match message:
             case Anomaly():
                 self._record(message)
             case FetchMemory():
-                snapshot = snapshot_of(self.memory)
+                snapshot = snapshot_of(self.memory, self.finished)
                 self.memory.instances += 1  # as the instance that asked does with its copy
                 return snapshot
             case MemorySync():
@@ -72,8 +77,14 @@ class MonitorMemoryKeeper(Actor[Any]):
         memory.direct.extend(sync.direct)
         memory.suppressed = sync.suppressed
         memory.rebuilt_events = sync.rebuilt_events
-        for thread_id, run_id, finished_at in sync.finished:
-            memory.finished.add((thread_id, run_id), finished_at)
+        memory.poisoned = dict.fromkeys(sync.poisoned)
+        memory.poisoned_total = sync.poisoned_total
+        # The log records the table's insertions, in order: its newest ``capacity`` runs are then the table itself.
+        table = memory.finished
+        fresh = [entry for entry in sync.finished if (entry[0], entry[1]) not in table]
+        for thread_id, run_id, finished_at in fresh:
+            table.add((thread_id, run_id), finished_at)
+        self.finished.append(fresh)
         try:
             host = self.system.lookup(self.monitor)
         except ActorNotFound:

@@ -12,6 +12,7 @@ import sys
 import threading
 from typing import TYPE_CHECKING, Final
 
+import anyio
 import msgspec
 
 if TYPE_CHECKING:
@@ -29,6 +30,10 @@ logger = logging.getLogger("agentwatch.process")
 _EXIT: Final = struct.Struct("!ii")  # (pid, returncode): one exit report
 _PID: Final = struct.Struct("!i")  # the fork server's reply to a request: the new worker's pid (< 0: -errno)
 _MAX_REQUEST: Final = 1 << 20
+#: Seconds an event loop waits for the fork server's answer to a request (it answers right after its fork).
+_ANSWER_TIMEOUT: Final = 10.0
+#: The module anyio loads to run each backend (what ``anyio.run(..., backend=name)`` imports on first use).
+_BACKEND_MODULES: Final = {"asyncio": "anyio._backends._asyncio", "trio": "anyio._backends._trio"}
 
 
 class ForkRequest(msgspec.Struct, frozen=True, array_like=True):
@@ -72,6 +77,8 @@ class ForkServer:
         self._requests = requests
         self._exits = exits
         self._lock = threading.Lock()
+        #: One request in flight at a time, from the spawning thread or from an event loop.
+        self._request_lock = threading.Lock()
         self._returncodes: dict[int, int | None] = {}
         self._events: dict[int, threading.Event] = {}
         self.alive = True
@@ -85,13 +92,44 @@ class ForkServer:
     def fork(self, argv: Sequence[str], fd: int, preload: str) -> int:
         """Fork a worker running ``python -m actors.process <argv>`` with ``fd`` as its socket; return its pid.
 
-        Called from the spawning thread only (one request at a time).
+        Called from the spawning thread (it waits for the fork server's answer).
 
         :raises OSError: when the fork server is gone or could not fork
         """
+        with self._request_lock:
+            self._request(argv, fd, preload)
+            return self._answer()
+
+    async def fork_from_loop(self, argv: Sequence[str], fd: int, preload: str) -> int | None:
+        """:meth:`fork` from an event loop, which waits for the answer without a thread; None when another request
+        is in flight (the caller then forks from the spawning thread).
+
+        A restart then wakes no thread of this process: each thread that wakes while the event loop runs takes the
+        GIL from it, and the bridge's deliveries wait (on a busy machine, for the scheduler to run that thread).
+
+        :raises OSError: when the fork server is gone, could not fork, or did not answer within 10 s
+        """
+        if not self._request_lock.acquire(blocking=False):
+            return None
+        try:
+            # One small datagram on a socket that holds no other: it never waits for room.
+            self._request(argv, fd, preload)
+            # Shielded: a request whose answer is left unread would hand its pid to the next request.
+            with anyio.CancelScope(shield=True), anyio.move_on_after(_ANSWER_TIMEOUT):
+                await anyio.wait_readable(self._requests)
+            return self._answer(nonblocking=True)
+        finally:
+            self._request_lock.release()
+
+    def _request(self, argv: Sequence[str], fd: int, preload: str) -> None:
         request = msgspec.msgpack.encode(ForkRequest(argv=list(argv), path=list(sys.path), preload=preload))
         socket.send_fds(self._requests, [request], [fd])
-        reply = self._requests.recv(_PID.size)
+
+    def _answer(self, *, nonblocking: bool = False) -> int:
+        try:
+            reply = self._requests.recv(_PID.size, socket.MSG_DONTWAIT if nonblocking else 0)
+        except BlockingIOError:
+            reply = b""  # no answer in time: the fork server is stuck; it is replaced on the next start
         if len(reply) != _PID.size:
             self.alive = False
             raise OSError("the fork server is gone")
@@ -155,6 +193,12 @@ class ForkServer:
 _server: ForkServer | None = None
 
 
+def running_fork_server() -> ForkServer | None:
+    """This process's fork server if it was started and still runs (never starts one: see :func:`fork_server`)."""
+    server = _server
+    return server if server is not None and server.alive else None
+
+
 def fork_server() -> ForkServer | None:
     """This process's fork server, started on first use (from the spawning thread); None if it cannot run."""
     global _server
@@ -207,10 +251,15 @@ def run_fork_server(requests_fd: int, exits_fd: int, parent: int) -> int:
         request = msgspec.msgpack.decode(payload, type=ForkRequest)
         sys.path[:] = request.path
         # The worker's socket has a number of its own here; and its parent, to die with, is this process.
-        argv = [str(fds[0]), request.argv[1], str(os.getpid()), *request.argv[3:]]
-        if request.preload:
-            with contextlib.suppress(Exception):  # the worker reports an import failure itself
-                importlib.import_module(request.preload)
+        backend = request.argv[1]
+        argv = [str(fds[0]), backend, str(os.getpid()), *request.argv[3:]]
+        # The factory's module, and anyio's module for the worker's event loop: anyio imports it on the first
+        # anyio.run(), which in a fresh worker meant trio and its dependencies, about 55 ms of CPU on every
+        # (re)start of a trio worker (10 ms for asyncio) taken from the cores the parent runs on.
+        for module in (request.preload, _BACKEND_MODULES.get(backend, "")):
+            if module and module not in sys.modules:
+                with contextlib.suppress(Exception):  # the worker reports an import failure itself
+                    importlib.import_module(module)
         try:
             pid = os.fork()
         except OSError as exc:

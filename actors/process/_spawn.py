@@ -8,12 +8,12 @@ import subprocess
 import sys
 import threading
 from concurrent.futures import ThreadPoolExecutor
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Final
 
 import anyio
 import anyio.to_thread
 
-from ._forkserver import ForkServer, fork_server
+from ._forkserver import ForkServer, fork_server, running_fork_server
 
 if TYPE_CHECKING:
     from collections.abc import Callable, Sequence
@@ -21,6 +21,9 @@ if TYPE_CHECKING:
 logger = logging.getLogger("agentwatch.process")
 
 _spawner: ThreadPoolExecutor | None = None
+#: Seconds between two looks for the fork server's exit report, doubling up to the last (63 ms in all).
+_REPORT_POLL: Final = 0.0005
+_REPORT_POLL_MAX: Final = 0.032
 _spawner_lock = threading.Lock()
 
 
@@ -60,10 +63,24 @@ class WorkerProcess:
     async def start(
         cls, argv: Sequence[str], *, fd: int, env: dict[str, str], preload: str, start_method: str
     ) -> WorkerProcess:
-        """Start ``python -m actors.process <argv>`` with ``fd`` as its socket, from the spawning thread.
+        """Start ``python -m actors.process <argv>`` with ``fd`` as its socket.
+
+        Asked of the fork server from the event loop once it runs; otherwise (its first start, a new interpreter)
+        from the spawning thread.
 
         :param preload: the module the fork server imports before forking (the factory's), for later workers
         """
+
+        if start_method == "forkserver":
+            server = running_fork_server()
+            if server is not None:
+                try:
+                    pid = await server.fork_from_loop(argv, fd, preload)
+                except OSError as exc:
+                    logger.warning("the fork server failed (%s): starting it again", exc)
+                else:
+                    if pid is not None:
+                        return cls(pid, server=server)
 
         def spawn() -> WorkerProcess:
             if start_method == "forkserver":
@@ -119,7 +136,14 @@ class WorkerProcess:
             else:
                 assert self._server is not None
                 exited = self._server.exited(self.pid)
-                if not exited.is_set():  # the fork server reaps, then reports: a moment after the pidfd
+                if not exited.is_set() and self._pidfd is not None:
+                    # The fork server reaps, then reports: a moment after the pidfd. Polled from the loop for a
+                    # while rather than waited for in a thread, whose waking would take the GIL from the loop.
+                    delay = _REPORT_POLL
+                    while not exited.is_set() and delay <= _REPORT_POLL_MAX:
+                        await anyio.sleep(delay)
+                        delay *= 2
+                if not exited.is_set():
                     await _wait_in_thread(exited.wait)
                 returncode = self._server.returncode(self.pid)
                 # No report: the fork server died, and the kernel killed its workers with it.

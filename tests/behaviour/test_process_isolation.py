@@ -12,6 +12,7 @@ import pytest
 
 from actors import ActorFailed, ActorRef, ActorStartError, ActorSystem, open_actor_system
 from actors.process import ActorRecipe, ProcessFault, ProcessHost, ProcessIsolation, RemoteError
+from actors.process._forkserver import ForkServer, running_fork_server
 from supervisors import Backoff, ChildSpec, Shutdown, SupervisorEventKind, SupervisorRef, start_supervisor
 from tests.behaviour._process_kit import (
     Add,
@@ -28,7 +29,7 @@ from tests.behaviour._process_kit import (
 )
 
 if TYPE_CHECKING:
-    from collections.abc import AsyncIterator, Callable
+    from collections.abc import AsyncIterator, Callable, Sequence
 
 # Real clock throughout: these tests run real worker processes. Heartbeats are fast so that a stuck worker is
 # found in a fraction of a second; every wait is a poll with a guard against a hang, never a timing assertion.
@@ -191,6 +192,37 @@ class TestStartMethods:
             await tree.wait_restarted()
             assert await tree.ref().ask(Total()) == 0
             assert_reaped(first)
+
+
+class TestForkServer:
+    async def test_restart_forked_from_event_loop_not_spawning_thread(self, monkeypatch: pytest.MonkeyPatch) -> None:
+        # Once the fork server runs, a restart asks it from the event loop: no thread of ours wakes for it (each one
+        # that wakes takes the GIL from the event loop that the bridge shares).
+        threaded: list[int] = []
+        original = ForkServer.fork
+
+        def fork(server: ForkServer, argv: Sequence[str], fd: int, preload: str) -> int:
+            pid = original(server, argv, fd, preload)
+            threaded.append(pid)
+            return pid
+
+        monkeypatch.setattr(ForkServer, "fork", fork)
+        async with open_tree(counter()) as tree:
+            first = tree.pid()
+            started_from_thread = len(threaded)  # the first start may have had to start the fork server
+            os.kill(first, signal.SIGKILL)
+            await tree.wait_restarted()
+            assert await tree.ref().ask(Total()) == 0
+            assert parent_of(tree.pid()) != os.getpid()  # forked by the fork server
+            assert len(threaded) == started_from_thread
+            assert_reaped(first)
+
+    async def test_fork_from_loop_request_in_flight_returns_none(self) -> None:
+        async with open_tree(counter()):
+            server = running_fork_server()
+            assert server is not None
+            with server._request_lock:  # a request of the spawning thread in flight
+                assert await server.fork_from_loop(["unused"], 0, "") is None
 
 
 class TestCpuPriority:

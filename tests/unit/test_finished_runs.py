@@ -3,9 +3,16 @@ from __future__ import annotations
 import msgspec
 import pytest
 
+from actors.chat._events import RunStarted, StampedEvent
 from actors.chat._finished_runs import FinishedRuns
 from actors.chat._monitor import MonitorConfig, MonitorMemory
-from actors.process._chat_monitor import MemorySnapshot, MemorySync, restore_memory, snapshot_of
+from actors.process._chat_monitor import (
+    FinishedRunsLog,
+    MemorySnapshot,
+    MemorySync,
+    restore_memory,
+    snapshot_of,
+)
 
 
 class TestFinishedRuns:
@@ -59,6 +66,28 @@ class TestProcessMonitorMemory:
         assert worker.finished is table
         assert table.entries() == [("t1", "r1", 100), ("t2", "r2", 200)]
 
+    def test_snapshot_round_trip_keeps_poisoned_taps(self) -> None:
+        # A worker's monitor that failed on a tap records it poisoned; the next worker's rebuild must skip it too.
+        parent = MonitorMemory(MonitorConfig())
+        tap = StampedEvent(
+            thread_id="t1", run_id="r1", seq=7, observed_at=1, event=RunStarted(thread_id="t1", run_id="r1"), frame=b""
+        )
+        parent.poison(tap)
+        wire = msgspec.msgpack.decode(msgspec.msgpack.encode(snapshot_of(parent)), type=MemorySnapshot)
+        worker = MonitorMemory(MonitorConfig())
+        restore_memory(worker, wire)
+        assert (list(worker.poisoned), worker.poisoned_total) == ([("t1", 7)], 1)
+        assert ("t1", 7) in worker.poisoned
+
+    def test_poisoned_taps_bounded_oldest_forgotten_all_counted(self) -> None:
+        memory = MonitorMemory(MonitorConfig())
+        for seq in range(1, 71):
+            event = RunStarted(thread_id="t", run_id="r")
+            memory.poison(StampedEvent(thread_id="t", run_id="r", seq=seq, observed_at=1, event=event, frame=b""))
+        assert (len(memory.poisoned), memory.poisoned_total) == (64, 70)
+        assert ("t", 6) not in memory.poisoned
+        assert ("t", 7) in memory.poisoned
+
     def test_memory_sync_without_finished_field_decodes_to_empty(self) -> None:
         sync = MemorySync(
             last_tapped=None,
@@ -71,3 +100,55 @@ class TestProcessMonitorMemory:
             rebuilt_events=0,
         )
         assert sync.finished == []
+
+
+def _runs(first: int, count: int) -> list[tuple[str, str, int]]:
+    return [(f"t{index % 3}", f"r{index}", 1000 + index) for index in range(first, first + count)]
+
+
+def _round_trip(snapshot: MemorySnapshot) -> MemorySnapshot:
+    return msgspec.msgpack.decode(msgspec.msgpack.encode(snapshot), type=MemorySnapshot)
+
+
+class TestFinishedRunsLog:
+    def test_append_past_capacity_drops_whole_oldest_chunks_keeps_at_least_capacity(self) -> None:
+        log = FinishedRunsLog(3)
+        for first in (0, 2, 4):
+            log.append(_runs(first, 2))
+        # 6 runs in 3 chunks: the oldest chunk goes (4 left >= 3), the next must stay (2 left < 3).
+        assert len(log) == 4
+        assert len(log.chunks()) == 2
+
+    def test_append_empty_adds_no_chunk(self) -> None:
+        log = FinishedRunsLog(3)
+        log.append([])
+        assert (len(log), log.chunks()) == (0, [])
+
+    def test_snapshot_from_log_restores_the_keepers_table_with_its_evictions(self) -> None:
+        # The keeper applies each sync to its table and to its log; the worker rebuilt from the log's chunks must
+        # hold exactly the table: the same runs, in the same order, the oldest beyond capacity forgotten.
+        config = MonitorConfig(finished_runs=5)
+        keeper = MonitorMemory(config)
+        log = FinishedRunsLog.of(keeper.finished)
+        for first in (0, 3, 6):
+            sync = _runs(first, 3)
+            for thread_id, run_id, finished_at in sync:
+                keeper.finished.add((thread_id, run_id), finished_at)
+            log.append(sync)
+        worker = MonitorMemory(config)
+        restore_memory(worker, _round_trip(snapshot_of(keeper, log)))
+        assert worker.finished.entries() == keeper.finished.entries() == _runs(4, 5)
+        assert worker.finished.forgotten == 0
+
+    def test_log_of_table_holds_its_runs_in_order(self) -> None:
+        table = FinishedRuns(10_000)
+        for thread_id, run_id, finished_at in _runs(0, 5000):
+            table.add((thread_id, run_id), finished_at)
+        log = FinishedRunsLog.of(table)
+        decoded = [entry for chunk in log.chunks() for entry in msgspec.msgpack.decode(chunk)]
+        assert len(log) == 5000
+        assert [tuple(entry) for entry in decoded] == table.entries()
+
+    def test_capacity_not_positive_int_rejected(self) -> None:
+        with pytest.raises(ValueError, match="FinishedRunsLog capacity must be a positive int"):
+            FinishedRunsLog(0)
