@@ -5,25 +5,10 @@ from typing import Any
 import anyio
 import pytest
 
-from actors import Actor, MailboxFull, MailboxSpec, Overflow, open_actor_system
+from actors import MailboxFull, MailboxSpec, Overflow, open_actor_system
+from tests.behaviour.test_bridge_support import TapRecorder
 
 pytestmark = pytest.mark.anyio
-
-
-class Recorder(Actor[Any]):
-    """Records every message; parks on a ("block", event) message until the event is set."""
-
-    def __init__(self, log: list[Any]) -> None:
-        self.log = log
-
-    async def receive(self, message: Any) -> Any:
-        if isinstance(message, tuple) and message[0] == "block":
-            await message[1].wait()
-            return None
-        if message == "ping":
-            return "pong"
-        self.log.append(message)
-        return None
 
 
 async def blocked(ref: Any) -> anyio.Event:
@@ -39,11 +24,11 @@ class TestTellMany:
     async def test_tell_many_room_for_all_queued_in_order_and_counted(self) -> None:
         log: list[Any] = []
         async with open_actor_system() as system:
-            ref = await system.start(lambda: Recorder(log), mailbox=MailboxSpec(capacity=10))
+            ref = await system.start(lambda: TapRecorder(log), mailbox=MailboxSpec(capacity=10))
             assert ref.tell_many([1, 2, 3]) == 3
             assert ref.tell_many([]) == 0
             ref.tell(4)
-            assert await ref.ask("ping") == "pong"
+            await ref.ask("get")
             mailbox = ref.statistics().mailbox
         assert log == [1, 2, 3, 4]
         assert (mailbox.sent, mailbox.processed, mailbox.dropped_total) == (5, 5, 0)
@@ -51,8 +36,8 @@ class TestTellMany:
     async def test_tell_many_wakes_a_sleeping_actor(self) -> None:
         log: list[Any] = []
         async with open_actor_system() as system:
-            ref = await system.start(lambda: Recorder(log))
-            assert await ref.ask("ping") == "pong"  # it has run, and now sleeps on its empty mailbox
+            ref = await system.start(lambda: TapRecorder(log))
+            await ref.ask("get")  # it has run, and now sleeps on its empty mailbox
             ref.tell_many(["a", "b"])
             with anyio.fail_after(5):
                 while len(log) < 2:
@@ -62,11 +47,11 @@ class TestTellMany:
     async def test_tell_many_drop_newest_past_the_bound_each_told_in_turn(self) -> None:
         log: list[Any] = []
         async with open_actor_system() as system:
-            ref = await system.start(lambda: Recorder(log), mailbox=MailboxSpec(capacity=3))
+            ref = await system.start(lambda: TapRecorder(log), mailbox=MailboxSpec(capacity=3))
             gate = await blocked(ref)
             assert ref.tell_many(list(range(5))) == 3  # exactly five tells: the last two are dropped
             gate.set()
-            assert await ref.ask("ping") == "pong"
+            await ref.ask("get")
             mailbox = ref.statistics().mailbox
         assert log == [0, 1, 2]
         assert mailbox.dropped == {"drop_newest": 2}
@@ -76,11 +61,11 @@ class TestTellMany:
         log: list[Any] = []
         async with open_actor_system() as system:
             spec = MailboxSpec(capacity=3, overflow=Overflow.DROP_OLDEST)
-            ref = await system.start(lambda: Recorder(log), mailbox=spec)
+            ref = await system.start(lambda: TapRecorder(log), mailbox=spec)
             gate = await blocked(ref)
             assert ref.tell_many(list(range(5))) == 5  # each one queued, two older ones dropped for them
             gate.set()
-            assert await ref.ask("ping") == "pong"
+            await ref.ask("get")
             mailbox = ref.statistics().mailbox
         assert log == [2, 3, 4]
         assert mailbox.dropped == {"drop_oldest": 2}
@@ -89,7 +74,7 @@ class TestTellMany:
         log: list[Any] = []
         async with open_actor_system() as system:
             spec = MailboxSpec(capacity=2, overflow=Overflow.REJECT)
-            ref = await system.start(lambda: Recorder(log), mailbox=spec)
+            ref = await system.start(lambda: TapRecorder(log), mailbox=spec)
             gate = await blocked(ref)
             with pytest.raises(MailboxFull):
                 ref.tell_many(["x", "y", "z"])
@@ -100,7 +85,7 @@ class TestTellMany:
 
     async def test_tell_many_to_a_stopped_actor_dead_lettered_none_queued(self) -> None:
         async with open_actor_system() as system:
-            ref = await system.start(lambda: Recorder([]))
+            ref = await system.start(lambda: TapRecorder([]))
             await ref.stop()
             assert ref.tell_many(["late", "later"]) == 0
             assert system.dead_letters.statistics().total == 2
