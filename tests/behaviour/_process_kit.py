@@ -156,6 +156,9 @@ class Journal(Actor[Any]):
 
     async def receive(self, message: Any) -> Any:
         if isinstance(message, Question):
+            if message.n < 0:
+                await anyio.sleep(1.0)  # answers too late for an asker with a shorter timeout
+                return []
             return list(range(message.n))
         if message == "got":
             return list(self.got)

@@ -150,6 +150,19 @@ class TestProcessRef:
             assert await ref.ask(Total()) == 0  # a new instance: the state went with the old worker
             assert_reaped(first)
 
+    async def test_worker_ask_to_parent_actor_times_out_in_the_host(self) -> None:
+        # The host answers a worker's ask with a timeout scope of its own (the reply never waits in the parent's
+        # ask-deadline heap): a parent actor that answers too late still fails the worker's ask when its timeout
+        # passes, and the late answer goes nowhere.
+        async with open_tree(counter()) as tree:
+            ref = tree.ref()
+            with pytest.raises(ActorFailed) as failed:
+                await ref.ask(AskParent(n=-1, timeout=0.2), timeout=GUARD)
+            assert isinstance(failed.value.cause, RemoteError)
+            assert failed.value.cause.error_type == "AskTimeout"
+            await tree.wait_restarted()
+            assert await ref.ask(AskParent(n=3)) == [0, 1, 2]
+
     async def test_message_not_in_schema_dead_lettered_worker_unaffected(self) -> None:
         async with open_tree(counter()) as tree:
             ref = tree.ref()
