@@ -18,7 +18,7 @@ from actors.chat._events import (
     ToolCallEnd,
     ToolCallStart,
 )
-from tests.behaviour.test_bridge_support import TapRecorder, open_bridge, stamped_events, until
+from tests.behaviour.test_bridge_support import TapRecorder, open_bridge, spawn_recorder, stamped_events, until
 
 pytestmark = pytest.mark.anyio
 
@@ -47,8 +47,7 @@ async def parked(recorder: Any) -> anyio.Event:
 class TestRunOfTaps:
     async def test_run_of_publishes_each_event_one_message_in_order(self) -> None:
         async with open_bridge(BridgeConfig(tick_interval=NO_TICK, health_window=NO_TICK)) as (system, bridge):
-            log: list[Any] = []
-            recorder = system.spawn(lambda: TapRecorder(log), mailbox=MailboxSpec(capacity=1000))
+            recorder, log = spawn_recorder(system, capacity=1000)
             bridge.attach_monitor(recorder)
             gate = await parked(recorder)
             events = run_events(50)
@@ -89,8 +88,7 @@ class TestRunOfTaps:
         # Between two ticks the bridge still taps a monitor that has stopped: the taps are dead letters, each
         # counted lost, whether a run of one (a tell) or a longer run (tell_many).
         async with open_bridge(BridgeConfig(tick_interval=NO_TICK, health_window=NO_TICK)) as (system, bridge):
-            log: list[Any] = []
-            recorder = system.spawn(lambda: TapRecorder(log), mailbox=MailboxSpec(capacity=1000))
+            recorder, log = spawn_recorder(system, capacity=1000)
             bridge.attach_monitor(recorder)
             await bridge.get_metrics()  # the attach is handled
             await recorder.stop()

@@ -89,8 +89,7 @@ class TestBridgeFailureMidRun:
     async def test_publish_that_cannot_be_stamped_counted_invalid_rest_of_run_routed(self) -> None:
         # Regression: such a publish raised in the bridge (a critical actor), in the middle of a run of publishes.
         async with open_bridge(BridgeConfig(tick_interval=NO_TICK, health_window=NO_TICK)) as (system, bridge):
-            log: list[Any] = []
-            recorder = system.spawn(lambda: TapRecorder(log), mailbox=MailboxSpec(capacity=1000))
+            recorder, log = spawn_recorder(system, capacity=1000)
             bridge.attach_monitor(recorder)
             await bridge.get_metrics()
             bridge.publish("t", "r", RunStarted(thread_id="t", run_id="r"))
@@ -119,8 +118,7 @@ class TestBridgeFailureMidRun:
 
         monkeypatch.setattr(bridge_module, "stamp", failing_stamp)
         async with open_bridge(BridgeConfig(tick_interval=NO_TICK, health_window=NO_TICK)) as (system, bridge):
-            log: list[Any] = []
-            recorder = system.spawn(lambda: TapRecorder(log), mailbox=MailboxSpec(capacity=1000))
+            recorder, log = spawn_recorder(system, capacity=1000)
             bridge.attach_monitor(recorder)
             await bridge.get_metrics()
             bridge.publish("t", "r", RunStarted(thread_id="t", run_id="r"))
