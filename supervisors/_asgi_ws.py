@@ -17,7 +17,7 @@ from actors import ActorError
 from actors.chat._bridge_messages import SubscribeOutcome
 from actors.chat._connection import CloseCode
 
-from ._eager_send import RETURNED, InFlightSend, start_eagerly
+from ._eager_send import InFlightSend, start_eagerly
 from ._ws_protocol import (
     CONNECTED,
     SUBSCRIBED,
@@ -46,6 +46,8 @@ _CLOSE_WAIT: Final = 2.0
 _CONNECTED: Final = WebSocketState.CONNECTED
 # What an ``async def`` returns: tested with ``type(x) is`` (an ``isinstance`` against the ABC costs ~100 ns a frame).
 _COROUTINE: Final = types.CoroutineType
+# What next() returns for a coroutine that returned instead of waiting (a coroutine never yields it).
+_RETURNED: Final = object()
 
 #: Starlette's wrapper around the server's send (per route, and in its ExceptionMiddleware): it only notes whether
 #: an HTTP response has started, and passes every other message on unchanged.
@@ -242,8 +244,8 @@ class StarletteSink:
             if type(awaitable) is _COROUTINE:
                 # next() with a default steps it without raising StopIteration when it returns (send(None) would
                 # build and raise one per frame, ~100 ns).
-                yielded = next(awaitable.__await__(), RETURNED)
-                if yielded is RETURNED:
+                yielded = next(awaitable.__await__(), _RETURNED)
+                if yielded is _RETURNED:
                     # Nothing waited, so no other task ran meanwhile: nobody can have queued for the lock.
                     self._busy = False
                     return

@@ -1,16 +1,10 @@
 from __future__ import annotations
 
 from collections.abc import Awaitable, Coroutine
-from types import CoroutineType
-from typing import TYPE_CHECKING, Any, Final
+from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
     from collections.abc import Generator
-
-
-#: What ``next(coroutine.__await__(), RETURNED)`` gives for a coroutine that returned instead of waiting (a
-#: coroutine never yields it).
-RETURNED: Final = object()
 
 
 class InFlightSend:
@@ -57,13 +51,6 @@ def start_eagerly(awaitable: Awaitable[Any]) -> InFlightSend | None:
 
     An exception it raises before it waits propagates from here.
     """
-    if type(awaitable) is CoroutineType:  # an async def's result, the usual case: no ABC check (~100 ns)
-        # next() with a default: a coroutine that returns raises no StopIteration to catch (and never yields the
-        # sentinel).
-        yielded = next(awaitable.__await__(), RETURNED)
-        if yielded is RETURNED:
-            return None
-        return InFlightSend(awaitable, yielded)
     coroutine = awaitable if isinstance(awaitable, Coroutine) else _awaiting(awaitable)
     try:
         yielded = coroutine.send(None)
