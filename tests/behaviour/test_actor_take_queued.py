@@ -23,15 +23,19 @@ class LoudTap(Tap, frozen=True, kw_only=True):
 class Batcher(Actor[Any]):
     """Handles a run of queued Taps in one call and records each run it handled; fails on the Tap ``fail_on``."""
 
-    def __init__(self, runs: list[list[int]], *, fail_on: int | None = None) -> None:
+    def __init__(self, runs: list[list[int]], *, fail_on: int | None = None, eager: bool = False) -> None:
         self.runs = runs
         self.fail_on = fail_on
+        self.eager = eager
         self.others: list[Any] = []
 
     async def receive(self, message: Any) -> Any:
         if type(message) is Tap:
             run = [message.n]
             self.runs.append(run)
+            if self.eager:
+                self._handle_list(run, self.take_queued_list(Tap))
+                return None
             for tap in self.take_queued(Tap):
                 if tap.n == self.fail_on:
                     raise RuntimeError(f"failed on {tap.n}")
@@ -41,6 +45,14 @@ class Batcher(Actor[Any]):
         else:
             self.others.append(message)
         return None
+
+    def _handle_list(self, run: list[int], taps: list[Tap]) -> None:
+        """take_queued_list's contract: what a failure leaves unhandled goes back with requeue."""
+        for index, tap in enumerate(taps):
+            if tap.n == self.fail_on:
+                self.requeue(taps[index + 1 :])
+                raise RuntimeError(f"failed on {tap.n}")
+            run.append(tap.n)
 
 
 def tell_all(ref: ActorRef[Any], messages: list[Any]) -> None:
@@ -65,21 +77,28 @@ class CountingInterceptor:
         actor.receive = counted
 
 
+@pytest.fixture(params=[False, True], ids=["lazy", "list"])
+def eager(request: pytest.FixtureRequest) -> bool:
+    """Each test runs with take_queued (lazy) and with take_queued_list (its list twin, with requeue)."""
+    value: bool = request.param
+    return value
+
+
 class TestTakeQueued:
-    async def test_take_queued_run_of_one_type_handled_in_one_call(self) -> None:
+    async def test_take_queued_run_of_one_type_handled_in_one_call(self, eager: bool) -> None:
         runs: list[list[int]] = []
         async with open_actor_system() as system:
-            ref = await system.start(lambda: Batcher(runs))
+            ref = await system.start(lambda: Batcher(runs, eager=eager))
             tell_all(ref, [Tap(n=n) for n in range(10)])
             assert await ref.ask("ping") == "pong"
         assert runs == [list(range(10))]
 
-    async def test_take_queued_other_type_ends_the_run_in_order(self) -> None:
+    async def test_take_queued_other_type_ends_the_run_in_order(self, eager: bool) -> None:
         runs: list[list[int]] = []
         instances: list[Batcher] = []
 
         def build() -> Batcher:
-            instances.append(Batcher(runs))
+            instances.append(Batcher(runs, eager=eager))
             return instances[-1]
 
         async with open_actor_system() as system:
@@ -90,20 +109,20 @@ class TestTakeQueued:
         assert runs == [[0, 1], [2], [4]]
         assert instances[0].others == ["between", LoudTap(n=3)]
 
-    async def test_take_queued_batch_end_caps_each_run(self) -> None:
+    async def test_take_queued_batch_end_caps_each_run(self, eager: bool) -> None:
         # A run ends where the drain loop's batch does: BATCH_SIZE messages, the one receive was called with included.
         runs: list[list[int]] = []
         async with open_actor_system() as system:
-            ref = await system.start(lambda: Batcher(runs), mailbox=MailboxSpec(capacity=1000))
+            ref = await system.start(lambda: Batcher(runs, eager=eager), mailbox=MailboxSpec(capacity=1000))
             tell_all(ref, [Tap(n=n) for n in range(600)])
             assert await ref.ask("ping") == "pong"
         assert [len(run) for run in runs] == [BATCH_SIZE, BATCH_SIZE, 600 - 2 * BATCH_SIZE]
         assert [n for run in runs for n in run] == list(range(600))
 
-    async def test_take_queued_handler_failing_mid_run_leaves_the_rest_queued(self) -> None:
+    async def test_take_queued_handler_failing_mid_run_leaves_the_rest_queued(self, eager: bool) -> None:
         runs: list[list[int]] = []
         async with open_actor_system() as system:
-            ref = await system.start(lambda: Batcher(runs, fail_on=3))
+            ref = await system.start(lambda: Batcher(runs, fail_on=3, eager=eager))
             tell_all(ref, [Tap(n=n) for n in range(6)])
             with anyio.fail_after(5):
                 while ref.is_alive:
@@ -113,20 +132,20 @@ class TestTakeQueued:
         assert runs == [[0, 1, 2]]
         assert (mailbox.processed, mailbox.dead_lettered) == (4, 2)
 
-    async def test_take_queued_messages_taken_counted_as_processed(self) -> None:
+    async def test_take_queued_messages_taken_counted_as_processed(self, eager: bool) -> None:
         async with open_actor_system() as system:
-            ref = await system.start(lambda: Batcher([]))
+            ref = await system.start(lambda: Batcher([], eager=eager))
             tell_all(ref, [Tap(n=n) for n in range(50)])
             assert await ref.ask("ping") == "pong"
             mailbox = ref.statistics().mailbox
         assert (mailbox.sent, mailbox.processed, mailbox.queued) == (51, 51, 0)
         assert mailbox.sent == mailbox.processed + mailbox.dropped_total + mailbox.dead_lettered + mailbox.queued
 
-    async def test_take_queued_instrumented_actor_each_message_meets_the_interceptor(self) -> None:
+    async def test_take_queued_instrumented_actor_each_message_meets_the_interceptor(self, eager: bool) -> None:
         runs: list[list[int]] = []
         interceptor = CountingInterceptor()
         async with open_actor_system() as system:
-            ref = await system.start(lambda: Batcher(runs))
+            ref = await system.start(lambda: Batcher(runs, eager=eager))
             ref.add_interceptor(interceptor)
             tell_all(ref, [Tap(n=n) for n in range(5)])
             assert await ref.ask("ping") == "pong"
@@ -138,3 +157,32 @@ class TestTakeQueued:
     def test_take_queued_outside_a_running_actor_raises(self) -> None:
         with pytest.raises(Exception, match="not running"):
             Batcher([]).take_queued(Tap)
+
+
+class TestTakeQueuedList:
+    async def test_take_queued_list_failure_requeued_rest_goes_first_to_the_next_instance(self) -> None:
+        # What a failing handler gives back is queued again ahead of what came later, in order, and the next
+        # instance of the same ref handles it: nothing taken is lost, nothing is handled twice.
+        runs: list[list[int]] = []
+        exits: list[Any] = []
+        async with open_actor_system() as system:
+            ref = system.create_ref(name="batcher")
+            await system.start_incarnation(
+                ref, lambda: Batcher(runs, fail_on=3, eager=True), on_exit=lambda r, why: exits.append(why)
+            )
+            tell_all(ref, [Tap(n=n) for n in range(6)])
+            with anyio.fail_after(5):
+                while not exits:
+                    await anyio.lowlevel.checkpoint()
+            ref.tell(Tap(n=6))  # told between the instances: behind the requeued ones
+            await system.start_incarnation(ref, lambda: Batcher(runs, eager=True), on_exit=None)
+            assert await ref.ask("ping") == "pong"
+            mailbox = ref.statistics().mailbox
+            await system.stop_incarnation(ref, timeout=1.0)
+        assert runs == [[0, 1, 2], [4, 5, 6]]  # tap 3 failed the first instance; it is not given back
+        assert (mailbox.processed, mailbox.queued) == (8, 0)
+        assert mailbox.sent == mailbox.processed + mailbox.dropped_total + mailbox.dead_lettered + mailbox.queued
+
+    def test_take_queued_list_outside_a_running_actor_raises(self) -> None:
+        with pytest.raises(Exception, match="not running"):
+            Batcher([]).take_queued_list(Tap)

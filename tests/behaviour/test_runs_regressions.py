@@ -153,6 +153,19 @@ class TestMonitorFailureMidRun:
         kinds = {anomaly.kind.value for anomaly in memory.alerts}
         assert "missing_agent_started" in kinds, kinds
 
+    async def test_poison_tap_mid_run_taps_behind_it_stay_queued(self) -> None:
+        # The monitor takes a run of taps as a list (Actor.take_queued_list): those behind the one that raised were
+        # taken with it, and must go back to the mailbox for the next instance (here there is none, so the stopped
+        # monitor counts them as dead letters) instead of vanishing with the failed one.
+        async with open_actor_system() as system:
+            monitor = await system.start(lambda: ChatEventMonitor(memory=MonitorMemory()))
+            bad = TextMessageContent(message_id="m", delta="x", timestamp="soon")  # type: ignore[arg-type]
+            after = [tap(TextMessageContent(message_id="m", delta="y"), seq, 1000) for seq in (3, 4)]
+            monitor.tell_many([tap(RunStarted(thread_id="t", run_id="r"), 1, 1000), tap(bad, 2, 1000), *after])
+            await until(lambda: not monitor.is_alive)
+            stats = monitor.statistics()
+        assert (stats.mailbox.processed, stats.dead_lettered) == (2, 2), stats
+
 
 class Snapshots(Actor[Any]):
     """Stands in for the bridge's ReplaySnapshot answers: the first ask gets nothing, later ones ``later``."""
