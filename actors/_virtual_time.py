@@ -74,7 +74,10 @@ def loop_clock() -> Callable[[], float]:
     except RuntimeError:  # not inside asyncio: anyio's only other backend is trio
         import trio  # trio is optional at run time: imported only when running on it
 
-        return trio.current_time
+        # The run's clock object is fixed for the whole run: its own current_time skips trio.current_time()'s
+        # run-context lookup and KeyboardInterrupt-protection wrapper (~94 ns a read instead of ~160).
+        current_time: Callable[[], float] = trio.lowlevel.current_clock().current_time
+        return current_time
 
 
 def virtual_time_backend(backend: str) -> tuple[str, dict[str, Any]]:
