@@ -219,6 +219,63 @@ class TestStarletteSinkEagerStep:
         assert websocket.frames == ["next"]
 
 
+class BinaryWebSocket(FakeWebSocket):
+    """Records binary frames (as text, for comparison); its ASGI send raises as a server's does while ``failing``."""
+
+    failing = False
+
+    async def _send(self, message: dict[str, Any]) -> None:
+        if self.failing:
+            raise ConnectionResetError("client gone")
+        if self.held:
+            await self.released.wait()
+        self.frames.append(message["bytes"].decode())
+
+
+class TestStarletteSinkBinaryFrames:
+    async def test_binary_frames_take_the_fast_path_and_queue_behind_the_one_in_flight(self) -> None:
+        websocket = BinaryWebSocket()
+        sink = sink_over(websocket)
+        if on_asyncio():
+            sink.send_bytes_nowait(b"a")
+        else:
+            with pytest.raises(anyio.WouldBlock):
+                sink.send_bytes_nowait(b"a")
+            await sink.send_bytes(b"a")
+        assert websocket.frames == ["a"]
+        websocket.held = True
+        with pytest.raises(anyio.WouldBlock):
+            sink.send_bytes_nowait(b"b")
+        with pytest.raises(anyio.WouldBlock):
+            sink.send_bytes_nowait(b"c")  # the lock is held by "b": nothing overtakes it
+        async with anyio.create_task_group() as tasks:
+
+            async def writer() -> None:
+                await sink.send_bytes(b"b")  # the frame handed over with WouldBlock: sent once
+                await sink.send_bytes(b"c")
+
+            tasks.start_soon(writer)
+            await anyio.wait_all_tasks_blocked()
+            assert websocket.frames == ["a"]
+            websocket.release()
+        assert websocket.frames == ["a", "b", "c"]
+
+    @pytest.mark.parametrize("anyio_backend", ["asyncio"])
+    async def test_failing_binary_send_releases_the_lock_and_reports_a_lost_connection(self) -> None:
+        websocket = BinaryWebSocket()
+        sink = sink_over(websocket)
+        websocket.failing = True
+        with pytest.raises(WebSocketDisconnect) as lost:
+            sink.send_bytes_nowait(b"a")
+        assert lost.value.code == 1006
+        assert websocket.application_state is WebSocketState.DISCONNECTED
+        websocket.failing = False
+        websocket.application_state = WebSocketState.CONNECTED
+        with anyio.fail_after(5):
+            await sink.send_bytes(b"next")
+        assert websocket.frames == ["next"]
+
+
 class TestStartEagerly:
     async def test_coroutine_that_never_waits_completes_in_the_call(self) -> None:
         done: list[int] = []

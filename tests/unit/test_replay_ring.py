@@ -68,6 +68,34 @@ class TestAppend:
         assert seqs(ring.snapshot()) == [2, 3]
         assert ring.statistics().evicted_by_age == 1
 
+    def test_max_age_of_a_fraction_of_a_ms_is_compared_exactly(self) -> None:
+        # Regression guard: a whole number of ms is compared as an int, any other max_age as the exact float.
+        ring = ReplayRing(10, max_age=0.0015)
+        ring.append(item(1, observed_at=0))
+        ring.append(item(2, observed_at=1))
+        assert seqs(ring.snapshot()) == [1, 2]
+        ring.append(item(3, observed_at=2))
+        assert seqs(ring.snapshot()) == [2, 3]
+        assert ring.max_age == 0.0015
+
+    def test_whole_ms_max_age_reads_back_as_given(self) -> None:
+        ring = ReplayRing(3, max_age=0.7)
+        ring.append(item(1, observed_at=0))
+        ring.append(item(2, observed_at=700))
+        assert seqs(ring.snapshot()) == [1, 2]
+        ring.append(item(3, observed_at=701))
+        assert seqs(ring.snapshot()) == [2, 3]
+        assert (ring.max_age, ring.capacity) == (0.7, 3)
+
+    def test_an_aged_out_full_ring_counts_age_evictions_before_count_evictions(self) -> None:
+        ring = ReplayRing(2, max_age=1.0)
+        ring.append(item(1, observed_at=0))
+        ring.append(item(2, observed_at=500))
+        ring.append(item(3, observed_at=1_200))
+        stats = ring.statistics()
+        assert (stats.evicted_by_age, stats.evicted_by_count) == (1, 0)
+        assert (seqs(ring.snapshot()), ring.evicted_through) == ([2, 3], 1)
+
 
 class TestSince:
     def test_returns_the_missing_suffix_in_order(self) -> None:
