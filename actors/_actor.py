@@ -128,14 +128,24 @@ class Actor(abc.ABC, Generic[MsgT]):
         """Put messages taken with :meth:`take_queued_list` and not handled back at the head of the mailbox.
 
         They are queued again in the order given, ahead of everything else, and are no longer counted as handled:
-        the next ``receive`` (this instance's, or a restarted one's) gets them first. Their room was theirs when
-        they were taken, so this ignores the mailbox's capacity and never drops one.
+        the next ``receive`` (this instance's, or a restarted one's) gets them first. Call it before the handler
+        awaits anything after the take, and on any exception, cancellation included (``except BaseException``:
+        it never awaits): their room in the mailbox was then still theirs, so this ignores the capacity and never
+        drops one. A handler that awaits between the take and a failure should use :meth:`take_queued`, which
+        leaves the untaken messages where they are. An instance that is no longer the ref's current one (a
+        stale object) gives them to dead letters instead.
 
         :param messages: the messages not handled, oldest first (the tail of the list that was taken)
         """
-        mailbox = self._current.ref._mailbox
+        incarnation = self._current
+        ref = incarnation.ref
+        mailbox = ref._mailbox
+        mailbox.processed -= len(messages)  # taken, not handled: counted again as queued, or as dead letters
+        if incarnation.finished or ref._incarnation is not incarnation:
+            for message in messages:
+                ref._dead_letter(message)
+            return
         mailbox.queue.extendleft(reversed(messages))
-        mailbox.processed -= len(messages)
 
     def stop(self) -> None:
         """Stop this actor after the current message (exit reason ``normal``)."""

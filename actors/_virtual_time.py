@@ -75,7 +75,8 @@ def loop_clock() -> Callable[[], float]:
         import trio  # trio is optional at run time: imported only when running on it
 
         # The run's clock object is fixed for the whole run: its own current_time skips trio.current_time()'s
-        # run-context lookup and KeyboardInterrupt-protection wrapper (~94 ns a read instead of ~160).
+        # run-context lookup and KeyboardInterrupt-protection wrapper (SystemClock ~60 ns a read instead of
+        # ~120; MockClock ~105 instead of ~160).
         current_time: Callable[[], float] = trio.lowlevel.current_clock().current_time
         return current_time
 

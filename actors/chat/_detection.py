@@ -171,6 +171,8 @@ class RunTracker(RunTables):
         self._ingested_unrouted = 0
         #: The tap :meth:`ingest` took last (the one being ingested when it raised, if one did).
         self.last_taken: StampedEvent | None = None
+        #: Where :attr:`last_taken` was in the taps of its :meth:`ingest` call (0 for the first).
+        self.last_index = -1
         #: What the taps before the one that raised revealed, when :meth:`ingest` raised (counted as found).
         self.found_before_failure: tuple[Anomaly, ...] = ()
         # How far deadlines were advanced (ms): ingest() advances them again only when a tap is newer.
@@ -283,6 +285,7 @@ class RunTracker(RunTables):
             self._advanced_to = advanced_to
             if stamped is not None:
                 self.last_taken = stamped
+                self.last_index = ingested - 1
         if not found:
             return _NOTHING
         self._tally(found)

@@ -100,11 +100,15 @@ class MonitorMemory:
             del poisoned[next(iter(poisoned))]
 
 
-def _position(run: list[StampedEvent], tap: StampedEvent | None) -> int:
-    """Where ``tap`` (the very object) is in ``run``; 0 when it is None (nothing of the run was ingested)."""
+def _position(run: list[StampedEvent], tap: StampedEvent | None, index: int) -> int:
+    """Where ``tap``, found at ``index`` of the taps ingested, is in ``run`` (from which those were filtered);
+    0 when it is None (the run's first message, which the handler failed on before ingesting any)."""
     if tap is None:
         return 0
-    return next(index for index, item in enumerate(run) if item is tap)
+    if index < len(run) and run[index] is tap:
+        return index  # nothing was filtered out: the usual case
+    # Filtered taps come from later in the run: its first occurrence from there on (the same object may be twice).
+    return next(position for position in range(index, len(run)) if run[position] is tap)
 
 
 # -- the actor ----------------------------------------------------------------------------------------------------
@@ -317,15 +321,17 @@ class ChatEventMonitor(Actor[MonitorMessage]):
             try:
                 taps = [tap for tap in run if not self._replayed(tap)] if self._replayed_through else run
                 found = tracker.ingest(taps)
-            except Exception:
-                # What the taps before the one that raised revealed is reported now: the next instance replays
-                # them silently. The one that raised is skipped by its rebuild instead of failing it again, and
-                # the taps behind it go back to the head of the mailbox, for it.
-                self._report(tracker.found_before_failure)
+            except BaseException as exc:
+                # First what cannot fail: the taps behind the one that raised go back to the head of the mailbox,
+                # for the next instance, and the one that raised is poisoned (its rebuild skips it instead of
+                # failing on it again). Then what the taps before it revealed is reported: the next instance
+                # replays those silently.
                 failed = tracker.last_taken
-                if failed is not None:
-                    self.memory.poison(failed)
-                self.requeue(run[_position(run, failed) + 1 :])
+                self.requeue(run[_position(run, failed, tracker.last_index) + 1 :])
+                if isinstance(exc, Exception):
+                    if failed is not None:
+                        self.memory.poison(failed)
+                    self._report(tracker.found_before_failure)
                 raise
             finally:
                 if tracker.last_taken is not None:

@@ -186,3 +186,25 @@ class TestTakeQueuedList:
     def test_take_queued_list_outside_a_running_actor_raises(self) -> None:
         with pytest.raises(Exception, match="not running"):
             Batcher([]).take_queued_list(Tap)
+
+    async def test_requeue_by_a_stale_instance_goes_to_dead_letters(self) -> None:
+        # An instance that is no longer the ref's current one (a task it left running, say) cannot push messages
+        # into a mailbox it no longer drains: they become dead letters, and the counts still add up.
+        runs: list[list[int]] = []
+        instances: list[Batcher] = []
+
+        def build() -> Batcher:
+            instances.append(Batcher(runs, eager=True))
+            return instances[-1]
+
+        async with open_actor_system() as system:
+            ref = system.create_ref(name="batcher")
+            await system.start_incarnation(ref, build, on_exit=None)
+            tell_all(ref, [Tap(n=n) for n in range(3)])
+            assert await ref.ask("ping") == "pong"
+            await system.stop_incarnation(ref, timeout=1.0)
+            instances[0].requeue([Tap(n=1), Tap(n=2)])
+            mailbox = ref.statistics().mailbox
+        assert runs == [[0, 1, 2]]
+        assert (mailbox.processed, mailbox.dead_lettered, mailbox.queued) == (2, 2, 0)
+        assert mailbox.sent == mailbox.processed + mailbox.dropped_total + mailbox.dead_lettered + mailbox.queued

@@ -9,15 +9,16 @@ import anyio
 import anyio.lowlevel
 import pytest
 
-from actors import Actor, ActorRef, MailboxSpec, Message, open_actor_system
+from actors import Actor, ActorRef, MailboxSpec, Message, Overflow, open_actor_system
 from actors._mailbox import BATCH_SIZE
-from actors.chat import _bridge as bridge_module
+from actors.chat import _bridge as bridge_module, _detection as detection_module
 from actors.chat._bridge_messages import BridgeConfig
 from actors.chat._events import (
     RunStarted,
     StampedEvent,
     TextMessageContent,
     ToolCallEnd,
+    ToolCallStart,
     stamp,
 )
 from actors.chat._monitor import ChatEventMonitor, MonitorMemory
@@ -165,6 +166,46 @@ class TestMonitorFailureMidRun:
             await until(lambda: not monitor.is_alive)
             stats = monitor.statistics()
         assert (stats.mailbox.processed, stats.dead_lettered) == (2, 2), stats
+
+    async def test_poison_tap_report_raising_taps_behind_it_still_requeued_and_poisoned(self) -> None:
+        # Regression (review): reporting what the earlier taps revealed went first, and a dispatcher whose REJECT
+        # mailbox is full made it raise: the poison and the requeue were skipped, and the taps behind were lost.
+        memory = MonitorMemory()
+        async with open_actor_system() as system:
+            dispatcher = system.create_ref(name="alerts", mailbox=MailboxSpec(capacity=1, overflow=Overflow.REJECT))
+            dispatcher.tell("filler")  # full: its next tell raises MailboxFull
+            monitor = await system.start(lambda: ChatEventMonitor(memory=memory, dispatcher=dispatcher))
+            bad = TextMessageContent(message_id="m", delta="x", timestamp="soon")  # type: ignore[arg-type]
+            after = [tap(TextMessageContent(message_id="m", delta="y"), seq, 1000) for seq in (3, 4)]
+            monitor.tell_many([tap(ToolCallEnd(tool_call_id="c"), 1, 1000), tap(bad, 2, 1000), *after])
+            await until(lambda: not monitor.is_alive)
+            stats = monitor.statistics()
+        assert (stats.mailbox.processed, stats.dead_lettered) == (2, 2), stats
+        assert list(memory.poisoned) == [("t", 2)]
+
+    async def test_same_tap_object_twice_failing_second_gives_back_only_what_is_behind(
+        self, monkeypatch: pytest.MonkeyPatch
+    ) -> None:
+        # Regression (review): the failing tap was found in the run by identity, first occurrence: the same object
+        # told twice, failing the second time, gave back the failing tap and what was ingested after the first.
+        real = detection_module._IN_TIME[ToolCallStart]
+        calls: list[StampedEvent] = []
+
+        def second_call_raises(tracker: Any, run: Any, stamped: StampedEvent) -> Any:
+            calls.append(stamped)
+            if len(calls) == 2:
+                raise RuntimeError("a bug in the tracker")
+            return real(tracker, run, stamped)
+
+        monkeypatch.setitem(detection_module._IN_TIME, ToolCallStart, second_call_raises)
+        async with open_actor_system() as system:
+            monitor = await system.start(lambda: ChatEventMonitor(memory=MonitorMemory()))
+            start = tap(ToolCallStart(tool_call_id="c", tool_call_name="f"), 2, 1000)
+            after = tap(TextMessageContent(message_id="m", delta="y"), 4, 1000)
+            monitor.tell_many([tap(RunStarted(thread_id="t", run_id="r"), 1, 1000), start, start, after])
+            await until(lambda: not monitor.is_alive)
+            stats = monitor.statistics()
+        assert (stats.mailbox.processed, stats.dead_lettered) == (3, 1), stats
 
 
 class Snapshots(Actor[Any]):
