@@ -4,6 +4,7 @@ from collections import OrderedDict
 from typing import TYPE_CHECKING, Final
 
 from actors.chat._anomaly import Anomaly, AnomalyKind
+from actors.chat._oldest_first import pop_least_recently_active
 
 if TYPE_CHECKING:
     from collections.abc import Mapping
@@ -28,7 +29,7 @@ class ThreadDeliveries:
         "current_run",
         "gap",
         "head",
-        "latest",
+        "last_activity",
         "overdue_through",
         "pending",
         "queued_at",
@@ -52,7 +53,7 @@ class ThreadDeliveries:
         self.armed: int | None = None
         self.tracked = True
         # For the cap's second-chance eviction: when the thread last had an event expected, and when it was (re)queued.
-        self.latest = now
+        self.last_activity = now
         self.queued_at = now
         self.current_run: _Run | None = None
 
@@ -106,7 +107,7 @@ class DeliveryTracker:
         # back rather than moving it on every expectation.
         self._threads: OrderedDict[str, ThreadDeliveries] = OrderedDict()
         # The same table, for the run tracker's hot path: it never adds or removes a thread, but does expect()'s
-        # common case inline (a thread already armed: append to pending, set latest), so keep the two in step.
+        # common case inline (a thread already armed: append to pending, set last_activity), so keep the two in step.
         self.threads: dict[str, ThreadDeliveries] = self._threads
         self._armed = 0
         self._evictions = 0
@@ -137,7 +138,7 @@ class DeliveryTracker:
             pending = thread.pending
             pending.append(seq)
             pending.append(observed_at)
-            thread.latest = observed_at
+            thread.last_activity = observed_at
             if thread.armed is None:
                 self._arm(thread, observed_at + self._undelivered_ms)
         return thread
@@ -239,17 +240,10 @@ class DeliveryTracker:
         is never moved on the hot path and the eviction is amortised O(1). It runs before the new thread is
         queued, so the newcomer is never the one forgotten.
         """
-        threads = self._threads
-        while True:
-            thread_id, thread = threads.popitem(last=False)
-            if thread.latest > thread.queued_at:
-                thread.queued_at = thread.latest
-                threads[thread_id] = thread
-                continue
-            if thread.waiting():
-                self._evictions += 1  # an idle thread's state costs nothing to forget; only pending ones count
-            self._forget(thread)
-            return
+        thread = pop_least_recently_active(self._threads)
+        if thread.waiting():
+            self._evictions += 1  # an idle thread's state costs nothing to forget; only pending ones count
+        self._forget(thread)
 
     def _forget(self, thread: ThreadDeliveries) -> None:
         thread.tracked = False

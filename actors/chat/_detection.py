@@ -250,7 +250,7 @@ class RunTracker(RunTables):
                         pending = thread.pending
                         pending.append(seq)
                         pending.append(now)
-                        thread.latest = now
+                        thread.last_activity = now
                     else:
                         thread = self._deliveries.expect(stamped.thread_id, seq, now)
                     run = thread.current_run

@@ -1,13 +1,42 @@
 from __future__ import annotations
 
 from collections import OrderedDict
-from typing import TYPE_CHECKING, Generic, TypeVar
+from typing import TYPE_CHECKING, Generic, Protocol, TypeVar
 
 if TYPE_CHECKING:
     from collections.abc import Hashable, Iterator
 
 K = TypeVar("K", bound="Hashable")
 V = TypeVar("V")
+
+
+class Recency(Protocol):
+    """What :func:`pop_least_recently_active` reads of an entry: when it was last active, and last (re)queued."""
+
+    last_activity: int
+    queued_at: int
+
+
+R = TypeVar("R", bound=Recency)
+
+
+def pop_least_recently_active(table: OrderedDict[K, R]) -> R:
+    """Remove and return about the least recently active entry of ``table``, which is kept oldest-queued first
+    (CLOCK, second chance).
+
+    An entry active since it was queued goes to the back instead, once per such activity, and is stamped as queued
+    then: so an entry is never moved when it is active (the hot path), and the eviction is amortised O(1). The
+    caller runs it before queueing a newcomer, which so is never the one removed.
+
+    :raises KeyError: when ``table`` is empty
+    """
+    while True:
+        key, entry = table.popitem(last=False)
+        if entry.last_activity > entry.queued_at:
+            entry.queued_at = entry.last_activity
+            table[key] = entry
+            continue
+        return entry
 
 
 class OldestFirstTable(Generic[K, V]):

@@ -3,6 +3,7 @@ from __future__ import annotations
 from typing import TYPE_CHECKING, Final, cast
 
 from actors.chat._delivery import ThreadDeliveries
+from actors.chat._oldest_first import pop_least_recently_active
 from actors.chat._run_anomalies import error_burst_anomaly, stale_thread_anomaly, stuck_tool_anomaly
 from actors.chat._run_state import _AWAITING_RESULT, _STALE_REPORTED, _TOOL_DONE, _TOOL_STUCK, _armed, _Run
 
@@ -58,16 +59,8 @@ class RunTables:
         move its run and the eviction is amortised O(1); the result is approximately the least recently active
         run. It runs before the new run is queued, so the newcomer is never the one dropped.
         """
-        in_flight = self._in_flight
-        while True:
-            key, run = in_flight.popitem(last=False)
-            if run.last_activity > run.queued_at:
-                run.queued_at = run.last_activity
-                in_flight[key] = run
-                continue
-            self._drop(run)
-            self._evictions += 1
-            return
+        self._drop(pop_least_recently_active(self._in_flight))
+        self._evictions += 1
 
     def _close_tool(self, run: _Run, tool_call_id: str) -> bool:
         """Close a tool call; False when the run never started it (it is then remembered as closed)."""
