@@ -69,8 +69,6 @@ class TrackerStatistics(msgspec.Struct, frozen=True, kw_only=True):
     anomalies_by_kind: dict[AnomalyKind, int]
 
 
-_NOTHING: Final = NOTHING
-
 REBUILD_SLICE: Final = 256
 """Default for :meth:`RunTracker.rebuild_in_slices`: events (or deadlines) handled between two yields."""
 
@@ -197,7 +195,7 @@ class RunTracker(RunTables):
         self._events_observed += 1
         found = self._observe(stamped, None)
         if found is None:
-            return _NOTHING
+            return NOTHING
         self._tally(found)
         return tuple(found)
 
@@ -287,7 +285,7 @@ class RunTracker(RunTables):
                 self.last_taken = stamped
                 self.last_index = ingested - 1
         if not found:
-            return _NOTHING
+            return NOTHING
         self._tally(found)
         return tuple(found)
 

@@ -80,14 +80,10 @@ class ReplayRing:
         # an int when it is a whole number of ms: the age test runs once per append, and an epoch-ms clock (13
         # digits) is subtracted and compared twice as fast with an int as with a float, with the same result.
         max_age_ms = round(max_age * 1000.0, 6)
-        self._max_age_ms: float = (
-            int(max_age_ms) if math.isfinite(max_age_ms) and max_age_ms.is_integer() else max_age_ms
-        )
+        self._max_age_ms: float = int(max_age_ms) if max_age_ms.is_integer() else max_age_ms
         self._items: deque[StampedEvent] = deque(maxlen=capacity)
-        # The deque's own bound (an int), kept to be read once per append without a descriptor call.
-        maxlen = self._items.maxlen
-        assert maxlen is not None
-        self._capacity = maxlen
+        # The deque's bound, kept to be read once per append without a descriptor call.
+        self._capacity = capacity
         self._last_seq = 0
         self._evicted_through = 0
         self._evicted_by_count = 0

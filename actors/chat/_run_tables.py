@@ -135,12 +135,7 @@ class RunTables:
             # Re-armed even when later, so that next_deadline() stays exact for finished runs.
             run.armed = due
             self._deadlines.push(due, run)
-        finished = self._finished
-        finished[key] = run
-        if len(finished) > self._max_runs:
-            _, oldest = finished.popitem(last=False)
-            self._drop(oldest)
-            self._evictions += 1
+        self._retain(run)
 
     def _retain(self, run: _Run) -> None:
         """Add a finished run to the retained ones, evicting the oldest beyond the cap."""
