@@ -1,6 +1,8 @@
 from __future__ import annotations
 
 import abc
+from itertools import islice, repeat
+from operator import call, countOf
 from typing import TYPE_CHECKING, Any, Generic, TypeVar
 
 from ._exceptions import ActorError
@@ -114,13 +116,25 @@ class Actor(abc.ABC, Generic[MsgT]):
             return []
         mailbox = ref._mailbox
         queue = mailbox.queue
-        taken: list[QueuedT] = []
-        take = taken.append
-        popleft = queue.popleft
-        for _ in range(min(len(queue), incarnation.batch_end - mailbox.processed)):
-            if type(queue[0]) is not kind:
-                break
-            take(popleft())
+        room = min(len(queue), incarnation.batch_end - mailbox.processed)
+        taken: list[QueuedT]
+        if room > 0 and countOf(map(type, islice(queue, room)), kind) == room:
+            # The common case, a run of one kind (a flood of taps), in C: ~13 ns per message for a whole queue and
+            # ~25 for part of one, against ~35 for the loop below. (Part of a queue is popped one by one: copying
+            # what stays behind would cost a backlog of 100,000 taps a full copy per batch.)
+            if room == len(queue):
+                taken = list(queue)
+                queue.clear()
+            else:
+                taken = list(map(call, repeat(queue.popleft, room)))
+        else:
+            taken = []
+            take = taken.append
+            popleft = queue.popleft
+            for _ in range(room):
+                if type(queue[0]) is not kind:
+                    break
+                take(popleft())
         mailbox.processed += len(taken)
         return taken
 

@@ -93,6 +93,19 @@ class TestTakeQueued:
             assert await ref.ask("ping") == "pong"
         assert runs == [list(range(10))]
 
+    async def test_take_queued_queue_holding_only_that_type_taken_whole(self, eager: bool) -> None:
+        # Nothing but Taps queued (no ask behind them): take_queued_list takes the whole queue at once.
+        runs: list[list[int]] = []
+        async with open_actor_system() as system:
+            ref = await system.start(lambda: Batcher(runs, eager=eager))
+            tell_all(ref, [Tap(n=n) for n in range(10)])
+            with anyio.fail_after(5):
+                while ref.statistics().mailbox.processed < 10:
+                    await anyio.lowlevel.checkpoint()
+            mailbox = ref.statistics().mailbox
+        assert runs == [list(range(10))]
+        assert (mailbox.sent, mailbox.processed, mailbox.queued) == (10, 10, 0)
+
     async def test_take_queued_other_type_ends_the_run_in_order(self, eager: bool) -> None:
         runs: list[list[int]] = []
         instances: list[Batcher] = []
