@@ -87,6 +87,18 @@ class SyncComponent:
         return None
 
 
+class OneReadComponent(Component):
+    """Also offers get_health_and_metrics(), which the proxy must then use instead of the two separate reads."""
+
+    def __init__(self) -> None:
+        super().__init__("degraded", metrics={"events_sent": 3})
+        self.combined_reads = 0
+
+    async def get_health_and_metrics(self) -> tuple[dict[str, Any], dict[str, Any]]:
+        self.combined_reads += 1
+        return {"status": self.status}, dict(self.metrics)
+
+
 def mismatches(rig: Rig) -> list[float]:
     """Loop times (since the rig started) at which health_claim_mismatch anomalies were reported."""
     return [at - rig.t0 for at in rig.alerts.times(AnomalyKind.HEALTH_CLAIM_MISMATCH)]
@@ -130,6 +142,14 @@ class TestRegistration:
             assert result.metrics == {"events_sent": 0}
             assert result.at == rig.system.clock.now_ms()
             assert len(component.observers) == 1  # the proxy registered the monitor's observer
+
+    async def test_component_offering_health_and_metrics_together_is_read_with_one_call(self) -> None:
+        component = OneReadComponent()
+        async with monitor_rig() as rig:
+            await rig.handle.register_component_for_monitoring("db", component)
+            result = await rig.handle.audit_component("db")
+        assert (result.claimed, result.metrics) == ("degraded", {"events_sent": 3})
+        assert (component.combined_reads, component.health_reads) == (1, 0)
 
     async def test_registering_an_id_twice_or_an_object_without_the_protocol_raises(self) -> None:
         async with monitor_rig() as rig:
