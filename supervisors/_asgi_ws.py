@@ -127,6 +127,7 @@ class StarletteSink:
         "_waiters",
         "_websocket",
         "close_code",
+        "sends_nowait",
     )
 
     def __init__(self, websocket: WebSocket) -> None:
@@ -148,6 +149,9 @@ class StarletteSink:
         # with Hypercorn it returns without ever waiting unless the client applies backpressure. On trio every
         # socket send is a checkpoint that waits, and its traps belong to the task that made them: no fast path.
         self._eager = self._asgi_send is not None and current_async_library() == "asyncio"
+        #: Whether :meth:`send_text_nowait` can ever send (see ``nowait_send``): on trio, or without the server's
+        #: own send, it could only answer WouldBlock, so the bridge does not try it.
+        self.sends_nowait = self._eager
         # A fast-path send that had to wait: its rest, run by whoever takes the lock next (see _acquire).
         self._in_flight: InFlightSend | None = None
         # The frame of the last in-flight send once it has completed: the writer's send of that same frame (the
@@ -226,14 +230,14 @@ class StarletteSink:
         :param _kind: internal: the ASGI message key, ``"text"``; :meth:`send_bytes_nowait` passes ``"bytes"`` (one
             body for both, with no call in between for text frames, the bridge's usual kind: ~23 ns a frame)
         """
-        # Once per frame on the bridge's critical path: an uncontended lock is one flag, the ASGI message is built
-        # only once the send is known to go ahead, and a send that completes without waiting is one step of its
-        # coroutine, taken here (start_eagerly's work, without its call and its ABC check).
-        if not self._eager or self._busy or self._waiters or self._websocket.application_state is not _CONNECTED:
+        # Once per frame on the bridge's critical path: an uncontended lock is one flag (a queued waiter always
+        # finds it held: the lock is handed over, never freed, while one waits), the ASGI message is built only
+        # once the send is known to go ahead, and a send that completes without waiting is one step of its
+        # coroutine, taken here (start_eagerly's work, without its call and its ABC check). The lock is taken only
+        # if the send has to wait: until then it runs synchronously here, so no other task can see it free.
+        if self._busy or not self._eager or self._websocket.application_state is not _CONNECTED:
             raise anyio.WouldBlock
-        send = self._asgi_send
-        assert send is not None
-        self._busy = True
+        send: Any = self._asgi_send  # not None when eager
         try:
             # Typed Any: the test below is what tells a coroutine (typing.cast would cost a call per frame).
             awaitable: Any = send({"type": "websocket.send", _kind: data})
@@ -242,21 +246,15 @@ class StarletteSink:
                 # build and raise one per frame, ~100 ns).
                 yielded = next(awaitable.__await__(), _RETURNED)
                 if yielded is _RETURNED:
-                    # Nothing waited, so no other task ran meanwhile: nobody can have queued for the lock.
-                    self._busy = False
                     return
                 in_flight: InFlightSend | None = InFlightSend(awaitable, yielded)
             else:
                 in_flight = start_eagerly(awaitable)
         except OSError as exc:
-            self._release()
             raise self._lost() from exc
-        except BaseException:
-            self._release()
-            raise
         if in_flight is None:  # completed after all
-            self._busy = False
             return
+        self._busy = True
         self._in_flight = in_flight
         self._sent_early = data
         raise anyio.WouldBlock

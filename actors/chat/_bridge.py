@@ -201,31 +201,15 @@ class AgentWebSocketBridge(Actor[BridgeMessage]):
         match message:
             case Publish():
                 # The publishes queued right behind this one are routed in the same pass (one dispatch for the
-                # run), and their taps go to the monitor together once the run is routed (MonitorTap.flush), also
-                # when one raised: the events routed before it are the monitor's too, and those behind it go back to
-                # the mailbox (see below). One clock read for the run: its events
-                # were all accepted when it was taken from the mailbox (observed_at counts whole ms, and a run of
-                # 256 takes ~1.5 ms to route under a flood; a read per event was ~3% of the bridge's cost per
-                # event on asyncio and more on trio).
+                # run, see _route), and their taps go to the monitor together once the run is routed. One clock
+                # read for the run: its events were all accepted when it was taken from the mailbox (observed_at
+                # counts whole ms, and a run of 256 takes ~1.5 ms to route under a flood; a read per event was ~3%
+                # of the bridge's cost per event on asyncio and more on trio). Taken as a list
+                # (Actor.take_queued_list, ~230 instructions per event fewer than the lazy take_queued).
                 assert self._clock is not None
-                accepted_at = self._clock.now_ms()
-                publish = self._publish
-                tap = self._tap
-                # Taken as a list (Actor.take_queued_list, ~230 instructions per event fewer than the lazy
-                # take_queued): those behind a publish that raised go back to the head of the mailbox (requeue).
                 run = self.take_queued_list(Publish)
-                reached = -1  # the index in run of the publish being routed
-                try:
-                    publish(message, accepted_at)
-                    for item in run:
-                        reached += 1
-                        publish(item, accepted_at)
-                except BaseException:
-                    self.requeue(run[reached + 1 :])  # the one that raised is consumed, as any failing message is
-                    raise
-                finally:
-                    if tap.pending:
-                        tap.flush()
+                run.insert(0, message)
+                self._route(run, self._clock.now_ms())
             case WriterDrained(connection_id=connection_id):
                 self._on_writer_drained(connection_id)
             case Tick():
@@ -263,97 +247,133 @@ class AgentWebSocketBridge(Actor[BridgeMessage]):
 
     # ------------------------------------------------------------------ the critical path
 
-    def _publish(self, message: Publish, observed_at: int) -> None:
-        self._received += 1
-        event = message.event
-        thread_id = message.thread_id
-        run_id = message.run_id
-        if type(event) not in _EVENT_TYPES or type(thread_id) is not str or type(run_id) is not str:
-            # Agent code is trusted, but a bad Publish must cost one counter, never the bridge.
-            self._invalid += 1
-            logger.warning("rejected a Publish that is not an event for a str thread and run: %r", message)
-            return
-        timestamp = event.timestamp
-        if timestamp is not None and type(timestamp) is not int:
-            # A struct built in code is not validated: the monitor does arithmetic on this field.
-            self._invalid += 1
-            logger.warning("rejected a Publish: $.event.timestamp: expected int or None, got %s", type(timestamp))
-            return
-        thread = self._threads.get(thread_id)
-        if thread is None:
-            thread = self._open_thread(thread_id)
-        else:
-            self._threads.move_to_end(thread_id)
-        seq = thread.last_seq + 1
-        routes = thread.routes
-        fan_out = len(routes)
-        try:
-            stamped = stamp(
-                event, thread_id=thread_id, run_id=run_id, seq=seq, observed_at=observed_at, fan_out=fan_out
-            )
-        except (TypeError, ValueError, OverflowError, msgspec.MsgspecError) as exc:
-            # Metadata that is not a mapping, a value JSON cannot hold: one counter, and the seq is not used.
-            self._invalid += 1
-            logger.warning("rejected a Publish whose event cannot be encoded (%s): %r", exc, message)
-            return
-        thread.last_seq = seq
-        thread.ring.append(stamped)
-        thread.last_active = observed_at
-        if fan_out:
-            self._fan_out_total += fan_out
-            thread.routed_seq = seq
-            capacity = self._capacity
-            sent = 0
-            data: str | bytes | None = None
-            for route in routes.values():
-                connection = route.connection
-                if route.lagging:
-                    self._defer(route)
-                    continue
-                progress = connection.progress
-                outstanding = connection.told - progress.settled
-                if not outstanding:
-                    send_nowait = progress.send_nowait
-                    if send_nowait is not None:
-                        # The fast path: the writer is idle, so the frame is written here, in order, without
-                        # waking the writer's task for it (one wake-up per frame is what sparse traffic cost).
-                        if data is None:
-                            data = stamped.frame.decode() if self._text else stamped.frame  # once per event
-                        try:
-                            send_nowait(data)
-                        except Exception:  # WouldBlock, or the sink is failing: the writer sends it (and handles that)
-                            pass
-                        else:
-                            # Counted on the route alone: its seq, for delivery confirmations. How many frames
-                            # the bridge sent itself follows from the route's counts (Route.handed), and each is
-                            # delivered with latency 0; the writer's counters (ConnectionProgress) stay its own.
-                            route.sent_seq = seq
-                            sent += 1
-                            continue
-                elif outstanding >= capacity:
-                    self._defer(route)
-                    continue
-                try:
-                    connection.writer.tell(stamped)
-                except MailboxFull:  # the bound above keeps this from happening; if it does, nothing is lost
-                    self._defer(route)
-                    continue
-                connection.told += 1
-                sent += 1
-                route.handed += 1
-                self._told_live += 1
-                self._busy[connection] = None
-                thread.needs_scan = True
-            self._fan_out_sent += sent
-        else:
-            self._unrouted += 1
+    def _route(self, run: list[Publish], accepted_at: int) -> None:
+        """Number, keep and route a run of publishes accepted at ``accepted_at`` (ms), then tap them to the monitor.
+
+        One loop for the whole run rather than a call per event: what every event reads (the tables, the tap, the
+        settings) is looked up once, and the counters are added up here and stored once. If a publish raises, it
+        is consumed (as any failing message is), the events routed before it are still tapped, and those behind it
+        go back to the head of the mailbox (requeue), for the restarted bridge.
+        """
+        threads = self._threads
+        capacity = self._capacity
+        text = self._text
         tap = self._tap
-        if tap.monitor is not None:
-            tap.pending.append(stamped)
-            if fan_out:
-                self._unconfirmed[thread] = None  # its delivery is reported to the monitor on a tick
-        elif tap.monitor_ref is not None:
-            tap.skipped += 1
+        # A run cannot change the monitor: AttachMonitor and the tick's refresh are messages of their own.
+        tapped = tap.pending if tap.monitor is not None else None
+        skip_taps = tapped is None and tap.monitor_ref is not None
+        unconfirmed = self._unconfirmed
+        handled = fan_out_total = fan_out_sent = unrouted = 0
+        try:
+            for message in run:
+                handled += 1
+                event = message.event
+                thread_id = message.thread_id
+                run_id = message.run_id
+                if type(event) not in _EVENT_TYPES or type(thread_id) is not str or type(run_id) is not str:
+                    self._reject("not an event for a str thread and run", message)
+                    continue
+                timestamp = event.timestamp
+                if timestamp is not None and type(timestamp) is not int:
+                    # A struct built in code is not validated: the monitor does arithmetic on this field.
+                    self._reject(f"$.event.timestamp: expected int or None, got {type(timestamp).__name__}", message)
+                    continue
+                thread = threads.get(thread_id)
+                if thread is None:
+                    thread = self._open_thread(thread_id)
+                seq = thread.last_seq + 1
+                routes = thread.fan_out_routes
+                fan_out = len(routes)
+                try:
+                    stamped = stamp(
+                        event, thread_id=thread_id, run_id=run_id, seq=seq, observed_at=accepted_at, fan_out=fan_out
+                    )
+                except (TypeError, ValueError, OverflowError, msgspec.MsgspecError) as exc:
+                    # Metadata that is not a mapping, a value JSON cannot hold: one counter, and the seq is not used.
+                    self._reject(f"its event cannot be encoded ({exc})", message)
+                    continue
+                thread.last_seq = seq
+                thread.ring.append(stamped)
+                if thread.last_active != accepted_at:
+                    thread.last_active = accepted_at
+                    # Least recently published first, for the idle sweep. A thread already published to in this ms
+                    # keeps its place: what follows it was published to in this ms too, or is an idle thread the
+                    # sweep looked at and kept (it looks at it again once this one moves on or ages out).
+                    threads.move_to_end(thread_id)
+                if fan_out:
+                    fan_out_total += fan_out
+                    thread.routed_seq = seq
+                    data: str | bytes | None = None
+                    for route in routes:
+                        connection = route.connection
+                        if route.lagging:
+                            self._defer(route)
+                            continue
+                        progress = connection.progress
+                        outstanding = connection.told - progress.settled
+                        if not outstanding:
+                            send_nowait = progress.send_nowait
+                            if send_nowait is not None:
+                                # The fast path: the writer is idle, so the frame is written here, in order, without
+                                # waking the writer's task for it (one wake-up per frame is what sparse traffic
+                                # cost).
+                                if data is None:
+                                    data = stamped.frame.decode() if text else stamped.frame  # once per event
+                                try:
+                                    send_nowait(data)
+                                except Exception:  # WouldBlock, or a failing sink: the writer sends it (and copes)
+                                    pass
+                                else:
+                                    # Counted on the route alone: its seq, for delivery confirmations. How many
+                                    # frames the bridge sent itself follows from the route's counts (Route.handed),
+                                    # and each is delivered with latency 0; the writer's counters
+                                    # (ConnectionProgress) stay its own.
+                                    route.sent_seq = seq
+                                    fan_out_sent += 1
+                                    continue
+                        elif outstanding >= capacity:
+                            self._defer(route)
+                            continue
+                        if self._hand_to_writer(route, stamped):
+                            fan_out_sent += 1
+                else:
+                    unrouted += 1
+                if tapped is not None:
+                    tapped.append(stamped)
+                    if fan_out:
+                        unconfirmed[thread] = None  # its delivery is reported to the monitor on a tick
+                elif skip_taps:
+                    tap.skipped += 1
+        except BaseException:
+            self.requeue(run[handled:])
+            raise
+        finally:
+            self._received += handled
+            self._fan_out_total += fan_out_total
+            self._fan_out_sent += fan_out_sent
+            self._unrouted += unrouted
+            if tap.pending:
+                tap.flush()
+
+    def _reject(self, problem: str, message: Publish) -> None:
+        """Count a Publish the bridge cannot accept: agent code is trusted, but a bad one costs a counter only."""
+        self._invalid += 1
+        logger.warning("rejected a Publish: %s: %r", problem, message)
+
+    def _hand_to_writer(self, route: Route, stamped: StampedEvent) -> bool:
+        """Queue a routed event for the route's writer (its sink cannot take it now); False if it was held back."""
+        connection = route.connection
+        try:
+            connection.writer.tell(stamped)
+        except MailboxFull:  # the bound the bridge keeps makes this unlikely; if it happens, nothing is lost
+            self._defer(route)
+            return False
+        connection.told += 1
+        route.handed += 1
+        self._told_live += 1
+        self._busy[connection] = None
+        route.thread.needs_scan = True
+        return True
 
     def _open_thread(self, thread_id: str) -> ThreadRoutes:
         config = self._config
@@ -465,6 +485,7 @@ class AgentWebSocketBridge(Actor[BridgeMessage]):
         told_seq = thread.last_seq if after_seq is None else after_seq
         route = Route(connection, thread, told_seq)
         thread.routes[connection.connection_id] = route
+        thread.routes_changed()
         connection.routes[thread_id] = route
         pending = thread.last_seq - told_seq
         if pending:
@@ -494,6 +515,7 @@ class AgentWebSocketBridge(Actor[BridgeMessage]):
         connection = route.connection
         thread = route.thread
         del thread.routes[connection.connection_id]
+        thread.routes_changed()
         del connection.routes[thread.thread_id]
         connection.forget_route(route)
         if route.lagging:

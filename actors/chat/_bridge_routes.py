@@ -22,6 +22,7 @@ class ThreadRoutes:
     """One thread as the bridge keeps it: its numbering, its replay ring and the routes to its subscribers."""
 
     __slots__ = (
+        "fan_out_routes",
         "last_active",
         "last_seq",
         "needs_scan",
@@ -41,11 +42,18 @@ class ThreadRoutes:
         self.reported_seq = 0
         self.last_active = 0
         self.routes: dict[str, Route] = {}
+        #: The same routes as a tuple, for the loop over them once per event (a dict's values view and its
+        #: iterator are two objects per event); kept in step with ``routes`` by :meth:`routes_changed`.
+        self.fan_out_routes: tuple[Route, ...] = ()
         #: Set when an event of the thread is routed without being sent on the spot (handed to a writer's queue,
         #: or held back for a lagging route); cleared once a delivery check finds every route caught up. While it
         #: is clear, every event routed so far was sent to every route as it was routed (the fast path), so the
         #: thread is delivered through ``last_seq`` without a look at its routes.
         self.needs_scan = False
+
+    def routes_changed(self) -> None:
+        """Bring :attr:`fan_out_routes` in step with :attr:`routes` after a route was added or removed."""
+        self.fan_out_routes = tuple(self.routes.values())
 
 
 class Route:

@@ -93,7 +93,9 @@ class NowaitSink(Protocol):
 
     The bridge calls it only while the connection's writer has nothing queued (so order is kept), and on any
     exception hands the frame to the writer, which sends it with ``send_text`` / ``send_bytes`` (and closes the
-    connection if that fails). It must never block: it runs inside the bridge's handler.
+    connection if that fails). It must never block: it runs inside the bridge's handler. A sink that could only
+    ever answer WouldBlock where it runs (a StarletteSink on trio) says so with ``sends_nowait = False``: it is then
+    not offered as a fast path at all (:func:`nowait_send`).
     """
 
     def send_text_nowait(self, data: str) -> None:
@@ -109,9 +111,12 @@ def nowait_send(sink: ConnectionSink, frame_kind: Literal["text", "bytes"]) -> C
     """The sink's fast path for ``frame_kind`` frames, or None when it offers none that can be trusted.
 
     A subclass that overrides the waiting send (to record, count or transform frames) but inherits the nowait one
-    would be bypassed by it: such a sink gets no fast path, and every frame goes through its waiting send.
+    would be bypassed by it: such a sink gets no fast path, and every frame goes through its waiting send. Nor does
+    a sink whose ``sends_nowait`` attribute is False (it knows it could only ever answer WouldBlock, as a
+    StarletteSink on trio): the bridge hands its frames to the writer at once, instead of being refused each
+    time its writer is idle.
     """
-    if not isinstance(sink, NowaitSink):
+    if not isinstance(sink, NowaitSink) or getattr(sink, "sends_nowait", True) is False:
         return None
     send, nowait = ("send_text", "send_text_nowait") if frame_kind == "text" else ("send_bytes", "send_bytes_nowait")
     attributes = getattr(sink, "__dict__", {})

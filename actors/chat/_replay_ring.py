@@ -124,11 +124,12 @@ class ReplayRing:
             raise ValueError(f"seq must increase: got {seq} after {self._last_seq}")
         items = self._items
         if items:
-            if items[0].observed_at < item.observed_at - self._max_age_ms:
-                self._expire(item.observed_at)
-            if len(items) == self._capacity:
+            oldest = items[0]
+            if oldest.observed_at < item.observed_at - self._max_age_ms:
+                self._expire(item.observed_at)  # drops the oldest at least: the ring is not full any more
+            elif len(items) == self._capacity:
                 # The deque's maxlen drops the oldest on append; record what it drops first.
-                self._evicted_through = items[0].seq
+                self._evicted_through = oldest.seq
                 self._evicted_by_count += 1
         items.append(item)
         self._last_seq = seq

@@ -1,0 +1,89 @@
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any, cast
+
+import anyio
+import pytest
+from sniffio import current_async_library
+from starlette.websockets import WebSocketState
+
+from actors.chat._connection import nowait_send
+from supervisors._asgi_ws import StarletteSink
+
+if TYPE_CHECKING:
+    from starlette.websockets import WebSocket
+
+pytestmark = pytest.mark.anyio
+
+
+class HoldingWebSocket:
+    """What StarletteSink uses of a Starlette WebSocket, over an ASGI send that waits while ``held``."""
+
+    def __init__(self) -> None:
+        self.application_state = WebSocketState.CONNECTED
+        self.client_state = WebSocketState.CONNECTED
+        self.frames: list[str] = []
+        self.held = False
+        self.released = anyio.Event()
+
+    async def _send(self, message: dict[str, Any]) -> None:
+        if self.held:
+            await self.released.wait()
+        self.frames.append(message["text"])
+
+    async def send(self, message: dict[str, Any]) -> None:
+        await self._send(message)
+
+    async def close(self, code: int, reason: str) -> None:
+        self.application_state = WebSocketState.DISCONNECTED
+
+
+def sink_over(websocket: HoldingWebSocket) -> StarletteSink:
+    return StarletteSink(cast("WebSocket", websocket))
+
+
+class TestStarletteSinkOffersTheFastPath:
+    async def test_fast_path_offered_on_asyncio_only(self) -> None:
+        sink = sink_over(HoldingWebSocket())
+        on_asyncio = current_async_library() == "asyncio"
+        assert sink.sends_nowait is on_asyncio
+        assert (nowait_send(sink, "text") is not None) is on_asyncio
+
+    async def test_sink_without_the_servers_send_offers_no_fast_path(self) -> None:
+        class BareWebSocket:
+            application_state = WebSocketState.CONNECTED
+
+        sink = StarletteSink(cast("WebSocket", BareWebSocket()))
+        assert sink.sends_nowait is False
+        assert nowait_send(sink, "text") is None
+
+
+class TestStarletteSinkLockAroundTheFastPath:
+    async def test_send_completed_at_once_leaves_the_lock_free(self) -> None:
+        if current_async_library() != "asyncio":
+            pytest.skip("the fast path runs on asyncio only")
+        websocket = HoldingWebSocket()
+        sink = sink_over(websocket)
+        sink.send_text_nowait("a")
+        sink.send_text_nowait("b")  # not refused: the first one did not keep the lock
+        with anyio.fail_after(5):
+            await sink.send_text("c")
+        assert websocket.frames == ["a", "b", "c"]
+
+    async def test_send_left_waiting_holds_the_lock_until_finished(self) -> None:
+        if current_async_library() != "asyncio":
+            pytest.skip("the fast path runs on asyncio only")
+        websocket = HoldingWebSocket()
+        sink = sink_over(websocket)
+        websocket.held = True
+        with pytest.raises(anyio.WouldBlock):
+            sink.send_text_nowait("a")  # in flight, holding the lock
+        with pytest.raises(anyio.WouldBlock):
+            sink.send_text_nowait("b")
+        websocket.held = False
+        websocket.released.set()
+        with anyio.fail_after(5):
+            await sink.send_text("a")  # the writer's send of the frame in flight finishes it, once
+            await sink.send_text("b")
+        sink.send_text_nowait("c")
+        assert websocket.frames == ["a", "b", "c"]
