@@ -158,7 +158,7 @@ from actors.chat._monitor import (
     RecordEvent,
     RegisteredComponent,
 )
-from actors.chat._replay_ring import ReplayGap, ReplayRing, ReplayRingStatistics
+from actors.chat._replay_ring import ReplayGap, ReplayRing, ReplayRingStatistics, RingEvictions
 from actors.chat._tap import (
     DeliveryProgress,
     ReplaySnapshot,
@@ -255,6 +255,7 @@ __all__ = [
     "ReplayRingStatistics",
     "ReplaySnapshot",
     "ReportedKeys",
+    "RingEvictions",
     "RunError",
     "RunFinished",
     "RunOutcome",
