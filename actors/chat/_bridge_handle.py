@@ -17,6 +17,7 @@ from actors.chat._bridge_messages import (
     Disconnect,
     GetConnectionStatistics,
     GetHealth,
+    GetHealthAndMetrics,
     GetMetrics,
     Publish,
     RegisterObserver,
@@ -288,6 +289,12 @@ class BridgeHandle:
         """The bridge's counters and delivery latency."""
         metrics: BridgeMetrics = await self._ref.ask(GetMetrics())
         return metrics
+
+    async def get_health_and_metrics(self) -> tuple[ComponentHealth, BridgeMetrics]:
+        """:meth:`get_health_status` and :meth:`get_metrics` as of the same moment, in one round trip: what the
+        monitor's audit reads (its component proxy uses this when a component offers it)."""
+        both: tuple[ComponentHealth, BridgeMetrics] = await self._ref.ask(GetHealthAndMetrics())
+        return both
 
     async def connection_statistics(self, connection_id: str | None = None) -> tuple[ConnectionStatistics, ...]:
         """Counters of one connection (open or among the recently closed), or of every open one."""
