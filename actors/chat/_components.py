@@ -24,8 +24,11 @@ HEALTH_STATUSES = ("healthy", "degraded", "unhealthy", "critical")
 class MonitorableComponent(Protocol):
     """What a component registered with the monitor implements (the seed's interface, unchanged).
 
-    A component may also offer ``get_health_and_metrics()``, returning ``(health, metrics)`` as of one moment: its
-    proxy then reads both with that one call (the bridge's handle does: one round trip to the bridge, not two).
+    A component may also offer ``get_health_and_metrics()``, returning ``(health, metrics)`` as of one moment: it
+    is then read with that one call. Offering it also says that reading the component never blocks the event loop
+    and may overlap another read (the bridge's handle, whose reads are asks to the bridge's actor): an audit asked
+    for by the application (``audit_component``) then reads it directly, bounded by ``audit_timeout``, instead of
+    through its proxy. The monitor's periodic audits always go through the proxy.
     """
 
     async def get_health_status(self) -> Any:
@@ -131,6 +134,44 @@ async def _call(method: Callable[[], Any]) -> Any:
     return await result if inspect.isawaitable(result) else result
 
 
+def reads_both(component: Any) -> Callable[[], Any] | None:
+    """The component's ``get_health_and_metrics`` when it offers one (see :class:`MonitorableComponent`)."""
+    read = getattr(component, "get_health_and_metrics", None)
+    return read if callable(read) else None
+
+
+async def read_component(component_id: str, component: Any, audit_id: int) -> ComponentReport:
+    """Read a component's claimed health and metrics into a report; a read that raises gives a report with
+    ``error`` set (status ``unknown``), never an exception.
+
+    With one call when the component offers ``get_health_and_metrics`` (the bridge's handle does: one round trip to
+    the bridge's actor instead of two).
+    """
+    try:
+        read = reads_both(component)
+        if read is not None:
+            health, metrics = await _call(read)
+        else:
+            health = await _call(component.get_health_status)
+            metrics = await _call(component.get_metrics)
+    except Exception as exc:
+        return ComponentReport(
+            component_id=component_id,
+            audit_id=audit_id,
+            status="unknown",
+            health={},
+            metrics={},
+            error=f"{type(exc).__name__}: {exc}",
+        )
+    return ComponentReport(
+        component_id=component_id,
+        audit_id=audit_id,
+        status=health_status(health),
+        health=as_plain(health),
+        metrics=as_plain(metrics),
+    )
+
+
 def live_proxy(proxy: ActorRef[Any], system: ActorSystem) -> ActorRef[Any]:
     """The ref to audit a component through: ``proxy``, or the live actor now registered under its name.
 
@@ -167,32 +208,6 @@ class ComponentProxy(Actor[ProbeComponent]):
                 logger.exception("component %s: register_monitor_observer raised", self.component_id)
 
     async def receive(self, message: ProbeComponent) -> ComponentReport:
-        component = self.component
-        try:
-            # One read when the component offers both at once: the bridge does, which saves an audit one round trip
-            # to the bridge's actor out of four.
-            read_both = getattr(component, "get_health_and_metrics", None)
-            if callable(read_both):
-                health, metrics = await _call(read_both)
-            else:
-                health = await _call(component.get_health_status)
-                metrics = await _call(component.get_metrics)
-        except Exception as exc:
-            report = ComponentReport(
-                component_id=self.component_id,
-                audit_id=message.audit_id,
-                status="unknown",
-                health={},
-                metrics={},
-                error=f"{type(exc).__name__}: {exc}",
-            )
-        else:
-            report = ComponentReport(
-                component_id=self.component_id,
-                audit_id=message.audit_id,
-                status=health_status(health),
-                health=as_plain(health),
-                metrics=as_plain(metrics),
-            )
+        report = await read_component(self.component_id, self.component, message.audit_id)
         message.reply_to.tell(report)
         return report

@@ -3,12 +3,13 @@ from __future__ import annotations
 from collections.abc import Awaitable, Callable
 from typing import TYPE_CHECKING, Any
 
+import anyio
 import msgspec
 
 from actors import Actor, ActorError, ActorRef, ActorStopped, AskTimeout
 
 from ._audit import AuditResult, AuditVerdict, cross_validate
-from ._components import ComponentProxy, ComponentReport, ProbeComponent, live_proxy
+from ._components import ComponentProxy, ComponentReport, ProbeComponent, live_proxy, read_component, reads_both
 from ._monitor_messages import (
     AuditSummary,
     CheckHealth,
@@ -59,6 +60,8 @@ class ChatEventMonitorHandle:
         self._proxy_starter = proxy_starter
         self._proxy_stopper = proxy_stopper
         self._proxies: dict[str, RegisteredComponent] = {}
+        # Components that offer get_health_and_metrics(): audit_component() reads them itself (see there).
+        self._read_directly: dict[str, Any] = {}
         self._flow_types = flow_component_types
 
     async def start_monitoring(self) -> None:
@@ -105,12 +108,15 @@ class ChatEventMonitorHandle:
         proxy = await self._proxy_starter(component_id, lambda: ComponentProxy(component_id, component, monitor))
         registered = RegisteredComponent(component_id=component_id, proxy=proxy, observes_flow=observes_flow)
         self._proxies[component_id] = registered
+        if reads_both(component) is not None:
+            self._read_directly[component_id] = component
         self.ref.tell(RegisterComponent(component=registered))
 
     async def unregister_component(self, component_id: str) -> None:
         """Stop auditing a component and stop its proxy."""
         if self._proxies.pop(component_id, None) is None:
             raise KeyError(component_id)
+        self._read_directly.pop(component_id, None)
         self.ref.tell(UnregisterComponent(component_id=component_id))
         if self._proxy_stopper is not None:
             await self._proxy_stopper(component_id)
@@ -118,21 +124,32 @@ class ChatEventMonitorHandle:
     async def audit_component(self, component_id: str) -> AuditResult:
         """Audit one component now: read its claim through its proxy (bounded by ``audit_timeout``), cross-validate.
 
-        Works while the monitor is detached too (without the flow check): an audit never fails because of it.
+        A component that offers ``get_health_and_metrics()`` (the bridge's handle) is read here directly, with the
+        same bound: its reads never block and may overlap the proxy's, so the hop through the proxy would only add
+        a round trip (an audit of the bridge is then two: the bridge, and the monitor's judgement). Works while the
+        monitor is detached too (without the flow check): an audit never fails because of it.
         """
         registered = self._proxies.get(component_id)
         if registered is None:
             raise KeyError(f"no component registered as {component_id!r}")
-        proxy = live_proxy(registered.proxy, self.ref._system)
-        if proxy is not registered.proxy:  # the branch was re-attached: its proxies were started anew
-            self._proxies[component_id] = registered = msgspec.structs.replace(registered, proxy=proxy)
         report: ComponentReport | None = None
         unresponsive = False
-        try:
-            reply = await proxy.ask(ProbeComponent(reply_to=_NOWHERE, audit_id=0), timeout=self.config.audit_timeout)
-            report = reply if isinstance(reply, ComponentReport) else None
-        except (AskTimeout, ActorError):
-            unresponsive = True
+        component = self._read_directly.get(component_id)
+        if component is not None:
+            with anyio.move_on_after(self.config.audit_timeout):
+                report = await read_component(component_id, component, 0)
+            unresponsive = report is None
+        else:
+            proxy = live_proxy(registered.proxy, self.ref._system)
+            if proxy is not registered.proxy:  # the branch was re-attached: its proxies were started anew
+                self._proxies[component_id] = registered = msgspec.structs.replace(registered, proxy=proxy)
+            try:
+                reply = await proxy.ask(
+                    ProbeComponent(reply_to=_NOWHERE, audit_id=0), timeout=self.config.audit_timeout
+                )
+                report = reply if isinstance(reply, ComponentReport) else None
+            except (AskTimeout, ActorError):
+                unresponsive = True
         try:
             result: AuditResult = await self.ref.ask(
                 JudgeReport(report=report, component_id=component_id, unresponsive=unresponsive),

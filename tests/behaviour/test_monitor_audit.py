@@ -88,14 +88,19 @@ class SyncComponent:
 
 
 class OneReadComponent(Component):
-    """Also offers get_health_and_metrics(), which the proxy must then use instead of the two separate reads."""
+    """Also offers get_health_and_metrics(), which must then be used instead of the two separate reads (and which
+    lets an audit asked for by the application read it without its proxy)."""
 
-    def __init__(self) -> None:
-        super().__init__("degraded", metrics={"events_sent": 3})
+    def __init__(self, *, hang: bool = False, error: Exception | None = None) -> None:
+        super().__init__("degraded", metrics={"events_sent": 3}, hang=hang, error=error)
         self.combined_reads = 0
 
     async def get_health_and_metrics(self) -> tuple[dict[str, Any], dict[str, Any]]:
         self.combined_reads += 1
+        if self.hang:
+            await anyio.sleep_forever()
+        if self.error is not None:
+            raise self.error
         return {"status": self.status}, dict(self.metrics)
 
 
@@ -150,6 +155,33 @@ class TestRegistration:
             result = await rig.handle.audit_component("db")
         assert (result.claimed, result.metrics) == ("degraded", {"events_sent": 3})
         assert (component.combined_reads, component.health_reads) == (1, 0)
+
+    async def test_component_offering_both_reads_audited_on_demand_without_its_proxy(self) -> None:
+        # Its reads never block: the application's audit reads it itself, one round trip fewer than via the proxy.
+        async with monitor_rig() as rig:
+            component = OneReadComponent()
+            await rig.handle.register_component_for_monitoring("db", component)
+            await rig.system.lookup("proxy:db").stop()
+            result = await rig.handle.audit_component("db")
+        assert (result.verdict, result.claimed) == (AuditVerdict.CONSISTENT, "degraded")
+        assert component.combined_reads == 1
+
+    async def test_component_offering_both_reads_hanging_is_unresponsive_after_the_audit_timeout(self) -> None:
+        # Read without its proxy: the audit's own bound must hold, as the proxy's ask timeout would.
+        async with monitor_rig(proxy_timeout=60.0) as rig:
+            await rig.handle.register_component_for_monitoring("db", OneReadComponent(hang=True))
+            started = anyio.current_time()
+            result = await rig.handle.audit_component("db")
+            assert result.verdict is AuditVerdict.UNRESPONSIVE
+            assert anyio.current_time() - started == pytest.approx(AUDIT_TIMEOUT)
+
+    async def test_component_offering_both_reads_raising_failed_with_the_error_in_findings(self) -> None:
+        async with monitor_rig() as rig:
+            component = OneReadComponent(error=ConnectionError("refused"))
+            await rig.handle.register_component_for_monitoring("db", component)
+            result = await rig.handle.audit_component("db")
+        assert result.verdict is AuditVerdict.FAILED
+        assert result.findings == ("reading its health raised ConnectionError: refused",)
 
     async def test_registering_an_id_twice_or_an_object_without_the_protocol_raises(self) -> None:
         async with monitor_rig() as rig:
