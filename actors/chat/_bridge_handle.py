@@ -290,10 +290,14 @@ class BridgeHandle:
         metrics: BridgeMetrics = await self._ref.ask(GetMetrics())
         return metrics
 
-    async def get_health_and_metrics(self) -> tuple[ComponentHealth, BridgeMetrics]:
+    async def get_health_and_metrics(self, *, timeout: float | None = 5.0) -> tuple[ComponentHealth, BridgeMetrics]:
         """:meth:`get_health_status` and :meth:`get_metrics` as of the same moment, in one round trip: what the
-        monitor's audit reads (its component proxy uses this when a component offers it)."""
-        both: tuple[ComponentHealth, BridgeMetrics] = await self._ref.ask(GetHealthAndMetrics())
+        monitor's audit reads (see ``MonitorableComponent``).
+
+        :param timeout: seconds to wait for the bridge (None: forever)
+        :raises AskTimeout: (a TimeoutError) when the bridge did not answer within ``timeout``
+        """
+        both: tuple[ComponentHealth, BridgeMetrics] = await self._ref.ask(GetHealthAndMetrics(), timeout=timeout)
         return both
 
     async def connection_statistics(self, connection_id: str | None = None) -> tuple[ConnectionStatistics, ...]:
