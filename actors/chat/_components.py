@@ -3,6 +3,7 @@ from __future__ import annotations
 import inspect
 import logging
 from collections.abc import Callable, Mapping
+from functools import partial
 from typing import TYPE_CHECKING, Any, Protocol, runtime_checkable
 
 import msgspec
@@ -24,10 +25,11 @@ HEALTH_STATUSES = ("healthy", "degraded", "unhealthy", "critical")
 class MonitorableComponent(Protocol):
     """What a component registered with the monitor implements (the seed's interface, unchanged).
 
-    A component may also offer ``get_health_and_metrics()``, returning ``(health, metrics)`` as of one moment: it
-    is then read with that one call. Offering it also says that reading the component never blocks the event loop
-    and may overlap another read (the bridge's handle, whose reads are asks to the bridge's actor): an audit asked
-    for by the application (``audit_component``) then reads it directly, bounded by ``audit_timeout``, instead of
+    A component may also offer ``get_health_and_metrics(*, timeout=...)``, returning ``(health, metrics)`` as of
+    one moment, or raising ``TimeoutError`` once ``timeout`` seconds have passed: it is then read with that one
+    call. Offering it also says that reading the component never blocks the event loop and may overlap another
+    read (the bridge's handle, whose reads are asks to the bridge's actor, with the ask's timeout): an audit asked
+    for by the application (``audit_component``) then reads it directly, with ``timeout=audit_timeout``, instead of
     through its proxy. The monitor's periodic audits always go through the proxy.
     """
 
@@ -134,27 +136,35 @@ async def _call(method: Callable[[], Any]) -> Any:
     return await result if inspect.isawaitable(result) else result
 
 
-def reads_both(component: Any) -> Callable[[], Any] | None:
+def reads_both(component: Any) -> Callable[..., Any] | None:
     """The component's ``get_health_and_metrics`` when it offers one (see :class:`MonitorableComponent`)."""
     read = getattr(component, "get_health_and_metrics", None)
     return read if callable(read) else None
 
 
-async def read_component(component_id: str, component: Any, audit_id: int) -> ComponentReport:
+async def read_component(
+    component_id: str, component: Any, audit_id: int, *, timeout: float | None = None
+) -> ComponentReport:
     """Read a component's claimed health and metrics into a report; a read that raises gives a report with
-    ``error`` set (status ``unknown``), never an exception.
+    ``error`` set (status ``unknown``).
 
     With one call when the component offers ``get_health_and_metrics`` (the bridge's handle does: one round trip to
     the bridge's actor instead of two).
+
+    :param timeout: the bound a component offering ``get_health_and_metrics(timeout=...)`` is asked to keep (None:
+        its own default); the seed's two methods are called as they are
+    :raises TimeoutError: when ``timeout`` is given and the component's combined read did not keep it
     """
     try:
         read = reads_both(component)
         if read is not None:
-            health, metrics = await _call(read)
+            health, metrics = await _call(read if timeout is None else partial(read, timeout=timeout))
         else:
             health = await _call(component.get_health_status)
             metrics = await _call(component.get_metrics)
     except Exception as exc:
+        if timeout is not None and isinstance(exc, TimeoutError):
+            raise  # the caller's bound: it decides what a read that did not answer in time means
         return ComponentReport(
             component_id=component_id,
             audit_id=audit_id,

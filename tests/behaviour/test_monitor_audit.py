@@ -95,10 +95,11 @@ class OneReadComponent(Component):
         super().__init__("degraded", metrics={"events_sent": 3}, hang=hang, error=error)
         self.combined_reads = 0
 
-    async def get_health_and_metrics(self) -> tuple[dict[str, Any], dict[str, Any]]:
+    async def get_health_and_metrics(self, *, timeout: float = 5.0) -> tuple[dict[str, Any], dict[str, Any]]:
         self.combined_reads += 1
-        if self.hang:
-            await anyio.sleep_forever()
+        with anyio.fail_after(timeout):  # the bound the protocol asks of it
+            if self.hang:
+                await anyio.sleep_forever()
         if self.error is not None:
             raise self.error
         return {"status": self.status}, dict(self.metrics)
