@@ -45,6 +45,7 @@ from actors.chat._bridge_messages import (
     Disconnect,
     GetConnectionStatistics,
     GetHealth,
+    GetHealthAndMetrics,
     GetMetrics,
     Publish,
     RegisterObserver,
@@ -158,7 +159,7 @@ from actors.chat._monitor import (
     RecordEvent,
     RegisteredComponent,
 )
-from actors.chat._replay_ring import ReplayGap, ReplayRing, ReplayRingStatistics
+from actors.chat._replay_ring import ReplayGap, ReplayRing, ReplayRingStatistics, RingEvictions
 from actors.chat._tap import (
     DeliveryProgress,
     ReplaySnapshot,
@@ -219,6 +220,7 @@ __all__ = [
     "FlowWindow",
     "GetConnectionStatistics",
     "GetHealth",
+    "GetHealthAndMetrics",
     "GetMetrics",
     "HealthObserver",
     "HealthObserverProxy",
@@ -255,6 +257,7 @@ __all__ = [
     "ReplayRingStatistics",
     "ReplaySnapshot",
     "ReportedKeys",
+    "RingEvictions",
     "RunError",
     "RunFinished",
     "RunOutcome",

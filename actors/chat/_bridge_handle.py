@@ -17,6 +17,7 @@ from actors.chat._bridge_messages import (
     Disconnect,
     GetConnectionStatistics,
     GetHealth,
+    GetHealthAndMetrics,
     GetMetrics,
     Publish,
     RegisterObserver,
@@ -288,6 +289,16 @@ class BridgeHandle:
         """The bridge's counters and delivery latency."""
         metrics: BridgeMetrics = await self._ref.ask(GetMetrics())
         return metrics
+
+    async def get_health_and_metrics(self, *, timeout: float | None = 5.0) -> tuple[ComponentHealth, BridgeMetrics]:
+        """:meth:`get_health_status` and :meth:`get_metrics` as of the same moment, in one round trip: what the
+        monitor's audit reads (see ``MonitorableComponent``).
+
+        :param timeout: seconds to wait for the bridge (None: forever)
+        :raises AskTimeout: (a TimeoutError) when the bridge did not answer within ``timeout``
+        """
+        both: tuple[ComponentHealth, BridgeMetrics] = await self._ref.ask(GetHealthAndMetrics(), timeout=timeout)
+        return both
 
     async def connection_statistics(self, connection_id: str | None = None) -> tuple[ConnectionStatistics, ...]:
         """Counters of one connection (open or among the recently closed), or of every open one."""

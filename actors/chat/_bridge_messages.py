@@ -160,6 +160,10 @@ class GetMetrics(Message, frozen=True, kw_only=True):
     """Reply a :class:`BridgeMetrics` snapshot."""
 
 
+class GetHealthAndMetrics(Message, frozen=True, kw_only=True):
+    """Reply ``(ComponentHealth, BridgeMetrics)``, both as of now: what an audit reads, in one round trip."""
+
+
 class GetConnectionStatistics(Message, frozen=True, kw_only=True):
     """Reply ``ConnectionStatistics`` for one connection (open or recently closed), or for every open one."""
 
@@ -180,6 +184,7 @@ BridgeMessage = (
     | RegisterObserver
     | GetHealth
     | GetMetrics
+    | GetHealthAndMetrics
     | GetConnectionStatistics
     | ReplaySnapshot
     | Tick

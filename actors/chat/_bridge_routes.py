@@ -96,6 +96,7 @@ class ConnectionRoutes:
         "replayed",
         "routes",
         "seen_coalesced",
+        "seen_discarded",
         "seen_errors",
         "seen_sent",
         "sent_directly_before",
@@ -127,6 +128,7 @@ class ConnectionRoutes:
         self.seen_sent = 0
         self.seen_coalesced = 0
         self.seen_errors = 0
+        self.seen_discarded = 0
 
     def sent_directly(self) -> int:
         """Frames the bridge sent to this connection itself (the fast path), derived from its routes."""

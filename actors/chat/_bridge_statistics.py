@@ -11,13 +11,11 @@ from actors._ref import RefState
 from actors.chat._bridge_messages import ConnectionStatistics
 from actors.chat._components import ComponentHealthChanged
 from actors.chat._connection import CloseCode
-from actors.chat._health import HealthSample, LatencyHistogram
+from actors.chat._health import HealthSample
 
 if TYPE_CHECKING:
-    from collections.abc import Iterable
-
     from actors._ref import ActorRef
-    from actors.chat._bridge_routes import ConnectionRoutes, ThreadRoutes
+    from actors.chat._bridge_routes import ConnectionRoutes
     from actors.chat._health import ComponentHealth
 
 # The bridge's logger: what is logged here is logged by the bridge.
@@ -68,42 +66,29 @@ def statistics_of(connection: ConnectionRoutes, *, finished: bool = False) -> Co
 
 
 class ClosedConnections:
-    """What the bridge keeps of the connections it has closed and forgotten: totals, and the last few statistics.
+    """What the bridge keeps of the connections it has closed and forgotten: the close codes, what their writers
+    left queued when they stopped, and the last few connections' final statistics.
+
+    What they sent and discarded while running is in the bridge's running totals already (:class:`DeliveryTally`,
+    the shared latency histogram), so nothing here is summed per connection when the metrics are read.
 
     :param kept: how many closed connections' final statistics are kept (``BridgeConfig.closed_connections_kept``)
     """
 
-    __slots__ = (
-        "by_code",
-        "coalesced",
-        "delivered",
-        "discarded",
-        "latency",
-        "send_errors",
-        "slow_closes",
-        "statistics",
-    )
+    __slots__ = ("by_code", "left_queued", "slow_closes", "statistics")
 
     def __init__(self, kept: int) -> None:
         self.statistics: deque[ConnectionStatistics] = deque(maxlen=kept)
-        self.delivered = 0
-        self.coalesced = 0
-        self.discarded = 0
-        self.send_errors = 0
-        self.latency = LatencyHistogram()
+        #: Events still queued for a writer when it stopped (in its own queue or its mailbox): discarded on close.
+        self.left_queued = 0
         self.by_code: Counter[int] = Counter()
         self.slow_closes = 0
 
     def record(self, connection: ConnectionRoutes) -> None:
-        """Add a connection whose writer has stopped to the totals, and keep its final statistics."""
+        """Count a connection whose writer has stopped (read by the bridge's DeliveryTally first), keep its final
+        statistics."""
         final = statistics_of(connection, finished=True)
-        progress = connection.progress
-        self.delivered += final.delivered
-        self.coalesced += progress.coalesced
-        self.discarded += final.discarded_on_close
-        self.send_errors += progress.send_errors
-        self.latency.merge(progress.latency)
-        self.latency.record_zeros(final.delivered - progress.delivered)
+        self.left_queued += final.discarded_on_close - connection.progress.discarded
         assert final.close_code is not None
         self.by_code[final.close_code] += 1
         if final.close_code == CloseCode.SLOW_CONSUMER:
@@ -118,19 +103,28 @@ class ClosedConnections:
 class ConnectionScan(msgspec.Struct, frozen=True, kw_only=True):
     """What the bridge's connections add up to now, closed ones included: what its tick reports and judges.
 
+    :param sent_directly: frames the bridge sent itself (the fast path), to every connection it ever had
     :param delivered: events sent as a frame of their own, or as the last of a coalesced frame
     :param coalesced: events merged into a later event's frame that was sent
     :param errors: sends that failed
+    :param discarded: events writers threw away because their connection closed (those left queued when a writer
+        stopped are not here: see :attr:`ClosedConnections.left_queued`)
     :param queued: events handed to open connections' writers and not yet settled
     :param fullest: the most of those for one connection
+    :param closing_queued: the same for connections that are closing
+    :param closing_fullest: the most of those for one closing connection
     :param open: connections not closing
     """
 
+    sent_directly: int
     delivered: int
     coalesced: int
     errors: int
+    discarded: int
     queued: int
     fullest: int
+    closing_queued: int
+    closing_fullest: int
     open: int
 
 
@@ -144,12 +138,13 @@ class DeliveryTally:
     O(connections).
     """
 
-    __slots__ = ("coalesced", "errors", "writer_sent")
+    __slots__ = ("coalesced", "discarded", "errors", "writer_sent")
 
     def __init__(self) -> None:
         self.writer_sent = 0
         self.coalesced = 0
         self.errors = 0
+        self.discarded = 0
 
     def read(self, connection: ConnectionRoutes) -> None:
         """Add what the connection's writer did since it was last read (before it stops being read)."""
@@ -163,6 +158,9 @@ class DeliveryTally:
         errors = progress.send_errors
         self.errors += errors - connection.seen_errors
         connection.seen_errors = errors
+        discarded = progress.discarded
+        self.discarded += discarded - connection.seen_discarded
+        connection.seen_discarded = discarded
 
     def scan(self, busy: dict[ConnectionRoutes, None], *, sent_directly: int, open_connections: int) -> ConnectionScan:
         """Read every busy connection, forget those found idle, and return the totals.
@@ -171,7 +169,7 @@ class DeliveryTally:
         :param sent_directly: frames the bridge sent itself, to every connection it ever had
         :param open_connections: connections not closing
         """
-        queued = fullest = 0
+        queued = fullest = closing_queued = closing_fullest = 0
         idle: list[ConnectionRoutes] = []
         for connection in busy:
             self.read(connection)
@@ -182,6 +180,10 @@ class DeliveryTally:
                     queued += depth
                     if depth > fullest:
                         fullest = depth
+                else:
+                    closing_queued += depth
+                    if depth > closing_fullest:
+                        closing_fullest = depth
             elif progress.turn_started is None:
                 # Everything handed over is settled and no turn is running: only a new hand-over (which puts it
                 # back) can change its writer's counters.
@@ -189,11 +191,15 @@ class DeliveryTally:
         for connection in idle:
             del busy[connection]
         return ConnectionScan(
+            sent_directly=sent_directly,
             delivered=sent_directly + self.writer_sent,
             coalesced=self.coalesced,
             errors=self.errors,
+            discarded=self.discarded,
             queued=queued,
             fullest=fullest,
+            closing_queued=closing_queued,
+            closing_fullest=closing_fullest,
             open=open_connections,
         )
 
@@ -232,76 +238,6 @@ def sample_health(
         lagging=lagging,
         monitor_problem=problem,
     )
-
-
-class ConnectionTotals(msgspec.Struct, frozen=True, kw_only=True):
-    """What the bridge's connections add up to, closed ones included, for :class:`BridgeMetrics`."""
-
-    latency: LatencyHistogram
-    delivered: int
-    coalesced: int
-    discarded: int
-    send_errors: int
-    queued: int
-    deepest: int
-    deferred_pending: int
-    subscriptions: int
-    open: int
-
-
-def connection_totals(connections: Iterable[ConnectionRoutes], closed: ClosedConnections) -> ConnectionTotals:
-    """Add up the open connections' progress and the closed ones' totals."""
-    latency = LatencyHistogram()
-    latency.merge(closed.latency)
-    delivered = closed.delivered
-    coalesced = closed.coalesced
-    discarded = closed.discarded
-    send_errors = closed.send_errors
-    queued = 0
-    deepest = 0
-    deferred_pending = 0
-    subscriptions = 0
-    open_connections = 0
-    for connection in connections:
-        progress = connection.progress
-        sent_directly = connection.sent_directly()
-        latency.merge(progress.latency)
-        latency.record_zeros(sent_directly)
-        delivered += progress.delivered + sent_directly
-        coalesced += progress.coalesced
-        discarded += progress.discarded
-        send_errors += progress.send_errors
-        depth = connection.told - progress.settled
-        queued += depth
-        deepest = max(deepest, depth)
-        subscriptions += len(connection.routes)
-        deferred_pending += sum(route.deferred for route in connection.routes.values())
-        open_connections += not connection.closing
-    return ConnectionTotals(
-        latency=latency,
-        delivered=delivered,
-        coalesced=coalesced,
-        discarded=discarded,
-        send_errors=send_errors,
-        queued=queued,
-        deepest=deepest,
-        deferred_pending=deferred_pending,
-        subscriptions=subscriptions,
-        open=open_connections,
-    )
-
-
-def ring_totals(threads: Iterable[ThreadRoutes]) -> tuple[int, int]:
-    """Events the threads' replay rings hold now, and events they have evicted (by count or by age).
-
-    :return: ``(retained, evicted)``
-    """
-    retained = evicted = 0
-    for thread in threads:
-        ring_stats = thread.ring.statistics()
-        retained += ring_stats.retained
-        evicted += ring_stats.evicted_by_count + ring_stats.evicted_by_age
-    return retained, evicted
 
 
 def broadcast_health(observers: list[ActorRef[Any]], component_id: str, health: ComponentHealth) -> None:

@@ -276,7 +276,8 @@ class ConnectionProgress:
         self.send_errors = 0
         #: Per thread, the highest seq whose frame was sent (the delivered-seq cursor).
         self.delivered_seq: dict[str, int] = {}
-        #: Latency from acceptance (``observed_at``) to the completed send, one sample per frame, in ms.
+        #: Latency from acceptance (``observed_at``) to the completed send, one sample per frame, in ms. The bridge
+        #: replaces it with its own when it registers the connection: one histogram for all its connections.
         self.latency = LatencyHistogram()
         self.closed = False
         self.close_code: int | None = None

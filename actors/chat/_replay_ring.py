@@ -47,6 +47,16 @@ class ReplayRingStatistics(msgspec.Struct, frozen=True, kw_only=True):
     evicted_by_age: int
 
 
+class RingEvictions:
+    """Events evicted from a set of replay rings (a bridge's), counted as it happens: read in O(1), however many."""
+
+    __slots__ = ("by_age", "by_count")
+
+    def __init__(self) -> None:
+        self.by_count = 0
+        self.by_age = 0
+
+
 class ReplayRing:
     """A bounded buffer of one thread's recent stamped events, for replay to a client reconnecting with afterSeq.
 
@@ -58,6 +68,7 @@ class ReplayRing:
 
     :param capacity: most events held; the oldest is evicted to make room.
     :param max_age: seconds an event stays replayable after ``observed_at``; ``math.inf`` disables age eviction.
+    :param evictions: where the ring also counts its evictions, with other rings' (default: its own counter)
     :raises ValueError: when ``capacity`` < 1 or ``max_age`` is not a positive number.
     """
 
@@ -66,12 +77,13 @@ class ReplayRing:
         "_evicted_by_age",
         "_evicted_by_count",
         "_evicted_through",
+        "_evictions",
         "_items",
         "_last_seq",
         "_max_age_ms",
     )
 
-    def __init__(self, capacity: int, max_age: float) -> None:
+    def __init__(self, capacity: int, max_age: float, *, evictions: RingEvictions | None = None) -> None:
         if capacity < 1:
             raise ValueError(f"capacity must be at least 1, got {capacity}")
         if math.isnan(max_age) or max_age <= 0:
@@ -88,6 +100,7 @@ class ReplayRing:
         self._evicted_through = 0
         self._evicted_by_count = 0
         self._evicted_by_age = 0
+        self._evictions = evictions if evictions is not None else RingEvictions()
 
     @property
     def capacity(self) -> int:
@@ -131,6 +144,7 @@ class ReplayRing:
                 # The deque's maxlen drops the oldest on append; record what it drops first.
                 self._evicted_through = oldest.seq
                 self._evicted_by_count += 1
+                self._evictions.by_count += 1
         items.append(item)
         self._last_seq = seq
 
@@ -181,6 +195,9 @@ class ReplayRing:
     def _expire(self, now_ms: int) -> None:
         items = self._items
         cutoff = now_ms - self._max_age_ms
+        held = len(items)
         while items and items[0].observed_at < cutoff:
             self._evicted_through = items.popleft().seq
-            self._evicted_by_age += 1
+        expired = held - len(items)
+        self._evicted_by_age += expired
+        self._evictions.by_age += expired

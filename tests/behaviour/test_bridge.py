@@ -377,6 +377,20 @@ class TestMonitorTap:
             assert (metrics.monitor_attached, metrics.taps, metrics.dropped) == (False, 0, {})
             assert (await bridge.get_health_status()).status == "healthy"
 
+    async def test_health_and_metrics_read_together_match_the_separate_reads(self) -> None:
+        # What an audit reads of the bridge, in one round trip (the component proxy prefers it).
+        async with open_bridge() as (_system, bridge):
+            sink = MemorySink()
+            await bridge.subscribe(await bridge.connect(sink, principal="p"), "t")
+            for i in range(20):
+                bridge.publish("t", "r", text(i))
+            await settled(bridge)
+            health, metrics = await bridge.get_health_and_metrics()
+            alone = await bridge.get_health_status()
+            assert (health.status, health.reasons) == (alone.status, alone.reasons)  # checked_at may differ by 1 ms
+            assert metrics == await bridge.get_metrics()
+            assert (metrics.events_delivered, health.status) == (20, "healthy")
+
     async def test_monitor_tapped_every_accepted_event_with_its_fan_out(self) -> None:
         async with open_bridge() as (system, bridge):
             monitor, log = spawn_recorder(system)

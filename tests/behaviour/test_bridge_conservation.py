@@ -150,11 +150,24 @@ class TestConservation:
             )
             assert (metrics.queued, metrics.deferred_pending) == (0, 0)
             by_thread = {thread: [s for s in tapped if s.thread_id == thread] for thread in THREADS}
+            every: list[Any] = []
             for cid, sink in sinks.items():
                 (stats,) = await bridge.connection_statistics(cid)
+                every.append(stats)
                 assert_connection_conserved(stats)
                 assert stats.delivered == len(sink.frames)
                 check_stream(sink, cid, starts, by_thread, closed=stats.state == "closed")
+            # The bridge's totals are kept as things change, never summed over connections or rings when read: they
+            # must still be what the connections and the rings add up to.
+            assert metrics.events_delivered == sum(s.delivered for s in every) == metrics.latency_samples
+            assert metrics.events_coalesced == sum(s.coalesced for s in every)
+            assert metrics.send_errors == sum(s.send_errors for s in every)
+            assert metrics.dropped.get("discarded_on_close", 0) == sum(s.discarded_on_close for s in every)
+            assert metrics.subscriptions == sum(len(s.threads) for s in every if s.state != "closed")
+            held = await bridge.replay_snapshot()
+            metrics = await bridge.get_metrics()
+            assert metrics.replay_retained == len(held)
+            assert metrics.replay_retained + metrics.replay_evicted == metrics.events_accepted
 
 
 def check_stream(

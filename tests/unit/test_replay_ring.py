@@ -7,7 +7,7 @@ import pytest
 from hypothesis import given, settings, strategies as st
 
 from actors.chat._events import StampedEvent, ToolCallArgs
-from actors.chat._replay_ring import ReplayGap, ReplayRing
+from actors.chat._replay_ring import ReplayGap, ReplayRing, RingEvictions
 
 _EVENT = ToolCallArgs(tool_call_id="c", delta="x")
 
@@ -183,6 +183,27 @@ class TestSnapshotAndStatistics:
         stats = ring.statistics()
         assert (stats.retained, stats.last_seq, stats.oldest_seq) == (1, 4, 4)
         assert (stats.evicted_by_count, stats.evicted_by_age) == (1, 2)
+
+
+class TestRingEvictions:
+    def test_rings_sharing_a_counter_add_up_their_evictions_by_count_and_by_age(self) -> None:
+        # The bridge reads its rings' evictions off one shared counter instead of visiting every ring.
+        shared = RingEvictions()
+        by_count = ReplayRing(3, math.inf, evictions=shared)
+        by_age = ReplayRing(100, 0.01, evictions=shared)  # 10 ms
+        for seq in range(1, 8):
+            by_count.append(item(seq))  # 4 evicted by count
+        for seq in range(1, 6):
+            by_age.append(item(seq, observed_at=seq))
+        by_age.append(item(6, observed_at=14))  # seqs 1-3 are older than 10 ms at 14
+        assert by_age.snapshot(now_ms=15) == [item(5, 5), item(6, 14)]  # seq 4 too at 15
+        assert (shared.by_count, shared.by_age) == (4, 4)
+        assert shared.by_count == by_count.statistics().evicted_by_count
+        assert shared.by_age == by_age.statistics().evicted_by_age
+
+    def test_ring_without_a_shared_counter_counts_on_its_own(self) -> None:
+        ring = filled(2, 5)
+        assert ring.statistics().evicted_by_count == 3
 
 
 class TestReplayGap:
