@@ -413,7 +413,7 @@ async def tap_batch(tell: Callable[[StampedEvent], None], stamped: StampedEvent,
 
 async def tap_runs(bridge: AgentWebSocketBridge, stamped: StampedEvent, run: int, drained: Callable[[], bool]) -> float:
     """ns per event of the bridge's own tap (its MonitorTap), ``TAP_BATCH`` events in runs of ``run``: each event
-    added to the run being routed (as the bridge's _publish does), each run told to the monitor once routed (as its
+    added to the run being routed (as the bridge's _route does), each run told to the monitor once routed (as its
     receive does after a run of publishes); then wait until the monitor has drained them."""
     tap = bridge._tap
     flush = tap.flush
