@@ -1,6 +1,6 @@
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any, cast
+from typing import TYPE_CHECKING, cast
 
 import anyio
 import pytest
@@ -9,6 +9,7 @@ from starlette.websockets import WebSocketState
 
 from actors.chat._connection import nowait_send
 from supervisors._asgi_ws import StarletteSink
+from tests.behaviour.test_starlette_sink import FakeWebSocket, sink_over
 
 if TYPE_CHECKING:
     from starlette.websockets import WebSocket
@@ -16,35 +17,9 @@ if TYPE_CHECKING:
 pytestmark = pytest.mark.anyio
 
 
-class HoldingWebSocket:
-    """What StarletteSink uses of a Starlette WebSocket, over an ASGI send that waits while ``held``."""
-
-    def __init__(self) -> None:
-        self.application_state = WebSocketState.CONNECTED
-        self.client_state = WebSocketState.CONNECTED
-        self.frames: list[str] = []
-        self.held = False
-        self.released = anyio.Event()
-
-    async def _send(self, message: dict[str, Any]) -> None:
-        if self.held:
-            await self.released.wait()
-        self.frames.append(message["text"])
-
-    async def send(self, message: dict[str, Any]) -> None:
-        await self._send(message)
-
-    async def close(self, code: int, reason: str) -> None:
-        self.application_state = WebSocketState.DISCONNECTED
-
-
-def sink_over(websocket: HoldingWebSocket) -> StarletteSink:
-    return StarletteSink(cast("WebSocket", websocket))
-
-
 class TestStarletteSinkOffersTheFastPath:
     async def test_fast_path_offered_on_asyncio_only(self) -> None:
-        sink = sink_over(HoldingWebSocket())
+        sink = sink_over(FakeWebSocket())
         on_asyncio = current_async_library() == "asyncio"
         assert sink.sends_nowait is on_asyncio
         assert (nowait_send(sink, "text") is not None) is on_asyncio
@@ -62,7 +37,7 @@ class TestStarletteSinkLockAroundTheFastPath:
     async def test_send_completed_at_once_leaves_the_lock_free(self) -> None:
         if current_async_library() != "asyncio":
             pytest.skip("the fast path runs on asyncio only")
-        websocket = HoldingWebSocket()
+        websocket = FakeWebSocket()
         sink = sink_over(websocket)
         sink.send_text_nowait("a")
         sink.send_text_nowait("b")  # not refused: the first one did not keep the lock
@@ -73,7 +48,7 @@ class TestStarletteSinkLockAroundTheFastPath:
     async def test_send_left_waiting_holds_the_lock_until_finished(self) -> None:
         if current_async_library() != "asyncio":
             pytest.skip("the fast path runs on asyncio only")
-        websocket = HoldingWebSocket()
+        websocket = FakeWebSocket()
         sink = sink_over(websocket)
         websocket.held = True
         with pytest.raises(anyio.WouldBlock):
