@@ -360,7 +360,8 @@ async def open_runtime(
         runtime = Runtime(system, config, supervisor, bridge, monitor, memory)
         if register_bridge and runtime.monitoring_state() == "running":
             try:
-                await monitor.register_component_for_monitoring(BRIDGE_COMPONENT_ID, bridge)
+                # Its reads are asks to the bridge's actor, with the timeout given: audits on demand skip the proxy.
+                await monitor.register_component_for_monitoring(BRIDGE_COMPONENT_ID, bridge, read_directly=True)
             except (ActorError, TimeoutError) as exc:
                 logger.warning("could not register the bridge for audits: %s", exc)
         try:

@@ -293,6 +293,8 @@ class AgentWebSocketBridge(Actor[BridgeMessage]):
                     thread = self._open_thread(thread_id)
                 seq = thread.last_seq + 1
                 routes = thread.fan_out_routes
+                if routes is None:
+                    routes = thread.current_routes()
                 fan_out = len(routes)
                 try:
                     stamped = stamp(

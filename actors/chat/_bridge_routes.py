@@ -43,8 +43,9 @@ class ThreadRoutes:
         self.last_active = 0
         self.routes: dict[str, Route] = {}
         #: The same routes as a tuple, for the loop over them once per event (a dict's values view and its
-        #: iterator are two objects per event); kept in step with ``routes`` by :meth:`routes_changed`.
-        self.fan_out_routes: tuple[Route, ...] = ()
+        #: iterator are two objects per event); None after a route was added or removed, until the next event
+        #: that needs it rebuilds it (:meth:`current_routes`).
+        self.fan_out_routes: tuple[Route, ...] | None = ()
         #: Set when an event of the thread is routed without being sent on the spot (handed to a writer's queue,
         #: or held back for a lagging route); cleared once a delivery check finds every route caught up. While it
         #: is clear, every event routed so far was sent to every route as it was routed (the fast path), so the
@@ -52,8 +53,19 @@ class ThreadRoutes:
         self.needs_scan = False
 
     def routes_changed(self) -> None:
-        """Bring :attr:`fan_out_routes` in step with :attr:`routes` after a route was added or removed."""
-        self.fan_out_routes = tuple(self.routes.values())
+        """Note that a route was added or removed: :attr:`fan_out_routes` is rebuilt when next needed.
+
+        Not rebuilt here: subscribing or closing thousands of connections on one thread, one after another (a
+        broadcast thread, or a shutdown closing them all in one handler), would cost a tuple of all of them each.
+        """
+        self.fan_out_routes = None
+
+    def current_routes(self) -> tuple[Route, ...]:
+        """:attr:`fan_out_routes`, rebuilt first if a route was added or removed since it was last built."""
+        routes = self.fan_out_routes
+        if routes is None:
+            routes = self.fan_out_routes = tuple(self.routes.values())
+        return routes
 
 
 class Route:

@@ -25,12 +25,10 @@ HEALTH_STATUSES = ("healthy", "degraded", "unhealthy", "critical")
 class MonitorableComponent(Protocol):
     """What a component registered with the monitor implements (the seed's interface, unchanged).
 
-    A component may also offer ``get_health_and_metrics(*, timeout=...)``, returning ``(health, metrics)`` as of
-    one moment, or raising ``TimeoutError`` once ``timeout`` seconds have passed: it is then read with that one
-    call. Offering it also says that reading the component never blocks the event loop and may overlap another
-    read (the bridge's handle, whose reads are asks to the bridge's actor, with the ask's timeout): an audit asked
-    for by the application (``audit_component``) then reads it directly, with ``timeout=audit_timeout``, instead of
-    through its proxy. The monitor's periodic audits always go through the proxy.
+    A component may also offer ``get_health_and_metrics()``, returning ``(health, metrics)`` as of one moment: its
+    proxy then reads both with that one call. One registered with ``read_directly`` (the bridge's handle, whose
+    reads are asks to the bridge's actor) must accept ``timeout=`` and keep it: an audit asked for by the
+    application (``audit_component``) then asks it itself, without the hop through its proxy.
     """
 
     async def get_health_status(self) -> Any:

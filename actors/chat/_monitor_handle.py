@@ -59,7 +59,7 @@ class ChatEventMonitorHandle:
         self._proxy_starter = proxy_starter
         self._proxy_stopper = proxy_stopper
         self._proxies: dict[str, RegisteredComponent] = {}
-        # Components that offer get_health_and_metrics(): audit_component() reads them itself (see there).
+        # Components registered with read_directly: audit_component() asks them itself (see there).
         self._read_directly: dict[str, Any] = {}
         self._flow_types = flow_component_types
 
@@ -84,13 +84,17 @@ class ChatEventMonitorHandle:
         return health
 
     async def register_component_for_monitoring(
-        self, component_id: str, component: Any, *, observes_flow: bool | None = None
+        self, component_id: str, component: Any, *, observes_flow: bool | None = None, read_directly: bool = False
     ) -> None:
         """Wrap ``component`` in a proxy actor and audit it periodically and on demand.
 
         :param observes_flow: whether the monitor's tap comes from this component (cross-validate its claims
             against delivery); by default true for the bridge
+        :param read_directly: the component's ``get_health_and_metrics(timeout=...)`` is an ask to an actor that
+            keeps the timeout it is given (the bridge's handle): :meth:`audit_component` then asks it itself rather
+            than through its proxy, one round trip fewer. The periodic audits still go through the proxy.
         :raises ValueError: when ``component_id`` is already registered
+        :raises TypeError: when ``read_directly`` is set and the component has no ``get_health_and_metrics``
         """
         if not component_id or not isinstance(component_id, str):
             raise ValueError(f"component_id must be a non-empty str, got {component_id!r}")
@@ -101,13 +105,17 @@ class ChatEventMonitorHandle:
         ]
         if missing:
             raise TypeError(f"component {component_id!r} does not implement MonitorableComponent: missing {missing}")
+        if read_directly and reads_both(component) is None:
+            raise TypeError(
+                f"component {component_id!r}: read_directly needs a get_health_and_metrics(*, timeout) method"
+            )
         if observes_flow is None:
             observes_flow = isinstance(component, self._flow_types) if self._flow_types else False
         monitor = self.ref
         proxy = await self._proxy_starter(component_id, lambda: ComponentProxy(component_id, component, monitor))
         registered = RegisteredComponent(component_id=component_id, proxy=proxy, observes_flow=observes_flow)
         self._proxies[component_id] = registered
-        if reads_both(component) is not None:
+        if read_directly:
             self._read_directly[component_id] = component
         self.ref.tell(RegisterComponent(component=registered))
 
@@ -123,10 +131,11 @@ class ChatEventMonitorHandle:
     async def audit_component(self, component_id: str) -> AuditResult:
         """Audit one component now: read its claim through its proxy (bounded by ``audit_timeout``), cross-validate.
 
-        A component that offers ``get_health_and_metrics()`` (the bridge's handle) is read here directly, with the
-        same bound: its reads never block and may overlap the proxy's, so the hop through the proxy would only add
-        a round trip (an audit of the bridge is then two: the bridge, and the monitor's judgement). Works while the
-        monitor is detached too (without the flow check): an audit never fails because of it.
+        A component registered with ``read_directly`` (the bridge's handle) is asked here, with ``audit_timeout``
+        as its own ask's timeout (a TimeoutError is unresponsive): its reads never block and may overlap the
+        proxy's, so the hop through the proxy would only add a round trip (an audit of the bridge is then two: the
+        bridge, and the monitor's judgement). Works while the monitor is detached too (without the flow check): an
+        audit never fails because of it.
         """
         registered = self._proxies.get(component_id)
         if registered is None:

@@ -88,16 +88,20 @@ class SyncComponent:
 
 
 class OneReadComponent(Component):
-    """Also offers get_health_and_metrics(), which must then be used instead of the two separate reads (and which
-    lets an audit asked for by the application read it without its proxy)."""
+    """Also offers get_health_and_metrics(), which must then be used instead of the two separate reads (and which,
+    registered with read_directly, an audit asked for by the application calls without its proxy).
 
-    def __init__(self, *, hang: bool = False, error: Exception | None = None) -> None:
+    :param keeps_timeout: the read keeps the ``timeout`` it is given, as read_directly requires
+    """
+
+    def __init__(self, *, hang: bool = False, error: Exception | None = None, keeps_timeout: bool = True) -> None:
         super().__init__("degraded", metrics={"events_sent": 3}, hang=hang, error=error)
+        self.keeps_timeout = keeps_timeout
         self.combined_reads = 0
 
     async def get_health_and_metrics(self, *, timeout: float = 5.0) -> tuple[dict[str, Any], dict[str, Any]]:
         self.combined_reads += 1
-        with anyio.fail_after(timeout):  # the bound the protocol asks of it
+        with anyio.fail_after(timeout if self.keeps_timeout else None):
             if self.hang:
                 await anyio.sleep_forever()
         if self.error is not None:
@@ -157,20 +161,30 @@ class TestRegistration:
         assert (result.claimed, result.metrics) == ("degraded", {"events_sent": 3})
         assert (component.combined_reads, component.health_reads) == (1, 0)
 
-    async def test_component_offering_both_reads_audited_on_demand_without_its_proxy(self) -> None:
-        # Its reads never block: the application's audit reads it itself, one round trip fewer than via the proxy.
+    async def test_component_read_directly_audited_on_demand_without_its_proxy(self) -> None:
+        # Its reads are bounded asks: the application's audit asks it itself, one round trip fewer than via the proxy.
         async with monitor_rig() as rig:
             component = OneReadComponent()
-            await rig.handle.register_component_for_monitoring("db", component)
+            await rig.handle.register_component_for_monitoring("db", component, read_directly=True)
             await rig.system.lookup("proxy:db").stop()
             result = await rig.handle.audit_component("db")
         assert (result.verdict, result.claimed) == (AuditVerdict.CONSISTENT, "degraded")
         assert component.combined_reads == 1
 
-    async def test_component_offering_both_reads_hanging_is_unresponsive_after_the_audit_timeout(self) -> None:
-        # Read without its proxy: the audit's own bound must hold, as the proxy's ask timeout would.
+    @pytest.mark.parametrize(
+        ("read_directly", "keeps_timeout"),
+        [(True, True), (False, True), (False, False)],
+        ids=["direct", "proxy", "deaf"],
+    )
+    async def test_component_offering_both_reads_hanging_is_unresponsive_after_the_audit_timeout(
+        self, read_directly: bool, keeps_timeout: bool
+    ) -> None:
+        # Asked directly, the component keeps the audit's bound itself; through its proxy (the default) the proxy's
+        # ask timeout holds it, even for a read that ignores any timeout.
+        # Regression: every component offering the combined read was once read directly, so a deaf one hung the audit.
         async with monitor_rig(proxy_timeout=60.0) as rig:
-            await rig.handle.register_component_for_monitoring("db", OneReadComponent(hang=True))
+            component = OneReadComponent(hang=True, keeps_timeout=keeps_timeout)
+            await rig.handle.register_component_for_monitoring("db", component, read_directly=read_directly)
             started = anyio.current_time()
             result = await rig.handle.audit_component("db")
             assert result.verdict is AuditVerdict.UNRESPONSIVE
@@ -191,6 +205,8 @@ class TestRegistration:
                 await rig.handle.register_component_for_monitoring("db", Component())
             with pytest.raises(TypeError, match="get_health_status"):
                 await rig.handle.register_component_for_monitoring("cache", object())
+            with pytest.raises(TypeError, match="read_directly needs a get_health_and_metrics"):
+                await rig.handle.register_component_for_monitoring("queue", Component(), read_directly=True)
             with pytest.raises(ValueError, match="component_id"):
                 await rig.handle.register_component_for_monitoring("", Component())
             with pytest.raises(KeyError):
