@@ -4,13 +4,25 @@ import functools
 import gc
 import itertools
 import math
+import sys
 import time
 from typing import TYPE_CHECKING, Any
 
 import anyio
 import anyio.lowlevel
 import msgspec
-from _common import BACKENDS, alternate, emit, figure, median, parse_args, progress, repeated, sent_ns_of
+from _common import (
+    BACKENDS,
+    PeriodicTicker,
+    alternate,
+    emit,
+    figure,
+    median,
+    parse_args,
+    progress,
+    repeated,
+    sent_ns_of,
+)
 
 from actors import MailboxSpec, Overflow, open_actor_system
 from actors._mailbox import BATCH_SIZE
@@ -51,8 +63,19 @@ CHUNK = 256
 TAP_BATCH = 1000
 #: The latency figure's context: p99 also at this fraction of the saturation throughput.
 LOW_LOAD = 0.1
-#: The paced producer's cadence (s): once per tick it publishes every event due by then.
-PACE_TICK = 0.001
+#: The paced producer's cadence (s): once per tick, woken by a timerfd (PeriodicTicker), it publishes every event
+#: due by then.
+PACE_TICK = 0.00025
+#: The cadence of the producer the latency figure used up to session 6, kept for context: it slept with anyio.sleep
+#: to each whole millisecond, and epoll rounds the rest of a tick up to a whole ms, so it published in bursts of
+#: 1-2 ms of traffic.
+SLEEP_TICK = 0.001
+#: How the paced producer is woken on this system (reported with the latency figure).
+PACING = (
+    f"timerfd every {PACE_TICK * 1000:g} ms"
+    if sys.platform.startswith("linux")
+    else f"anyio.sleep to each {PACE_TICK * 1000:g} ms boundary (no timerfd here)"
+)
 #: The monitor's mailbox as the application tree builds it (RuntimeConfig.monitor_mailbox, drop-newest).
 MONITOR_MAILBOX = MailboxSpec(capacity=100_000, overflow=Overflow.DROP_NEWEST)
 #: Audits off: the figure is the cost of watching the event stream, not of probing components.
@@ -310,11 +333,21 @@ async def publish_cost_block(arm: Arm, events: int) -> float:
 
 
 async def paced_block(
-    arm: Arm, rate: float, duration: float, record: dict[str, list[float]], pauses: CollectionPauses
+    arm: Arm,
+    rate: float,
+    duration: float,
+    record: dict[str, list[float]],
+    pauses: CollectionPauses,
+    *,
+    tick: float,
+    timerfd: bool,
 ) -> float:
-    """Publish ``duration`` seconds of events at ``rate`` events/s: every millisecond (``PACE_TICK``, the resolution
-    of the event loops' timeouts) publish every event due by then, each carrying its publish time
-    (``metadata.sentNs``) for the sinks to time, then sleep until the next millisecond boundary.
+    """Publish ``duration`` seconds of events at ``rate`` events/s: every ``tick`` publish every event due by then,
+    each carrying its publish time (``metadata.sentNs``) for the sinks to time, then wait for the next tick.
+
+    With ``timerfd`` (and a system that has one) a :class:`PeriodicTicker` wakes the producer every ``tick``, as
+    data arriving on a socket would. Without, it sleeps with ``anyio.sleep`` until the next ``tick`` boundary: on
+    epoll the loop then wakes on a timeout rounded up to a whole millisecond, so a sub-millisecond tick is not kept.
 
     A full garbage collection runs first, outside the block (as between the runs of every bench): the rings'
     turnover otherwise sets one off every few seconds, a pause of tens of milliseconds that grows with what the
@@ -336,19 +369,28 @@ async def paced_block(
     now = anyio.current_time
     total = len(items)
     sent = wakeups = 0
+    ticker = PeriodicTicker.open(tick) if timerfd else None
     start_cpu = time.thread_time()
     start = time.perf_counter()
     begin = now()
-    while sent < total:
-        due = min(total, int((now() - begin) * rate) + 1)
-        if due > sent:
-            wakeups += 1
-            sent_ns = clock()
-            for thread_id, run_id, event in items[sent:due]:
-                tell(Publish(thread_id=thread_id, run_id=run_id, event=replace(event, metadata={"sentNs": sent_ns})))
-            sent = due
-        ticks = int((now() - begin) / PACE_TICK) + 1
-        await anyio.sleep(max(0.0, begin + ticks * PACE_TICK - now()))
+    try:
+        while sent < total:
+            due = min(total, int((now() - begin) * rate) + 1)
+            if due > sent:
+                wakeups += 1
+                sent_ns = clock()
+                for thread_id, run_id, event in items[sent:due]:
+                    metadata = {"sentNs": sent_ns}
+                    tell(Publish(thread_id=thread_id, run_id=run_id, event=replace(event, metadata=metadata)))
+                sent = due
+            if ticker is not None:
+                await ticker.wait()
+            else:
+                ticks = int((now() - begin) / tick) + 1
+                await anyio.sleep(max(0.0, begin + ticks * tick - now()))
+    finally:
+        if ticker is not None:
+            ticker.close()
     await arm.wait_delivered()
     pauses.active = False
     record["busy"].append((time.thread_time() - start_cpu) / (time.perf_counter() - start))
@@ -543,7 +585,12 @@ async def measure_backend(sizes: dict[str, Any]) -> dict[str, Any]:
         result["saturation"] = saturation
         result["saturation/detached"] = saturations["detached"]
         result["saturation busy"] = median(busy["attached"]["busy"])
-        for label, fraction, blocks in (("", 0.5, sizes["paced_blocks"]), ("low ", LOW_LOAD, sizes["low_blocks"])):
+        phases = (
+            ("", 0.5, sizes["paced_blocks"], PACE_TICK, True),
+            ("low ", LOW_LOAD, sizes["low_blocks"], PACE_TICK, True),
+            ("sleeping ", 0.5, sizes["sleeping_blocks"], SLEEP_TICK, False),
+        )
+        for label, fraction, blocks, tick, timerfd in phases:
             records: dict[str, dict[str, list[float]]] = {name: {"busy": [], "per_wakeup": []} for name in arms}
             for arm in arms.values():
                 arm.latencies.clear()
@@ -554,7 +601,16 @@ async def measure_backend(sizes: dict[str, Any]) -> dict[str, Any]:
                 await alternate(
                     blocks,
                     {
-                        name: functools.partial(paced_block, arm, rate, sizes["paced_seconds"], records[name], pauses)
+                        name: functools.partial(
+                            paced_block,
+                            arm,
+                            rate,
+                            sizes["paced_seconds"],
+                            records[name],
+                            pauses,
+                            tick=tick,
+                            timerfd=timerfd,
+                        )
                         for name, arm in arms.items()
                     },
                 )
@@ -582,6 +638,7 @@ FULL_SIZES = {
     "saturation_blocks": 10,
     "paced_blocks": 6,
     "low_blocks": 2,
+    "sleeping_blocks": 2,
     "paced_seconds": 0.5,
 }
 QUICK_SIZES = {
@@ -593,6 +650,7 @@ QUICK_SIZES = {
     "saturation_blocks": 3,
     "paced_blocks": 2,
     "low_blocks": 1,
+    "sleeping_blocks": 1,
     "paced_seconds": 0.1,
 }
 #: The discarded warm-up run only needs every path taken once.
@@ -684,6 +742,11 @@ def main() -> None:
             f"p99_at_{LOW_LOAD:g}_load_detached_ms": med("low p99/detached", backend),
             f"p50_at_{LOW_LOAD:g}_load_ms": med("low p50/attached", backend),
             f"loop_busy_at_{LOW_LOAD:g}_load": med("low busy/attached", backend, 2),
+            "pacing": PACING,
+            # Context: the same rate published by a producer that sleeps to each whole ms (up to session 6).
+            "p99_sleeping_to_each_ms_ms": med("sleeping p99/attached", backend),
+            "p99_sleeping_to_each_ms_detached_ms": med("sleeping p99/detached", backend),
+            "events_per_wakeup_sleeping_to_each_ms": med("sleeping per wake-up/attached", backend, 1),
         }
         figures += [throughput, tap, latency]
     emit(
