@@ -42,8 +42,8 @@ class Incarnation:
     """
 
     __slots__ = (
-        "_batch_scope",
         "_done_event",
+        "_drain_scope",
         "_guard_scope",
         "_handler_serial",
         "_handler_since",
@@ -97,11 +97,11 @@ class Incarnation:
         # handful of objects that the cyclic GC rescans (bench/supervisor_scale.py).
         self._timers: set[Timer] | frozenset[Timer] | None = None
         # Handler deadlines (hang detection): the drain loop only stamps when each handler starts; one watcher task
-        # per instance cancels the batch's scope when the running handler passes its deadline. A cancel scope per
+        # per instance cancels the drain's scope when the running handler passes its deadline. A cancel scope per
         # message (move_on_after) would cost several microseconds on every message of a busy actor.
         self._handler_since: float | None = None
         self._handler_serial = 0
-        self._batch_scope: anyio.CancelScope | None = None
+        self._drain_scope: anyio.CancelScope | None = None
         #: The mailbox's ``processed`` count at which the current batch ends: the drain loop yields to other tasks
         #: there, and :meth:`Actor.take_queued` takes no message past it (a batch is BATCH_SIZE messages, however
         #: many of them one ``receive`` call takes).
@@ -216,8 +216,8 @@ class Incarnation:
                     continue
                 serial = self._handler_serial
                 await anyio.sleep_until(since + timeout)
-                if self._handler_since is since and self._handler_serial == serial and self._batch_scope is not None:
-                    self._batch_scope.cancel()
+                if self._handler_since is since and self._handler_serial == serial and self._drain_scope is not None:
+                    self._drain_scope.cancel()
                     await anyio.sleep(timeout)
 
     async def run(self, factory: Callable[[], Actor[Any]] | None) -> None:
@@ -360,27 +360,32 @@ class Incarnation:
                 ref._system._task_group.start_soon(self._watch_handler_deadlines, deadline)
         item: Any = None
         try:
-            while True:
-                if self._stop_reason is not None:
-                    return self._stop_reason
-                if not queue:
-                    if fresh:
-                        # Started with nothing to do: hibernate until the first message instead of keeping a task.
-                        self._hibernating = True
-                        mailbox.waiter = self
-                        return None
-                    await mailbox.wait_nonempty()
-                    continue
-                fresh = False
-                depth = len(queue)
-                if depth > mailbox.high_water:
-                    mailbox.high_water = depth
-                batch_end = self.batch_end = mailbox.processed + BATCH_SIZE
-                with anyio.CancelScope() if deadline is not None else _NO_SCOPE as batch_scope:
-                    self._batch_scope = batch_scope
+            # One cancel scope for the whole drain, not one per batch: entering and leaving a scope costs 2-5 µs
+            # (anyio on asyncio / trio), which an actor woken for a few messages at a time paid on every wake-up
+            # (bench/bridge.py's monitor, woken per run of publishes). The watcher cancels it only while a handler
+            # runs (``_handler_since``), so what it cuts is always a handler; the handler timing out fails the actor.
+            with anyio.CancelScope() if deadline is not None else _NO_SCOPE as drain_scope:
+                self._drain_scope = drain_scope
+                while True:
+                    if self._stop_reason is not None:
+                        return self._stop_reason
+                    if not queue:
+                        if fresh:
+                            # Started with nothing to do: hibernate until the first message instead of keeping a
+                            # task.
+                            self._hibernating = True
+                            mailbox.waiter = self
+                            return None
+                        await mailbox.wait_nonempty()
+                        continue
+                    fresh = False
+                    depth = len(queue)
+                    if depth > mailbox.high_water:
+                        mailbox.high_water = depth
+                    batch_end = self.batch_end = mailbox.processed + BATCH_SIZE
                     while queue and mailbox.processed < batch_end:
-                        # A fault injector may wrap or unwrap the instance's receive at any await: re-read it
-                        # as soon as the ref's interceptors change, so a reverted fault ends with the message.
+                        # A fault injector may wrap or unwrap the instance's receive at any await: re-read it as
+                        # soon as the ref's interceptors change, so a reverted fault ends with the message.
                         if ref._interceptor_version != version:
                             version = ref._interceptor_version
                             receive = actor.receive
@@ -408,20 +413,22 @@ class Incarnation:
                         item = None
                         if self._stop_reason is not None:
                             break
-                self._batch_scope = None
-                if batch_scope is not None and batch_scope.cancelled_caught:
-                    assert deadline is not None
-                    raise HandlerTimeout(ref.name, deadline)
-                if mailbox.space_waiters:
-                    mailbox.wake_senders()
-                if mailbox.processed >= batch_end:
-                    await anyio.lowlevel.checkpoint()
+                    if mailbox.space_waiters:
+                        mailbox.wake_senders()
+                    if mailbox.processed >= batch_end:
+                        await anyio.lowlevel.checkpoint()
+            # Only the watcher's cancellation ends the loop here (every other way out returns or raises), and the
+            # scope absorbed it: the running handler passed its deadline.
+            assert deadline is not None
+            raise HandlerTimeout(ref.name, deadline)
         except Exception as exc:
             ref._failed += 1
             if type(item) is AskRequest:
                 item.fail(ActorFailed(ref.name, exc))
             logger.debug("%s failed while handling %s", ref.name, type(item).__name__, exc_info=True)
             return ExitReason.error(exc)
+        finally:
+            self._drain_scope = None
 
 
 class _NoScope:
