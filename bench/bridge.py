@@ -45,6 +45,7 @@ from actors.chat._events import (
     stamp,
 )
 from actors.chat._monitor import ChatEventMonitor, CheckHealth, MonitorConfig, MonitorHealth
+from supervisors import SupervisionSettings
 
 if TYPE_CHECKING:
     from collections.abc import Callable, Iterator
@@ -78,6 +79,9 @@ PACING = (
 )
 #: The monitor's mailbox as the application tree builds it (RuntimeConfig.monitor_mailbox, drop-newest).
 MONITOR_MAILBOX = MailboxSpec(capacity=100_000, overflow=Overflow.DROP_NEWEST)
+#: The monitor's handler deadline (hang detection) as the application tree gives it: the drain loop stamps its
+#: handlers and keeps a cancel scope, which a monitor started without one would not pay for.
+MONITOR_HANDLER_TIMEOUT = SupervisionSettings().monitor_handler_timeout
 #: Audits off: the figure is the cost of watching the event stream, not of probing components.
 MONITOR_CONFIG = MonitorConfig(audit_interval=0)
 #: One frame per event: coalescing (a remedy for a backlog, which the producers here never build) would make the
@@ -481,7 +485,12 @@ async def measure_tap_cost(system: ActorSystem, blocks: int) -> dict[str, float]
     a bridge of its own with the monitor attached, in runs of one and of ``BATCH_SIZE`` (a bridge draining a
     flood taps each run with one ``tell_many``).
     """
-    monitor = await system.start(lambda: ChatEventMonitor(MONITOR_CONFIG), name="tap-monitor", mailbox=MONITOR_MAILBOX)
+    monitor = await system.start(
+        lambda: ChatEventMonitor(MONITOR_CONFIG),
+        name="tap-monitor",
+        mailbox=MONITOR_MAILBOX,
+        handler_timeout=MONITOR_HANDLER_TIMEOUT,
+    )
     handle = spawn_bridge(system, BRIDGE_CONFIG, name="tap-bridge")
     handle.attach_monitor(monitor)
     assert (await handle.get_metrics()).monitor_attached
@@ -539,7 +548,10 @@ async def measure_backend(sizes: dict[str, Any]) -> dict[str, Any]:
         attached = spawn_bridge(system, BRIDGE_CONFIG, name="bridge-attached")
         detached = spawn_bridge(system, BRIDGE_CONFIG, name="bridge-detached")
         monitor = await system.start(
-            lambda: ChatEventMonitor(MONITOR_CONFIG, bridge=attached.ref), name="monitor", mailbox=MONITOR_MAILBOX
+            lambda: ChatEventMonitor(MONITOR_CONFIG, bridge=attached.ref),
+            name="monitor",
+            mailbox=MONITOR_MAILBOX,
+            handler_timeout=MONITOR_HANDLER_TIMEOUT,
         )
         attached.attach_monitor(monitor)
         arms = {"attached": Arm("attached", attached, monitor), "detached": Arm("detached", detached, None)}
