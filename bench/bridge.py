@@ -759,6 +759,7 @@ def main() -> None:
             "p99_sleeping_to_each_ms_ms": med("sleeping p99/attached", backend),
             "p99_sleeping_to_each_ms_detached_ms": med("sleeping p99/detached", backend),
             "events_per_wakeup_sleeping_to_each_ms": med("sleeping per wake-up/attached", backend, 1),
+            "loop_busy_sleeping_to_each_ms": med("sleeping busy/attached", backend, 2),
         }
         figures += [throughput, tap, latency]
     emit(
