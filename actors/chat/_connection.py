@@ -7,20 +7,12 @@ from collections import deque
 from typing import TYPE_CHECKING, Any, Final, Literal, Protocol, assert_never, runtime_checkable
 
 import anyio
-import msgspec
 
 from actors._actor import Actor
 from actors._exceptions import MailboxFull
 from actors._message import Message
-from actors.chat._events import (
-    AgentEvent,
-    ReasoningMessageContent,
-    StampedEvent,
-    TextMessageContent,
-    ToolCallArgs,
-    decode_event,
-    encode_event,
-)
+from actors.chat._coalescing import coalesce_carried
+from actors.chat._events import AgentEvent, StampedEvent, decode_event
 from actors.chat._health import LatencyHistogram
 
 if TYPE_CHECKING:
@@ -315,85 +307,6 @@ class WriterDrained(Message, frozen=True, kw_only=True):
 WriterMessage = StampedEvent | Close
 """Everything a :class:`ConnectionWriter` accepts."""
 
-_DELTA_TYPES: Final = (TextMessageContent, ReasoningMessageContent, ToolCallArgs)
-
-
-def _delta_key(item: StampedEvent) -> tuple[str, type[Any], str] | None:
-    """What identifies the stream a delta belongs to (thread, event type, message or tool call); None if no delta."""
-    event = item.event
-    kind = type(event)
-    if kind is TextMessageContent or kind is ReasoningMessageContent:
-        return (item.thread_id, kind, event.message_id)  # type: ignore[union-attr]
-    if kind is ToolCallArgs:
-        return (item.thread_id, kind, event.tool_call_id)  # type: ignore[union-attr]
-    return None
-
-
-def _merge(run: list[StampedEvent]) -> StampedEvent:
-    """One stamped event carrying the concatenated deltas of ``run`` (consecutive deltas of one stream).
-
-    It keeps the last event's ``seq`` (the client resumes after it) and adds ``metadata.firstSeq``, the first seq
-    it covers, so a client can check that its stream has no gap; ``observed_at`` is the oldest event's, so the
-    frame's latency is that of its oldest content.
-    """
-    first, last = run[0], run[-1]
-    last_event: Any = last.event
-    first_meta = first.event.metadata or {}
-    first_seq = first_meta.get("firstSeq", first.seq)
-    delta = "".join(item.event.delta for item in run)  # type: ignore[union-attr]
-    event: AgentEvent = msgspec.structs.replace(
-        last_event, delta=delta, metadata={**(last_event.metadata or {}), "firstSeq": first_seq}
-    )
-    return StampedEvent(
-        thread_id=last.thread_id,
-        run_id=last.run_id,
-        seq=last.seq,
-        observed_at=first.observed_at,
-        event=event,
-        frame=encode_event(event),
-        fan_out=last.fan_out,
-    )
-
-
-def coalesce(items: deque[StampedEvent]) -> tuple[deque[StampedEvent], int]:
-    """Merge each run of consecutive deltas of the same message or tool call (same thread) into one event.
-
-    Nothing else is touched: lifecycle and boundary events keep their place, so per-thread order is unchanged.
-
-    :return: the merged queue and how many events were folded into another (``len(items) - len(result)``)
-    """
-    merged = _coalesce(items, None)
-    return merged, len(items) - len(merged)
-
-
-def _coalesce(items: deque[StampedEvent], carried: dict[int, int] | None) -> deque[StampedEvent]:
-    """:func:`coalesce`, keeping ``carried`` (``id(frame)`` → events the frame carries, for merged frames only)
-    up to date when given: a merged frame carries what each of its parts carried."""
-    merged: deque[StampedEvent] = deque()
-    run: list[StampedEvent] = []
-    run_key: tuple[str, type[Any], str] | None = None
-    for item in items:
-        key = _delta_key(item)
-        if key is not None and key == run_key:
-            run.append(item)
-            continue
-        if run:
-            merged.append(_fold(run, carried))
-        run = [item]
-        run_key = key
-    if run:
-        merged.append(_fold(run, carried))
-    return merged
-
-
-def _fold(run: list[StampedEvent], carried: dict[int, int] | None) -> StampedEvent:
-    if len(run) == 1:
-        return run[0]
-    frame = _merge(run)
-    if carried is not None:
-        carried[id(frame)] = sum(carried.pop(id(part), 1) for part in run)
-    return frame
-
 
 class ConnectionWriter(Actor[WriterMessage]):
     """Writes one connection's frames to its sink, in order, so that a slow client only ever delays itself.
@@ -608,14 +521,14 @@ class ConnectionWriter(Actor[WriterMessage]):
         self._taken_at_merge = self._progress.taken
         keep = len(pending) - fresh - 1  # frames before the last merged one: they cannot change
         if keep <= 0:
-            merged = _coalesce(pending, carried)
+            merged = coalesce_carried(pending, carried)
             pending.clear()
             pending.extend(merged)
             return
         tail: deque[StampedEvent] = deque()
         for _ in range(len(pending) - keep):
             tail.appendleft(pending.pop())
-        pending.extend(_coalesce(tail, carried))
+        pending.extend(coalesce_carried(tail, carried))
 
     def _discard_pending(self) -> None:
         progress = self._progress

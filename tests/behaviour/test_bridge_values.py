@@ -8,7 +8,7 @@ from typing import Any
 import pytest
 
 from actors.chat._bridge_messages import BridgeConfig
-from actors.chat._connection import coalesce
+from actors.chat._coalescing import coalesce
 from actors.chat._events import (
     AgentEvent,
     ReasoningMessageContent,
