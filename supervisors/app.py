@@ -29,13 +29,12 @@ from actors import (
     MailboxSpec,
     open_actor_system,
 )
+from actors.chat._alert_sinks import AlertDispatcher, AlertSink
 from actors.chat._bridge import AgentWebSocketBridge, BridgeWiring
 from actors.chat._bridge_handle import BridgeHandle
 from actors.chat._bridge_messages import AttachMonitor, BridgeConfig, allow_all
 from actors.chat._health import ComponentHealth
 from actors.chat._monitor import (
-    AlertDispatcher,
-    AlertSink,
     AuditSummary,
     ChatEventMonitor,
     ChatEventMonitorHandle,

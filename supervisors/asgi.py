@@ -28,7 +28,7 @@ if TYPE_CHECKING:
     from starlette.requests import Request
     from starlette.websockets import WebSocket
 
-    from actors.chat._monitor import AlertSink
+    from actors.chat._alert_sinks import AlertSink
 
     from ._config import RuntimeConfig
 

@@ -1,5 +1,6 @@
 from __future__ import annotations
 
+from actors.chat._alert_sinks import AlertDispatcher, AlertSink
 from actors.chat._aliases import (
     SEED_ALIASES,
     agent_completed,
@@ -146,8 +147,6 @@ from actors.chat._health import (
     LatencyHistogram,
 )
 from actors.chat._monitor import (
-    AlertDispatcher,
-    AlertSink,
     AuditSummary,
     ChatEventMonitor,
     ChatEventMonitorHandle,

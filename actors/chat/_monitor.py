@@ -1,12 +1,10 @@
 from __future__ import annotations
 
 import heapq
-import inspect
 import logging
 import operator
 from collections import Counter, deque
-from collections.abc import Awaitable, Callable, Iterator, Sequence
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import anyio
 import anyio.lowlevel
@@ -14,6 +12,7 @@ import msgspec
 
 from actors import Actor, ActorError, ActorRef
 
+from ._alert_sinks import AlertSink, call_sync_sink
 from ._anomaly import Anomaly, AnomalyKind, ReportedKeys
 from ._audit import AuditResult, AuditVerdict, FlowWindow, cross_validate, flow_judgeable
 from ._components import ComponentHealthChanged, ComponentReport, ProbeComponent, live_proxy
@@ -47,6 +46,9 @@ from ._monitor_messages import (
 )
 from ._tap import DeliveryProgress, ReplaySnapshot
 
+if TYPE_CHECKING:
+    from collections.abc import Iterator, Sequence
+
 logger = logging.getLogger("agentwatch.monitor")
 
 #: Poisoned taps a MonitorMemory keeps (a bug that fails on every event of a kind fills it; the cap bounds it).
@@ -54,7 +56,6 @@ _POISONED_KEPT = 64
 
 _by_observed_at = operator.attrgetter("observed_at")
 
-AlertSink = Callable[[Anomaly], Awaitable[None] | None]
 """Called once per anomaly (sync or async). A sink that raises or hangs never stops detection."""
 
 
@@ -464,7 +465,7 @@ class ChatEventMonitor(Actor[MonitorMessage]):
                 self.dispatcher.tell(anomaly)
             else:
                 for sink in self.sinks:
-                    _call_sync_sink(sink, anomaly)
+                    call_sync_sink(sink, anomaly)
 
     # -- audits ---------------------------------------------------------------------------------------------------
 
@@ -594,45 +595,3 @@ class ChatEventMonitor(Actor[MonitorMessage]):
             components=audits,
             claims={cid: memory.claims[cid] for cid in memory.components if cid in memory.claims},
         )
-
-
-def _call_sync_sink(sink: AlertSink, anomaly: Anomaly) -> None:
-    try:
-        result = sink(anomaly)
-    except Exception:
-        logger.exception("alert sink %r raised; detection goes on", sink)
-        return
-    if inspect.isawaitable(result):
-        # Without a dispatcher actor nobody can await it: close it so no "never awaited" warning leaks.
-        close = getattr(result, "close", None)
-        if callable(close):
-            close()
-        logger.error("alert sink %r is async but the monitor has no AlertDispatcher; the alert was not sent", sink)
-
-
-class AlertDispatcher(Actor[Anomaly]):
-    """Delivers anomalies to the alert sinks, away from the monitor: a sink that hangs or raises delays only this.
-
-    Each sink call is bounded by ``sink_timeout``; a flood of alerts fills this actor's bounded mailbox (drops
-    counted) and never the monitor's.
-    """
-
-    def __init__(self, sinks: Sequence[AlertSink], *, sink_timeout: float = 5.0) -> None:
-        self.sinks = tuple(sinks)
-        self.sink_timeout = sink_timeout
-        self.failures: Counter[str] = Counter()
-
-    async def receive(self, message: Anomaly) -> None:
-        for sink in self.sinks:
-            name = getattr(sink, "__name__", type(sink).__name__)
-            try:
-                with anyio.move_on_after(self.sink_timeout) as scope:
-                    result = sink(message)
-                    if inspect.isawaitable(result):
-                        await result
-                if scope.cancelled_caught:
-                    self.failures[name] += 1
-                    logger.error("alert sink %s timed out after %s s", name, self.sink_timeout)
-            except Exception:
-                self.failures[name] += 1
-                logger.exception("alert sink %s raised; the next sinks still get the alert", name)

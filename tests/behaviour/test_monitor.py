@@ -22,6 +22,7 @@ from actors import (
     Message,
     open_actor_system,
 )
+from actors.chat._alert_sinks import AlertDispatcher, AlertSink
 from actors.chat._aliases import agent_completed, agent_started, agent_thinking, tool_completed, tool_executing
 from actors.chat._anomaly import ALL_THREADS, Anomaly, AnomalyKind, Severity
 from actors.chat._events import (
@@ -45,8 +46,6 @@ from actors.chat._events import (
     stamp,
 )
 from actors.chat._monitor import (
-    AlertDispatcher,
-    AlertSink,
     ChatEventMonitor,
     ChatEventMonitorHandle,
     GetAlerts,

@@ -28,7 +28,7 @@ from supervisors.faults import BridgeClient, DeliveryLog, FaultHistory
 if TYPE_CHECKING:
     from collections.abc import AsyncIterator, Callable, Sequence
 
-    from actors.chat._monitor import AlertSink
+    from actors.chat._alert_sinks import AlertSink
     from supervisors.app import Runtime
 
 #: Multiplies the figures' sizes (1 in CI; e.g. AGENTWATCH_FAULTS_SCALE=10 for the larger runs in docs/reliability.md).
