@@ -24,7 +24,7 @@ from _common import (
     sent_ns_of,
 )
 
-from actors import MailboxSpec, Overflow, open_actor_system
+from actors import open_actor_system
 from actors._mailbox import BATCH_SIZE
 from actors.chat._bridge import AgentWebSocketBridge
 from actors.chat._bridge_handle import spawn_bridge
@@ -45,7 +45,7 @@ from actors.chat._events import (
     stamp,
 )
 from actors.chat._monitor import ChatEventMonitor, CheckHealth, MonitorConfig, MonitorHealth
-from supervisors import SupervisionSettings
+from supervisors import BridgeSettings, RuntimeConfig, SupervisionSettings
 
 if TYPE_CHECKING:
     from collections.abc import Callable, Iterator
@@ -77,16 +77,17 @@ PACING = (
     if sys.platform.startswith("linux")
     else f"anyio.sleep to each {PACE_TICK * 1000:g} ms boundary (no timerfd here)"
 )
-#: The monitor's mailbox as the application tree builds it (RuntimeConfig.monitor_mailbox, drop-newest).
-MONITOR_MAILBOX = MailboxSpec(capacity=100_000, overflow=Overflow.DROP_NEWEST)
+#: The monitor's mailbox as the application tree builds it (100,000 slots, drop-newest, a quarter of them reserved
+#: for the bridge's lifecycle taps).
+MONITOR_MAILBOX = RuntimeConfig().monitor_mailbox_spec
 #: The monitor's handler deadline (hang detection) as the application tree gives it: the drain loop stamps its
 #: handlers and keeps a cancel scope, which a monitor started without one would not pay for.
 MONITOR_HANDLER_TIMEOUT = SupervisionSettings().monitor_handler_timeout
 #: Audits off: the figure is the cost of watching the event stream, not of probing components.
 MONITOR_CONFIG = MonitorConfig(audit_interval=0)
 #: One frame per event: coalescing (a remedy for a backlog, which the producers here never build) would make the
-#: work per event depend on how far behind a writer happens to be.
-BRIDGE_CONFIG = BridgeConfig(coalesce_at=None)
+#: work per event depend on how far behind a writer happens to be. Content taps shed from the application's mark.
+BRIDGE_CONFIG = BridgeConfig(coalesce_at=None, tap_shed_at=BridgeSettings().tap_shed_at)
 
 
 def run_events(thread_id: str, run_id: str) -> list[AgentEvent]:
