@@ -1,15 +1,13 @@
 from __future__ import annotations
 
 import logging
-from collections import OrderedDict
 from typing import TYPE_CHECKING, Any, Final, assert_never
 
-import anyio
 import msgspec
 
-from actors._actor import Actor
 from actors._exceptions import MailboxFull
 from actors._message import ExitKind, Terminated
+from actors.chat._bridge_connections import BridgeConnections
 from actors.chat._bridge_messages import (
     AttachMonitor,
     BridgeConfig,
@@ -24,56 +22,28 @@ from actors.chat._bridge_messages import (
     Publish,
     RegisterObserver,
     Subscribe,
-    SubscribeOutcome,
-    SubscribeResult,
     Tick,
     Unsubscribe,
 )
-from actors.chat._bridge_routes import (
-    ConnectionRoutes,
-    Route,
-    ThreadRoutes,
-    authorized,
-    confirmed_delivery,
-    resume_problem,
-    sweep_idle_threads,
-)
-from actors.chat._bridge_statistics import (
-    ClosedConnections,
-    ConnectionScan,
-    DeliveryTally,
-    broadcast_health,
-    sample_health,
-    statistics_of,
-)
-from actors.chat._bridge_tap import MonitorTap
-from actors.chat._connection import (
-    Close,
-    CloseCode,
-    WriterDrained,
-)
+from actors.chat._bridge_routes import sweep_idle_threads
+from actors.chat._bridge_shutdown import SHUTDOWN_DRAIN, wait_drained
+from actors.chat._bridge_statistics import ConnectionScan, broadcast_health, sample_health
+from actors.chat._connection import CloseCode, WriterDrained
 from actors.chat._events import EVENT_CLASSES, StampedEvent, stamp
 from actors.chat._health import ComponentHealth, HealthStatus, HealthWindow, LatencyHistogram
-from actors.chat._replay_ring import ReplayGap, ReplayRing, RingEvictions
-from actors.chat._tap import DeliveryProgress, ReplaySnapshot
+from actors.chat._tap import ReplaySnapshot
 
 if TYPE_CHECKING:
-    from actors._clock import Clock
     from actors._message import ExitReason
     from actors._ref import ActorRef
-    from actors.chat._bridge_messages import ConnectionStatistics
+    from actors.chat._bridge_routes import Route
     from actors.chat._health import HealthSample
 
 logger = logging.getLogger("agentwatch.chat.bridge")
 
 _EVENT_TYPES: Final = frozenset(EVENT_CLASSES.values())
 
-#: Seconds each connection may take, at a graceful shutdown, to send what is queued for it before its 1001 close.
-SHUTDOWN_DRAIN: Final = 1.0
-_SHUTDOWN_POLL: Final = 0.005
 _TICK: Final = Tick()
-#: How long after its deadline a blocked turn of sends is ended (1 µs: "longer than", robustly in floats).
-_DEADLINE_SLACK: Final = 1e-6
 #: Threads looked at per tick when sweeping out idle ones (bounds the tick's cost, not the memory).
 _SWEEP_PER_TICK: Final = 1000
 
@@ -94,7 +64,7 @@ class BridgeWiring:
         self.observers: list[ActorRef[Any]] = []
 
 
-class AgentWebSocketBridge(Actor[BridgeMessage]):
+class AgentWebSocketBridge(BridgeConnections):
     """Routes agent events to the WebSocket connections subscribed to their thread, and taps them to the monitor.
 
     One actor owns every thread's numbering, replay ring and routes, so per-thread order and sequence numbers need
@@ -103,65 +73,32 @@ class AgentWebSocketBridge(Actor[BridgeMessage]):
     frame itself, in its own pass (the fast path), rather than waking the writer's task for it. A connection whose
     queue is full lags: its live events wait in the replay ring and are handed over as it drains; one that lags for
     ``slow_consumer_after`` is closed with 4001. Every accepted event is tapped to the monitor without waiting, one
-    hand-off per run of events routed (:class:`MonitorTap`). See ``docs/bridge.md``.
+    hand-off per run of events routed (:class:`MonitorTap`). Connections and subscriptions are kept by its other
+    half, :class:`BridgeConnections`. See ``docs/bridge.md``.
 
     :param config: routing, buffering and health settings
     :param wiring: the monitor and observers, kept across restarts of this actor (one per ref)
     """
 
     def __init__(self, config: BridgeConfig | None = None, wiring: BridgeWiring | None = None) -> None:
-        self._config = config = config if config is not None else BridgeConfig()
+        config = config if config is not None else BridgeConfig()
+        # The threads, connections, routes, the tap and their counters (see BridgeConnections).
+        super().__init__(config)
         self._wiring = wiring if wiring is not None else BridgeWiring()
-        self._capacity = config.writer_queue_capacity
         self._text = config.frame_kind == "text"
-        self._threads: OrderedDict[str, ThreadRoutes] = OrderedDict()
-        self._connections: dict[str, ConnectionRoutes] = {}
-        self._by_writer: dict[ActorRef[Any], ConnectionRoutes] = {}
-        self._lagging: dict[ConnectionRoutes, None] = {}  # an ordered set
-        # Connections whose writer was handed events since the tick last found it idle: the only ones that can be
-        # in a turn of sends (a turn sends what the bridge handed over) or whose writer's counters can change, so
-        # the only ones a tick looks at (DeliveryTally).
-        self._busy: dict[ConnectionRoutes, None] = {}
-        self._tally = DeliveryTally()
-        # Every frame's latency, shared by the writers of all the bridge's connections (get_metrics reads it in
-        # O(1) rather than merging one histogram per connection); frames the bridge sent itself are added as zeros.
-        self._latency = LatencyHistogram()
-        # The replay rings' evictions, counted across rings (get_metrics reads them without visiting every thread).
-        self._ring_evictions = RingEvictions()
         #: Live events handed to a writer (the rest of fan_out_sent the bridge sent itself).
         self._told_live = 0
-        #: Connections closing, not yet forgotten (the rest of _connections are open).
-        self._closing = 0
-        self._unconfirmed: dict[ThreadRoutes, None] = {}  # threads with routed events not yet reported delivered
-        self._unsubscribed: dict[str, None] = {}  # threads whose last connection left, not yet reported
-        # Totals of connections already closed and forgotten, and the last few's final statistics.
-        self._closed = ClosedConnections(config.closed_connections_kept)
-        self._clock: Clock | None = None
         self._self: ActorRef[BridgeMessage] | None = None
-        # The monitoring tap: which monitor gets the accepted events, and the counts of what it did not get.
-        self._tap = MonitorTap(config.tap_shed_at)
-        #: Events sent to clients (delivered + coalesced, all connections) as of the last DeliveryProgress.
-        self._reported_delivered = 0
         self._health: ComponentHealth | None = None
         self._health_window = HealthWindow(config.thresholds, config.health_window)
-        # Counters (see BridgeMetrics for the identities they obey).
+        # Counters of the event path (see BridgeMetrics for the identities they obey).
         self._received = 0
         self._invalid = 0
         self._unrouted = 0
         self._fan_out_total = 0
         self._fan_out_sent = 0
         self._deferred = 0
-        self._caught_up = 0
-        self._deferred_on_close = 0
-        self._replayed = 0
-        self._opened = 0
-        self._refused = 0
-        self._resumes = 0
-        self._resume_gaps = 0
         self._evicted_rings = 0
-        #: Routes of open connections, and the events deferred on them not yet caught up (kept as they change).
-        self._subscriptions = 0
-        self._deferred_pending = 0
 
     # ------------------------------------------------------------------ lifecycle
 
@@ -178,29 +115,13 @@ class AgentWebSocketBridge(Actor[BridgeMessage]):
         if reason.kind is ExitKind.ERROR:
             self._close_all(CloseCode.SERVICE_RESTART, "bridge restarting: resume with afterSeq")
             return
-        # A graceful shutdown: each writer first sends what is queued for its client (for at most SHUTDOWN_DRAIN
-        # seconds), then closes with 1001. Waiting for them here (bounded) keeps the stop from overtaking the
-        # drain: a client gets the terminal events published before the shutdown, then the close.
+        # A graceful shutdown: each writer first sends what is queued for its client, then closes with 1001; the
+        # stop waits for that (bounded: see wait_drained).
         self._close_all(CloseCode.GOING_AWAY, "server shutting down", drain=SHUTDOWN_DRAIN)
-        connections = list(self._connections.values())
-        writers = [connection.writer for connection in connections]
-        with anyio.move_on_after(SHUTDOWN_DRAIN):
-            await _wait_stopped(writers)
-        # Past the drain: a writer still in a turn of sends to a client that reads too slowly may not even have read
-        # its Close yet. Interrupted, it closes with 1001 now; stopped instead, its client would be told nothing.
-        for connection in connections:
-            interrupt = connection.progress.interrupt
-            if interrupt is not None and connection.writer.is_alive:
-                interrupt(CloseCode.GOING_AWAY, "server shutting down: drain deadline passed; resume with afterSeq")
-        with anyio.move_on_after(self._config.close_timeout):
-            await _wait_stopped(writers)
+        await wait_drained(list(self._connections.values()), self._config.close_timeout)
 
     def on_kill(self) -> None:
         self._close_all(CloseCode.GOING_AWAY, "server shutting down")
-
-    def _close_all(self, code: int, reason: str, *, drain: float = 0.0) -> None:
-        for connection in list(self._connections.values()):
-            self._close_connection(connection, code, reason, drain=drain)
 
     # ------------------------------------------------------------------ dispatch
 
@@ -387,14 +308,6 @@ class AgentWebSocketBridge(Actor[BridgeMessage]):
         route.thread.needs_scan = True
         return True
 
-    def _open_thread(self, thread_id: str) -> ThreadRoutes:
-        config = self._config
-        thread = ThreadRoutes(
-            thread_id, ReplayRing(config.replay_capacity, config.replay_max_age, evictions=self._ring_evictions)
-        )
-        self._threads[thread_id] = thread
-        return thread
-
     def _defer(self, route: Route) -> None:
         """Hold a routed event back for a connection that cannot take it now (it is in the thread's ring)."""
         # No catch-up from here: it may close the connection, and this runs inside the loop over the thread's
@@ -416,179 +329,6 @@ class AgentWebSocketBridge(Actor[BridgeMessage]):
             connection.full_since = self._clock.now()
             self._lagging[connection] = None
 
-    def _catch_up(self, route: Route) -> None:
-        """Hand a lagging route's missed events from the ring to its writer, as far as its queue has room."""
-        connection = route.connection
-        room = self._capacity - (connection.told - connection.progress.settled)
-        if room <= 0 or connection.closing:
-            return
-        thread = route.thread
-        assert self._clock is not None
-        try:
-            missed = thread.ring.since(route.told_seq, self._clock.now_ms())
-        except ReplayGap as gap:
-            self._resume_gaps += 1
-            self._close_connection(
-                connection,
-                CloseCode.REPLAY_GAP,
-                f"fell behind the replay ring on thread {thread.thread_id!r} ({gap}): refetch a snapshot",
-            )
-            return
-        writer = connection.writer
-        subscribed_at = route.subscribed_at
-        if missed:
-            self._busy[connection] = None
-        for item in missed[:room]:
-            try:
-                writer.tell(item)
-            except MailboxFull:
-                return
-            connection.told += 1
-            route.told_seq = item.seq
-            if item.seq > subscribed_at:
-                route.deferred -= 1
-                self._deferred_pending -= 1
-                connection.caught_up += 1
-                self._caught_up += 1
-            else:
-                connection.replayed += 1
-                self._replayed += 1
-        if route.told_seq == thread.last_seq:
-            route.lagging = False
-            connection.lagging_routes -= 1
-            if connection.lagging_routes == 0:
-                connection.full_since = None
-                self._lagging.pop(connection, None)
-
-    # ------------------------------------------------------------------ connections and subscriptions
-
-    def _connect(self, message: Connect) -> bool:
-        if message.connection_id in self._connections:
-            return False
-        connection = ConnectionRoutes(message.connection_id, message.writer, message.principal, message.progress)
-        message.progress.latency = self._latency  # before any frame is handed over: its writer records there
-        self._connections[message.connection_id] = connection
-        self._by_writer[message.writer] = connection
-        self._opened += 1
-        self.watch(message.writer)
-        return True
-
-    def _subscribe(self, message: Subscribe) -> SubscribeResult:
-        connection = self._connections.get(message.connection_id)
-        if connection is None or connection.closing:
-            return SubscribeResult(outcome=SubscribeOutcome.UNKNOWN_CONNECTION)
-        thread_id = message.thread_id
-        existing = connection.routes.get(thread_id)
-        if existing is not None:
-            return SubscribeResult(outcome=SubscribeOutcome.ALREADY_SUBSCRIBED, last_seq=existing.thread.last_seq)
-        if not authorized(self._config.authorize, connection.principal, thread_id):
-            self._refused += 1
-            self._close_connection(connection, CloseCode.POLICY_VIOLATION, f"not authorised for thread {thread_id!r}")
-            return SubscribeResult(outcome=SubscribeOutcome.REFUSED, close_code=CloseCode.POLICY_VIOLATION)
-        thread = self._threads.get(thread_id)
-        if thread is None:
-            thread = self._open_thread(thread_id)
-        after_seq = message.after_seq
-        if after_seq is not None:
-            self._resumes += 1
-            assert self._clock is not None
-            problem = resume_problem(thread, after_seq, self._clock.now_ms())
-            if problem is not None:
-                self._resume_gaps += 1
-                self._close_connection(connection, CloseCode.REPLAY_GAP, f"{problem}: refetch a snapshot")
-                return SubscribeResult(
-                    outcome=SubscribeOutcome.REPLAY_GAP, last_seq=thread.last_seq, close_code=CloseCode.REPLAY_GAP
-                )
-        told_seq = thread.last_seq if after_seq is None else after_seq
-        route = Route(connection, thread, told_seq)
-        thread.routes[connection.connection_id] = route
-        thread.routes_changed()
-        connection.routes[thread_id] = route
-        self._subscriptions += 1
-        pending = thread.last_seq - told_seq
-        if pending:
-            # A resume: the replay goes through the same path as a lagging connection's catch-up, so it is
-            # handed over in order, before any live event, as fast as the writer's queue allows.
-            route.lagging = True
-            connection.lagging_routes += 1
-            self._catch_up(route)
-            if route.lagging and connection.full_since is None and not connection.closing:
-                assert self._clock is not None
-                connection.full_since = self._clock.now()
-                self._lagging[connection] = None
-        return SubscribeResult(outcome=SubscribeOutcome.SUBSCRIBED, last_seq=thread.last_seq, replay_pending=pending)
-
-    def _unsubscribe(self, connection_id: str, thread_id: str) -> None:
-        connection = self._connections.get(connection_id)
-        if connection is None:
-            return
-        route = connection.routes.get(thread_id)
-        if route is not None:
-            self._remove_route(route)
-            if connection.lagging_routes == 0 and connection.full_since is not None:
-                connection.full_since = None
-                self._lagging.pop(connection, None)
-
-    def _remove_route(self, route: Route) -> None:
-        connection = route.connection
-        thread = route.thread
-        del thread.routes[connection.connection_id]
-        thread.routes_changed()
-        del connection.routes[thread.thread_id]
-        connection.forget_route(route)
-        self._subscriptions -= 1
-        self._deferred_pending -= route.deferred
-        if route.lagging:
-            route.lagging = False
-            connection.lagging_routes -= 1
-        self._deferred_on_close += route.deferred
-        route.deferred = 0
-        if not thread.routes:
-            # Nobody is owed anything on this thread any more: a client that comes back resumes from the ring.
-            self._unconfirmed.pop(thread, None)
-            thread.reported_seq = thread.routed_seq = thread.last_seq
-            if self._tap.monitor_ref is not None:
-                self._unsubscribed[thread.thread_id] = None
-
-    def _close_connection(
-        self, connection: ConnectionRoutes, code: int, reason: str, *, tell_writer: bool = True, drain: float = 0.0
-    ) -> None:
-        """Stop routing to a connection and have its writer close it; it is forgotten once the writer stops."""
-        if connection.closing:
-            return
-        connection.closing = True
-        self._closing += 1
-        connection.close_code = code
-        for route in list(connection.routes.values()):
-            self._remove_route(route)
-        connection.full_since = None
-        self._lagging.pop(connection, None)
-        if tell_writer and connection.writer.is_alive:
-            # Past the bound: a close must never be dropped, and there is only one per connection.
-            connection.writer.tell_control(Close(code=code, reason=reason, drain=drain))
-
-    def _on_writer_drained(self, connection_id: str) -> None:
-        connection = self._connections.get(connection_id)
-        if connection is None or not connection.lagging_routes:
-            return
-        for route in list(connection.routes.values()):
-            if route.lagging:
-                self._catch_up(route)
-
-    def _on_writer_stopped(self, writer: ActorRef[Any]) -> None:
-        connection = self._by_writer.pop(writer, None)
-        if connection is None:
-            return
-        if not connection.closing:
-            # The writer closed on its own (the client stopped reading, or a send failed): stop routing to it.
-            self._close_connection(connection, CloseCode.ABNORMAL, "writer stopped", tell_writer=False)
-        if connection in self._busy:
-            del self._busy[connection]
-            self._tally.read(connection)  # its last sends, before it is forgotten
-        self._closing -= 1
-        del self._connections[connection.connection_id]
-        self._closed.record(connection)
-
     # ------------------------------------------------------------------ the tick
 
     def _on_tick(self) -> None:
@@ -596,99 +336,15 @@ class AgentWebSocketBridge(Actor[BridgeMessage]):
         now = self._clock.now()
         self._close_stalled_writers(now)
         if self._lagging:
-            deadline = self._config.slow_consumer_after
-            for connection in list(self._lagging):
-                for route in list(connection.routes.values()):
-                    if route.lagging:
-                        self._catch_up(route)
-                since = connection.full_since
-                if since is not None and now - since >= deadline:
-                    self._close_connection(
-                        connection,
-                        CloseCode.SLOW_CONSUMER,
-                        f"slow consumer: queue full for {now - since:.3g} s; resume with afterSeq",
-                    )
+            self._catch_up_lagging(now)
         # One look at the (busy) connections for both the delivery report and the health sample.
         scan = self._scan()
+        reports = self._reports
         monitor = self._tap.refresh()
-        if monitor is not None and (self._unconfirmed or self._unsubscribed):
-            self._report_delivery(monitor, scan)
+        if monitor is not None and (reports.unconfirmed or reports.unsubscribed):
+            reports.report(monitor, self._tap.monitor_queue, self._threads, scan, self._clock.now_ms())
         self._sweep_idle_threads()
         self._evaluate_health(record=True, scan=scan)
-
-    def _close_stalled_writers(self, now: float) -> None:
-        """Close every connection whose writer has been blocked in one turn of sends for ``slow_consumer_after``.
-
-        The writer keeps no timer of its own (one per turn cost more than the frames): it records when its turn
-        started, and the tick looks. A turn whose deadline falls before the next tick gets one extra tick just after
-        the deadline, so a client that stopped reading is closed when its time is up, not at a tick boundary.
-
-        Only the busy connections are looked at: a turn sends frames the bridge handed to the writer.
-        """
-        after = self._config.slow_consumer_after
-        next_tick = now + self._config.tick_interval
-        stalled: list[ConnectionRoutes] = []
-        for connection in self._busy:
-            started = connection.progress.turn_started
-            if started is None:
-                continue
-            # Just past the deadline: a send that completes at the deadline itself is not a stalled one (and
-            # which of the two happens first at one instant would be up to the scheduler).
-            due = started + after + _DEADLINE_SLACK
-            if now >= due:
-                stalled.append(connection)
-            elif due < next_tick:
-                self.send_after(due - now, _TICK)
-        for connection in stalled:
-            progress = connection.progress
-            assert progress.turn_started is not None
-            reason = f"slow consumer: a send blocked for {now - progress.turn_started:.3g} s; resume with afterSeq"
-            if not connection.closing:
-                self._close_connection(connection, CloseCode.SLOW_CONSUMER, reason)
-            else:
-                # Already closing (its Close waits behind the blocked send): closed with the code it was given.
-                reason = f"{reason} (while closing)"
-            interrupt = progress.interrupt
-            if interrupt is not None:
-                assert connection.close_code is not None
-                interrupt(connection.close_code, reason)
-
-    def _report_delivery(self, monitor: ActorRef[Any], scan: ConnectionScan, *, resync: bool = False) -> None:
-        """Tell the monitor how far delivery got per thread, and which threads lost their last connection.
-
-        :param scan: the connections, scanned now (what was sent so far)
-        :param resync: the full re-report for a (re)starting monitor (see :class:`DeliveryProgress`)
-        """
-        assert self._clock is not None
-        delivered_total = scan.delivered + scan.coalesced
-        delivered = delivered_total - self._reported_delivered
-        confirmed = confirmed_delivery(self._unconfirmed)
-        if not confirmed and not self._unsubscribed and not delivered:
-            return
-        # The report goes through the monitor's drop-on-full mailbox like the taps; one that is dropped is kept
-        # and sent again on the next tick (confirmations are cumulative, and so is what it says was delivered).
-        report = DeliveryProgress(
-            confirmed=confirmed,
-            unsubscribed=tuple(self._unsubscribed),
-            at=self._clock.now_ms(),
-            delivered=delivered,
-            resync=resync,
-        )
-        try:
-            monitor.tell(report)
-        except MailboxFull:
-            return
-        inbox = self._tap.monitor_queue
-        if inbox is not None and (not inbox or inbox[-1] is not report):
-            return
-        self._reported_delivered = delivered_total
-        self._unsubscribed.clear()
-        threads = self._threads
-        for thread_id, seq in confirmed.items():
-            thread = threads[thread_id]
-            thread.reported_seq = seq
-            if seq >= thread.routed_seq:
-                del self._unconfirmed[thread]
 
     def _sweep_idle_threads(self) -> None:
         threads = self._threads
@@ -748,31 +404,19 @@ class AgentWebSocketBridge(Actor[BridgeMessage]):
 
     # ------------------------------------------------------------------ queries
 
-    def _connection_statistics(self, connection_id: str | None) -> tuple[ConnectionStatistics, ...]:
-        if connection_id is None:
-            return tuple(statistics_of(c) for c in self._connections.values())
-        connection = self._connections.get(connection_id)
-        if connection is not None:
-            return (statistics_of(connection),)
-        return self._closed.last_of(connection_id)
-
     def _replay_snapshot(self) -> list[StampedEvent]:
         # The very objects the rings hold, oldest first per thread: what a restarted monitor rebuilds from.
         assert self._clock is not None
         now_ms = self._clock.now_ms()
         snapshot = [item for thread in self._threads.values() for item in thread.ring.snapshot(now_ms)]
-        # A (re)starting monitor knows none of the confirmations its predecessor got, nor those made while it was
-        # detached (none are reported then): every routed thread's delivery is reported again, now, so that the
-        # report is in its mailbox before the tick on which it judges the replayed events' delivery deadlines.
-        # Otherwise a thread with no new traffic would never be confirmed, and its delivered events would be
-        # reported undelivered.
-        for thread in self._threads.values():
-            if thread.routed_seq:
-                thread.reported_seq = 0
-                self._unconfirmed[thread] = None
+        # Every routed thread's delivery is reported again, now, so that the report is in the (re)starting
+        # monitor's mailbox before the tick on which it judges the replayed events' delivery deadlines.
+        self._reports.resync(self._threads.values())
         monitor = self._tap.refresh()
         if monitor is not None and self._unconfirmed:
-            self._report_delivery(monitor, self._scan(), resync=True)
+            self._reports.report(
+                monitor, self._tap.monitor_queue, self._threads, self._scan(), self._clock.now_ms(), resync=True
+            )
         return snapshot
 
     def _metrics(self, scan: ConnectionScan | None = None) -> BridgeMetrics:
@@ -842,8 +486,3 @@ class AgentWebSocketBridge(Actor[BridgeMessage]):
             taps=self._tap.taps,
             taps_shed=self._tap.shed,
         )
-
-
-async def _wait_stopped(writers: list[ActorRef[Any]]) -> None:
-    while any(writer.is_alive for writer in writers):  # noqa: ASYNC110  # writers signal only by stopping
-        await anyio.sleep(_SHUTDOWN_POLL)
