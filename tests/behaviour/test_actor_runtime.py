@@ -495,6 +495,26 @@ class TestLifecycle:
             assert ref.stop_reason is not None
             assert "deadline" in ref.stop_reason.detail
 
+    # Regression guard: the drain keeps one cancel scope for its whole life (not one per batch), so neither the
+    # time spent idle between messages nor the handlers of earlier batches may count towards a handler's deadline.
+    @virtual_time
+    async def test_handler_deadline_counts_only_the_running_handler_not_idle_time_or_earlier_batches(self) -> None:
+        async with open_actor_system() as system:
+            ref = system.spawn(Recorder, handler_timeout=5.0)
+            for _ in range(3):
+                for _ in range(600):  # more than two batches, 2.4 s of handlers in all, 4 ms each
+                    ref.tell(("sleep", 0.004))
+                await anyio.sleep(20.0)  # all handled, then idle for four deadlines
+                assert ref.state == RefState.RUNNING
+                assert ref.statistics().processed % 600 == 0
+            ref.tell(("sleep", 60.0))  # the one handler past its deadline: cut exactly 5 s after it started
+            await anyio.sleep(4.99)
+            assert ref.state == RefState.RUNNING
+            await anyio.sleep(0.02)
+            assert ref.state == RefState.STOPPED
+            assert ref.stop_reason is not None
+            assert "deadline" in ref.stop_reason.detail
+
     async def test_system_exit_leaves_no_actor_task_behind(self) -> None:
         cancelled: list[str] = []
 
