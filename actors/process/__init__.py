@@ -8,6 +8,7 @@ from ._options import (
     WorkerStartTimeout,
 )
 from ._recipe import ActorRecipe, MessageSchema, worker_factory
+from ._tell_runs import WireForm
 from ._wire import RemoteError
 from ._worker import ParentRef, parent_ref
 
@@ -20,6 +21,7 @@ __all__ = [
     "ProcessHost",
     "ProcessIsolation",
     "RemoteError",
+    "WireForm",
     "WorkerExited",
     "WorkerFailed",
     "WorkerStartTimeout",

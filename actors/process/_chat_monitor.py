@@ -11,7 +11,7 @@ from actors.chat._anomaly import Anomaly, AnomalyKey, ReportedKeys
 from actors.chat._audit import AuditResult
 from actors.chat._bridge_messages import AttachMonitor
 from actors.chat._components import ComponentHealthChanged, ComponentReport, ProbeComponent
-from actors.chat._events import StampedEvent
+from actors.chat._events import StampedEvent, decode_event
 from actors.chat._monitor import (
     AuditSummary,
     ChatEventMonitor,
@@ -31,6 +31,7 @@ from actors.chat._monitor import (
 from actors.chat._tap import DeliveryProgress, ReplaySnapshot
 
 from ._recipe import MessageSchema, worker_factory
+from ._tell_runs import WireForm
 from ._worker import parent_ref
 
 if TYPE_CHECKING:
@@ -113,6 +114,35 @@ class _SyncMemory(Message, frozen=True, kw_only=True):
     pass
 
 
+def stamped_from_wire(
+    thread_id: str, run_id: str, seq: int, observed_at: int, fan_out: int, frame: bytes
+) -> StampedEvent:
+    """Rebuild a tapped event in the worker from its wire form (the stamp and the frame; see ``STAMPED_WIRE_FORM``).
+
+    :raises msgspec.DecodeError: when the frame is not an event's JSON
+    """
+    return StampedEvent(
+        thread_id=thread_id,
+        run_id=run_id,
+        seq=seq,
+        observed_at=observed_at,
+        event=decode_event(frame),
+        frame=frame,
+        fan_out=fan_out,
+    )
+
+
+STAMPED_WIRE_FORM = WireForm(
+    StampedEvent, ("thread_id", "run_id", "seq", "observed_at", "fan_out", "frame"), stamped_from_wire
+)
+"""A tapped event crosses to the monitor's worker as its stamp and its frame, not as its event struct too.
+
+The frame is the event's JSON (``stamp`` makes it as ``encode_event(event)``, and it is what every client decodes):
+the worker decodes the event from it. The bridge's process encodes five scalars and one bytes value per tap, where
+it encoded the event's whole tree beside the same frame: about half the bytes, and less than half the instructions
+(1,900 against 3,700 instructions per tap to pack and encode, callgrind).
+"""
+
 MONITOR_SCHEMA = MessageSchema(
     accepts=(
         StampedEvent,
@@ -137,6 +167,7 @@ MONITOR_SCHEMA = MessageSchema(
     },
     sends=(ReplaySnapshot, AttachMonitor, Anomaly, ProbeComponent, FetchMemory, MemorySync),
     send_replies={ReplaySnapshot: list[StampedEvent], FetchMemory: MemorySnapshot},
+    wire_forms=(STAMPED_WIRE_FORM,),
 )
 """What crosses the boundary for a ChatEventMonitor in a worker process."""
 

@@ -11,6 +11,8 @@ import msgspec.inspect
 
 from actors._ref import ActorRef
 
+from ._tell_runs import WireForm
+
 F = TypeVar("F", bound=Callable[..., Any])
 
 _SCHEMA_ATTRIBUTE: Final = "__agentwatch_schema__"
@@ -32,11 +34,14 @@ class MessageSchema:
     :param sends: the message types the actor may tell or ask actors of the parent system (through
         :func:`parent_ref`)
     :param send_replies: request type -> reply type for the actor's asks to the parent (undeclared: decoded untyped)
-    :raises TypeError: when a type is not a msgspec-decodable type
-    :raises ValueError: when a type is listed twice, or a reply is declared for a type not in accepts/sends
+    :param wire_forms: compact forms in which types of ``accepts`` are told to the worker (see :class:`WireForm`);
+        a type without one crosses whole
+    :raises TypeError: when a type is not a msgspec-decodable type, or a wire form does not fit its type
+    :raises ValueError: when a type is listed twice, a reply or a wire form is declared for a type not in
+        accepts/sends, a wire form for a type that is asked (in ``replies``), or two wire forms for one type
     """
 
-    __slots__ = ("_accept_codes", "_send_codes", "accepts", "replies", "send_replies", "sends")
+    __slots__ = ("_accept_codes", "_send_codes", "accepts", "replies", "send_replies", "sends", "wire_forms")
 
     def __init__(
         self,
@@ -45,11 +50,20 @@ class MessageSchema:
         replies: Mapping[type, Any] | None = None,
         sends: Sequence[type] = (),
         send_replies: Mapping[type, Any] | None = None,
+        wire_forms: Sequence[WireForm] = (),
     ) -> None:
         self.accepts = tuple(accepts)
         self.replies = dict(replies or {})
         self.sends = tuple(sends)
         self.send_replies = dict(send_replies or {})
+        forms = tuple(wire_forms)
+        for form in forms:
+            if not isinstance(form, WireForm):
+                raise TypeError(f"MessageSchema.wire_forms must hold WireForms, got {type(form).__name__}")
+        #: Message type -> its WireForm (see :class:`WireForm`).
+        self.wire_forms = {form.message_type: form for form in forms}
+        if len(self.wire_forms) != len(forms):
+            raise ValueError("MessageSchema.wire_forms has two forms for one type")
         for field, types in (("accepts", self.accepts), ("sends", self.sends)):
             for tp in types:
                 _require_decodable(f"MessageSchema.{field}", tp)
@@ -67,6 +81,16 @@ class MessageSchema:
                         f"which is not in {owner}"
                     )
                 _require_decodable(f"MessageSchema.{field}[{request.__qualname__}]", reply)
+        for form in self.wire_forms.values():
+            name = form.message_type.__qualname__
+            if form.message_type not in self.accepts:
+                raise ValueError(f"MessageSchema.wire_forms has a form for {name}, which is not in accepts")
+            if form.message_type in self.replies:
+                raise ValueError(
+                    f"MessageSchema.wire_forms has a form for {name}, which is asked (in replies): a wire form is "
+                    "for told messages, an ask carries its message whole"
+                )
+            _require_decodable(f"MessageSchema.wire_forms[{name}]", form.wire_type)
         self._accept_codes = {tp: code for code, tp in enumerate(self.accepts)}
         self._send_codes = {tp: code for code, tp in enumerate(self.sends)}
 

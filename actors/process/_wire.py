@@ -44,11 +44,6 @@ class Init(msgspec.Struct, frozen=True, kw_only=True):
 # -- parent -> worker items --------------------------------------------------------------------------------------
 
 
-class Tell(msgspec.Struct, frozen=True, array_like=True, tag=0):
-    code: int
-    body: msgspec.Raw
-
-
 class Ask(msgspec.Struct, frozen=True, array_like=True, tag=1):
     code: int
     body: msgspec.Raw
@@ -80,7 +75,14 @@ class AnswerPart(msgspec.Struct, frozen=True, array_like=True, tag=5):
     body: msgspec.Raw
 
 
-DownItem = Tell | Ask | Answer | Stop | Fault | AnswerPart
+class TellRun(msgspec.Struct, frozen=True, array_like=True, tag=6):
+    """Messages of one type told in a row: ``body`` is the list of them (for a type with a WireForm, its columns)."""
+
+    code: int
+    body: msgspec.Raw
+
+
+DownItem = Ask | Answer | Stop | Fault | AnswerPart | TellRun
 
 # -- worker -> parent items --------------------------------------------------------------------------------------
 
@@ -128,7 +130,9 @@ UpItem = Ready | StartFailed | Reply | TellUp | AskUp | Heartbeat | Exited
 
 # The encoding side builds plain tuples laid out exactly as the structs above (tag first): a tuple is cheaper to
 # build than a struct, and it carries the message object itself, which the encoder writes in place.
-TELL, ASK, ANSWER, STOP, FAULT, ANSWER_PART = 0, 1, 2, 3, 4, 5
+# TELL names one told message inside the parent's host (what an unencodable message of a run is dead-lettered
+# as); tells cross the link only in runs (TELL_RUN), so no wire item carries its tag.
+TELL, ASK, ANSWER, STOP, FAULT, ANSWER_PART, TELL_RUN = 0, 1, 2, 3, 4, 5, 6
 READY, START_FAILED, REPLY, TELL_UP, ASK_UP, HEARTBEAT, EXITED = 10, 11, 12, 13, 14, 15, 16
 
 DOWN_BATCH: Final = msgspec.msgpack.Decoder(list[DownItem])

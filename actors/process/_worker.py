@@ -24,6 +24,7 @@ from actors._system import ActorSystem, open_actor_system
 
 from . import _wire as wire
 from ._recipe import argument_types, decode_args, resolve_target
+from ._tell_runs import RunReader
 
 if TYPE_CHECKING:
     from ._recipe import MessageSchema
@@ -190,6 +191,7 @@ class WorkerLink:
         self.encoder = msgspec.msgpack.Encoder(enc_hook=self._enc_hook)
         hooks: dict[str, Any] = {"ext_hook": self._ext_hook, "dec_hook": _dec_hook}
         self.accepts = [wire.typed_decoder(tp, **hooks) for tp in schema.accepts]
+        self.runs = RunReader(schema, **hooks)
         self.send_replies = {tp: wire.typed_decoder(reply, **hooks) for tp, reply in schema.send_replies.items()}
         self.untyped = wire.typed_decoder(Any, **hooks)
         self.outbox: list[tuple[Any, ...]] = []
@@ -396,22 +398,23 @@ class WorkerLink:
         ref = self.ref
         tell = ref.tell
         queue = ref._mailbox.queue
-        capacity = ref._mailbox.capacity
-        accepts = self.accepts
+        limit = ref._mailbox.limit  # its capacity: no reserved lane
         for item in wire.DOWN_BATCH.decode(body):
-            if type(item) is wire.Tell:  # the hot path: a batch of tells, each a plain local tell
-                try:
-                    message = accepts[item.code].decode(item.body)
-                except (msgspec.DecodeError, IndexError) as exc:
-                    logger.error("worker %d: dropped a message that does not decode: %s", os.getpid(), exc)
+            if type(item) is wire.TellRun:  # the hot path: runs of tells, each message a plain local tell
+                messages, errors = self.runs.read(item.code, item.body)
+                for error in errors:
+                    logger.error("worker %d: dropped a message that does not decode: %s", os.getpid(), error)
+                if len(queue) + len(messages) <= limit:
+                    ref.tell_many(messages)
                     continue
-                if len(queue) < capacity:
-                    tell(message)
-                else:
-                    # Backpressure: the link stops being read, so the parent's host stops writing, and the
-                    # messages wait (or drop) in its bounded mailbox, where the senders can see it.
-                    with contextlib.suppress(ActorStopped):
-                        await ref.send(message)
+                for message in messages:
+                    if len(queue) < limit:
+                        tell(message)
+                    else:
+                        # Backpressure: the link stops being read, so the parent's host stops writing, and the
+                        # messages wait (or drop) in its bounded mailbox, where the senders can see it.
+                        with contextlib.suppress(ActorStopped):
+                            await ref.send(message)
                 continue
             match item:
                 case wire.Ask():
@@ -426,7 +429,7 @@ class WorkerLink:
                     if item.kind == "exit":
                         os._exit(item.exit_code)
                     await ref.send(_FaultTrigger(item))
-                case wire.Tell():
+                case wire.TellRun():
                     pass  # handled above
                 case _:
                     assert_never(item)

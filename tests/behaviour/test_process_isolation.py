@@ -19,6 +19,7 @@ from tests.behaviour._process_kit import (
     AskParent,
     Boom,
     Greeted,
+    Greeting,
     Hello,
     Introduce,
     Journal,
@@ -118,6 +119,34 @@ class TestProcessRef:
             # The worker's actor asks a parent actor; the long list answer crosses in slices and arrives whole.
             assert await ref.ask(AskParent(n=5000)) == list(range(5000))
             assert tree.host().forwarded == 12
+            assert tree.kinds() == [SupervisorEventKind.STARTED]
+
+    async def test_tells_of_interleaved_types_cross_in_runs_handled_in_order(self) -> None:
+        async with open_tree(counter()) as tree:
+            ref = tree.ref()
+            # More than a frame and a drain batch hold (within the host's mailbox), in runs of two types, with an
+            # ask behind them all.
+            for value in range(1, 881):
+                ref.tell(Add(value=1))
+                if value % 110 == 0:
+                    ref.tell(Greeting(text=f"after {value}"))
+            assert await ref.ask(Greeted()) == "after 880"
+            assert await ref.ask(Total()) == 880
+            await tree.wait_for(lambda: sum(isinstance(m, Report) for m in tree.journal.current_instance.got) == 880)
+            assert [m.total for m in await tree.got() if isinstance(m, Report)] == list(range(1, 881))
+            assert tree.host().forwarded == 880 + 8 + 2
+            assert tree.ref().statistics().dropped_total == 0
+
+    async def test_tell_that_does_not_encode_dead_lettered_rest_of_its_run_delivered(self) -> None:
+        async with open_tree(counter()) as tree:
+            ref = tree.ref()
+            ref.tell(Add(value=1))
+            ref.tell(Greeting(text="\ud800"))  # a lone surrogate: no UTF-8 for MessagePack
+            ref.tell(Greeting(text="kept"))
+            ref.tell(Add(value=2))
+            assert await ref.ask(Greeted()) == "kept"
+            assert await ref.ask(Total()) == 3
+            assert tree.system.dead_letters.count("unencodable") == 1
             assert tree.kinds() == [SupervisorEventKind.STARTED]
 
     async def test_refs_cross_boundary_worker_own_ref_arrives_as_host_parent_ref_by_name(self) -> None:
