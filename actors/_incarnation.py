@@ -45,6 +45,7 @@ class Incarnation:
         "_done_event",
         "_drain_scope",
         "_guard_scope",
+        "_handler_cut",
         "_handler_serial",
         "_handler_since",
         "_hibernating",
@@ -102,6 +103,9 @@ class Incarnation:
         self._handler_since: float | None = None
         self._handler_serial = 0
         self._drain_scope: anyio.CancelScope | None = None
+        # Set by the watcher as it cancels a handler past its deadline: one that returns before the cancellation
+        # lands (its wake-up was already scheduled, or it shielded itself) has timed out all the same.
+        self._handler_cut = False
         #: The mailbox's ``processed`` count at which the current batch ends: the drain loop yields to other tasks
         #: there, and :meth:`Actor.take_queued` takes no message past it (a batch is BATCH_SIZE messages, however
         #: many of them one ``receive`` call takes).
@@ -217,6 +221,7 @@ class Incarnation:
                 serial = self._handler_serial
                 await anyio.sleep_until(since + timeout)
                 if self._handler_since is since and self._handler_serial == serial and self._drain_scope is not None:
+                    self._handler_cut = True
                     self._drain_scope.cancel()
                     await anyio.sleep(timeout)
 
@@ -363,7 +368,9 @@ class Incarnation:
             # One cancel scope for the whole drain, not one per batch: entering and leaving a scope costs 2-5 µs
             # (anyio on asyncio / trio), which an actor woken for a few messages at a time paid on every wake-up
             # (bench/bridge.py's monitor, woken per run of publishes). The watcher cancels it only while a handler
-            # runs (``_handler_since``), so what it cuts is always a handler; the handler timing out fails the actor.
+            # runs (``_handler_since``) and flags the cut (``_handler_cut``): the cancellation lands in that handler,
+            # or, if the handler returns first (its wake-up already scheduled, or shielded), the flag fails the actor
+            # right after it, so no later message is cut, or blamed, in its place.
             with anyio.CancelScope() if deadline is not None else _NO_SCOPE as drain_scope:
                 self._drain_scope = drain_scope
                 while True:
@@ -411,6 +418,11 @@ class Incarnation:
                             await receive(item)
                         self._handler_since = None
                         item = None
+                        if self._handler_cut:
+                            # Cut at its deadline but returned before the cancellation landed: the actor fails
+                            # now, and the next message is not the one cut (and blamed) in its place.
+                            assert deadline is not None
+                            raise HandlerTimeout(ref.name, deadline)
                         if self._stop_reason is not None:
                             break
                     if mailbox.space_waiters:

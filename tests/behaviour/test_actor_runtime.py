@@ -515,6 +515,36 @@ class TestLifecycle:
             assert ref.stop_reason is not None
             assert "deadline" in ref.stop_reason.detail
 
+    # Regression: a handler that returned just as its deadline passed (its wake-up already scheduled when the
+    # watcher cancelled) left the cancellation to land in the next message's handler, which was cut and blamed:
+    # its ask failed with ActorFailed(HandlerTimeout).
+    @virtual_time
+    async def test_handler_returning_at_its_deadline_fails_the_actor_not_the_next_message(self) -> None:
+        log: list[Any] = []
+        released = anyio.Event()
+
+        class Waits(Actor[Any]):
+            async def receive(self, message: Any) -> Any:
+                log.append(("start", message))
+                if message == "wait":
+                    await released.wait()
+                log.append(("end", message))
+
+        async def release_at_the_deadline() -> None:
+            await anyio.sleep_until(anyio.current_time() + 5.0)
+            released.set()
+
+        async with open_actor_system() as system, anyio.create_task_group() as tg:
+            ref = system.spawn(Waits, handler_timeout=5.0)
+            tg.start_soon(release_at_the_deadline)
+            ref.tell("wait")
+            ref.tell("next")
+            await anyio.sleep(20.0)
+            assert ref.state == RefState.STOPPED
+            assert ref.stop_reason is not None
+            assert "deadline" in ref.stop_reason.detail
+            assert ("start", "next") not in log
+
     async def test_system_exit_leaves_no_actor_task_behind(self) -> None:
         cancelled: list[str] = []
 
