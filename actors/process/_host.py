@@ -299,12 +299,7 @@ class ProcessHost(Actor[Any]):
     def _drop_outbox(self) -> None:
         outbox, self._outbox = self._outbox, []
         self._outbox_size = 0
-        # Lost with the worker, as the message a crashing actor was handling is: counted, not recorded one by one
-        # as dead letters (a repr each, thousands of them after a stuck worker, would stall the event loop).
-        lost = sum(len(item[2]) if item[0] == wire.TELL_RUN else 1 for item in outbox if item[0] in _MESSAGES)
-        if lost:
-            self.lost += lost
-            logger.warning("%s: %d messages on their way to the worker were lost with it", self.ref.name, lost)
+        self._count_lost(outbox)
         error = self._failure or ActorError(f"{self.ref.name!r}: its worker stopped")
         for pending in self._pending.values():
             pending.error = error
@@ -389,6 +384,7 @@ class ProcessHost(Actor[Any]):
     async def _write_loop(self) -> None:
         assert self._stream is not None
         stream = self._stream
+        entries: list[tuple[Any, ...]] = []
         try:
             while True:
                 while not self._outbox:
@@ -396,12 +392,26 @@ class ProcessHost(Actor[Any]):
                 entries = self._take_frame()
                 self._space.set()
                 await stream.send(self._encode(entries))
+                entries = []
                 self.frames_sent += 1
                 self._progress.set()
         except (anyio.BrokenResourceError, anyio.ClosedResourceError, OSError) as exc:
+            # The frame being written went down with the link: taken out of the outbox, it is counted here.
+            self._count_lost(entries)
             with anyio.move_on_after(1.0):  # the exit watcher has the better reason when the worker died
                 await self._process_exited.wait()
             self._fail(WorkerFailed(self.ref.name, self.pid, f"the link to the worker broke: {exc!r}"))
+
+    def _count_lost(self, entries: list[tuple[Any, ...]]) -> None:
+        """Count the actor's messages in outbox ``entries`` as lost with the worker.
+
+        As the message a crashing actor was handling is: counted, not recorded one by one as dead letters (a repr
+        each, thousands of them after a stuck worker, would stall the event loop).
+        """
+        lost = sum(len(item[2]) if item[0] == wire.TELL_RUN else 1 for item in entries if item[0] in _MESSAGES)
+        if lost:
+            self.lost += lost
+            logger.warning("%s: %d messages on their way to the worker were lost with it", self.ref.name, lost)
 
     def _take_frame(self) -> list[tuple[Any, ...]]:
         """Take the outbox's first entries, about ``FRAME_MESSAGES`` messages (all of them if that is fewer)."""
@@ -450,14 +460,14 @@ class ProcessHost(Actor[Any]):
         packer = self._packers[code]
         kept: list[Any] = []
         for message in messages:
-            packed = pack_run(packer, [message])
             try:
-                self.encoder.encode(packed)
+                self.encoder.encode(pack_run(packer, [message]))
             except _ENCODE_ERRORS as exc:
                 self._unencodable((wire.TELL, code, message), exc)
                 continue
-            kept.extend(packed)
-        return (wire.TELL_RUN, code, kept) if kept else None
+            kept.append(message)
+        # Packed once, as a whole: a WireForm's run is its columns, which one message's packing cannot be extended by.
+        return (wire.TELL_RUN, code, pack_run(packer, kept)) if kept else None
 
     def _unencodable(self, item: tuple[Any, ...], exc: Exception) -> tuple[Any, ...] | None:
         op = item[0]
@@ -677,11 +687,14 @@ class ProcessHost(Actor[Any]):
             if next_code is None or kind in replies:
                 break  # an AskRequest, a TimerFire, a control message or a type outside the schema: not ours
             count = len(list(same))
-            if next_code != code or len(run) >= RUN_LIMIT:
-                code = next_code
-                run = self._run_for(code)
-            run.extend(starmap(popleft, repeat((), count)))
             taken += count
+            while count:
+                if next_code != code or len(run) >= RUN_LIMIT:
+                    code = next_code
+                    run = self._run_for(code)
+                part = min(count, RUN_LIMIT - len(run))
+                run.extend(starmap(popleft, repeat((), part)))
+                count -= part
         self._outbox_size += 1 + taken
         if taken:
             mailbox.processed += taken

@@ -1,11 +1,15 @@
 from __future__ import annotations
 
+import random
+from collections import deque
+from types import MethodType, SimpleNamespace
 from typing import Any
 
 import msgspec
 import pytest
 
 from actors import Message
+from actors._mailbox import BATCH_SIZE
 from actors.chat._events import (
     RunStarted,
     StampedEvent,
@@ -17,8 +21,9 @@ from actors.chat._events import (
 )
 from actors.process import MessageSchema, _wire as wire
 from actors.process._chat_monitor import MONITOR_SCHEMA, STAMPED_WIRE_FORM
+from actors.process._host import RUN_LIMIT, ProcessHost
 from actors.process._tell_runs import RunReader, WireForm, pack_run, packers
-from tests.behaviour._process_kit import COUNTER_SCHEMA, Add, Greeting
+from tests.behaviour._process_kit import COUNTER_SCHEMA, Add, Greeted, Greeting, Total
 
 ENCODER = msgspec.msgpack.Encoder()
 STAMPED_CODE = MONITOR_SCHEMA.accepts.index(StampedEvent)
@@ -217,3 +222,120 @@ class TestWireForm:
     def test_schema_form_not_a_wire_form_rejected(self) -> None:
         with pytest.raises(TypeError, match="must hold WireForms"):
             MessageSchema(accepts=(Point,), wire_forms=({Point: "x"},))  # type: ignore[arg-type]
+
+
+class Unschematic:
+    """Not in the schema: stands for an AskRequest, a TimerFire or a control message in the host's mailbox."""
+
+
+def stand_in_host(schema: MessageSchema) -> Any:
+    """The host's outbox logic (take, run, frame, encode) bound to a stand-in: no worker, no event loop."""
+    dropped: list[Any] = []
+    host = SimpleNamespace(
+        schema=schema,
+        _reply_types=schema.replies,
+        _outbox=[],
+        _outbox_size=0,
+        _packers=packers(schema),
+        encoder=msgspec.msgpack.Encoder(),
+        ref=SimpleNamespace(_mailbox=SimpleNamespace(queue=deque(), processed=0, space_waiters=[])),
+        dropped=dropped,
+    )
+    for name in ("_take_tells", "_run_for", "_take_frame", "_encode", "_encodable_run"):
+        setattr(host, name, MethodType(getattr(ProcessHost, name), host))
+    host._unencodable = lambda item, exc: dropped.append(item[2])
+    return host
+
+
+def messages_in(entries: list[tuple[Any, ...]]) -> int:
+    return sum(len(entry[2]) if entry[0] == wire.TELL_RUN else 1 for entry in entries)
+
+
+class TestHostRuns:
+    def test_take_tells_random_streams_keep_order_counts_and_run_bounds(self) -> None:
+        rng = random.Random(7)
+        codes = COUNTER_SCHEMA.accept_codes
+        for _trial in range(200):
+            host = stand_in_host(COUNTER_SCHEMA)
+            mailbox = host.ref._mailbox
+            arrived: list[Any] = []
+            frames: list[list[tuple[Any, ...]]] = []
+            forwarded = 0
+            for _step in range(rng.randint(1, 30)):
+                for _ in range(rng.choice([1, 3, 50, 300, 900])):
+                    kind = rng.choices(["add", "greet", "other", "ask"], weights=[60, 20, 2, 1])[0]
+                    serial = len(arrived)
+                    message: Any
+                    if kind == "add":
+                        message = Add(value=serial)
+                    elif kind == "greet":
+                        message = Greeting(text=str(serial))
+                    else:
+                        message = Unschematic() if kind == "other" else Total()
+                    arrived.append(message)
+                    mailbox.queue.append(message)
+                # The drain loop hands the host one message; the host takes the plain tells queued behind it.
+                while mailbox.queue:
+                    message = mailbox.queue.popleft()
+                    mailbox.processed += 1
+                    code = codes.get(type(message))
+                    if code is None:
+                        continue
+                    if type(message) in COUNTER_SCHEMA.replies:
+                        host._outbox.append((wire.ASK, code, message, 1))
+                        host._outbox_size += 1
+                        forwarded += 1
+                        continue
+                    queued = len(mailbox.queue)
+                    taken = host._take_tells(code, message)
+                    assert taken == 1 + queued - len(mailbox.queue) <= 1 + BATCH_SIZE
+                    forwarded += taken
+                    assert host._outbox_size == messages_in(host._outbox)
+                    if rng.random() < 0.3:
+                        frames.append(host._take_frame())
+                        assert host._outbox_size == messages_in(host._outbox)
+            while host._outbox:
+                frames.append(host._take_frame())
+            sent = [m for frame in frames for e in frame for m in (e[2] if e[0] == wire.TELL_RUN else [e[2]])]
+            expected = [m for m in arrived if not isinstance(m, Unschematic)]
+            assert len(sent) == forwarded == len(expected)
+            assert all(a is b for a, b in zip(sent, expected, strict=True))  # every message, in arrival order
+            runs = [e[2] for frame in frames for e in frame if e[0] == wire.TELL_RUN]
+            assert all(0 < len(run) <= RUN_LIMIT and len({type(m) for m in run}) == 1 for run in runs)
+
+    # Regression: a backlog of one type grew runs past RUN_LIMIT (a group was added whole to a run below it).
+    def test_take_tells_one_type_backlog_runs_at_most_run_limit(self) -> None:
+        host = stand_in_host(COUNTER_SCHEMA)
+        mailbox = host.ref._mailbox
+        code = COUNTER_SCHEMA.accept_codes[Add]
+        mailbox.queue.extend(Add(value=i) for i in range(2000))
+        forwarded = 0
+        while mailbox.queue:
+            forwarded += host._take_tells(code, mailbox.queue.popleft())
+        assert forwarded == 2000
+        assert [len(entry[2]) for entry in host._outbox] == [512, 512, 512, 464]
+
+    def test_encode_plain_run_without_its_unencodable_message(self) -> None:
+        host = stand_in_host(COUNTER_SCHEMA)
+        code = COUNTER_SCHEMA.accept_codes[Greeting]
+        run = [Greeting(text="a"), Greeting(text="\ud800"), Greeting(text="b")]  # a lone surrogate: no UTF-8
+        body = host._encode([(wire.TELL_RUN, code, run), (wire.ASK, 7, Greeted(), 3)])
+        run_item, ask_item = wire.DOWN_BATCH.decode(body[wire.LENGTH :])
+        assert isinstance(run_item, wire.TellRun)
+        assert isinstance(ask_item, wire.Ask)
+        messages, errors = RunReader(COUNTER_SCHEMA).read(run_item.code, run_item.body)
+        assert (messages, errors) == ([Greeting(text="a"), Greeting(text="b")], [])
+        assert host.dropped == [run[1]]
+
+    # Regression: with a wire form, the run kept without its unencodable message was the kept messages' columns
+    # laid end to end, which the worker rejected whole: every good message of the run was lost, uncounted.
+    def test_encode_wire_form_run_without_its_unencodable_message(self) -> None:
+        host = stand_in_host(MONITOR_SCHEMA)
+        good, bad, also_good = tapped()[:3]
+        bad = msgspec.structs.replace(bad, run_id="r1\ud800")
+        body = host._encode([(wire.TELL_RUN, STAMPED_CODE, [good, bad, also_good])])
+        (item,) = wire.DOWN_BATCH.decode(body[wire.LENGTH :])
+        assert isinstance(item, wire.TellRun)
+        messages, errors = RunReader(MONITOR_SCHEMA).read(item.code, item.body)
+        assert (messages, errors) == ([good, also_good], [])
+        assert host.dropped == [bad]
