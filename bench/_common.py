@@ -14,6 +14,7 @@ import sys
 from typing import TYPE_CHECKING, Any
 
 import anyio
+import anyio.lowlevel
 import msgspec
 
 if TYPE_CHECKING:
@@ -282,34 +283,56 @@ class PeriodicTicker:
 
     @classmethod
     def open(cls, interval: float) -> PeriodicTicker | None:
-        """A ticker firing every ``interval`` seconds from now, or None where the system has no timerfd.
+        """A ticker firing every ``interval`` seconds from now, or None where the system offers no timerfd (not
+        Linux, or a kernel or sandbox that refuses one): the caller then paces some other way.
 
         :raises ValueError: when ``interval`` is not positive
-        :raises OSError: when the system has timerfds but refuses one
         """
         if not interval > 0:
             raise ValueError(f"interval must be > 0 seconds, got {interval!r}")
         if not sys.platform.startswith("linux"):
             return None
-        libc = ctypes.CDLL(None, use_errno=True)
-        fd = libc.timerfd_create(_CLOCK_MONOTONIC, _TFD_NONBLOCK | _TFD_CLOEXEC)
+        try:
+            libc = ctypes.CDLL(None, use_errno=True)
+            fd = libc.timerfd_create(_CLOCK_MONOTONIC, _TFD_NONBLOCK | _TFD_CLOEXEC)
+        except (OSError, AttributeError):
+            return None
         if fd < 0:
-            raise OSError(ctypes.get_errno(), "timerfd_create failed")
+            return None
         seconds, nanoseconds = divmod(round(interval * 1e9), 1_000_000_000)
         period = _Timespec(seconds, nanoseconds)
         if libc.timerfd_settime(fd, 0, ctypes.byref(_Itimerspec(period, period)), None) != 0:
-            error = ctypes.get_errno()
             os.close(fd)
-            raise OSError(error, "timerfd_settime failed")
+            return None
         return cls(fd)
 
+    @classmethod
+    def available(cls, interval: float) -> bool:
+        """Whether :meth:`open` gives a ticker of ``interval`` on this system (one is opened and closed)."""
+        ticker = cls.open(interval)
+        if ticker is None:
+            return False
+        ticker.close()
+        return True
+
     async def wait(self) -> int:
-        """Return at the next expiry (at once if one passed since the last call): how many expired meanwhile."""
+        """Return at the next expiry (at once if one passed since the last call): how many expired meanwhile.
+
+        Always a checkpoint: a producer that fell a tick behind still lets the loop run between two of its bursts.
+        """
+        try:
+            expired = os.read(self._fd, 8)
+        except BlockingIOError:
+            pass
+        else:
+            await anyio.lowlevel.checkpoint()
+            return int.from_bytes(expired, sys.byteorder)
         while True:
+            await anyio.wait_readable(self._fd)
             try:
                 return int.from_bytes(os.read(self._fd, 8), sys.byteorder)
             except BlockingIOError:
-                await anyio.wait_readable(self._fd)
+                continue
 
     def close(self) -> None:
         """Stop the timer and release its file descriptor."""

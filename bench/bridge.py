@@ -4,7 +4,6 @@ import functools
 import gc
 import itertools
 import math
-import sys
 import time
 from typing import TYPE_CHECKING, Any
 
@@ -74,7 +73,7 @@ SLEEP_TICK = 0.001
 #: How the paced producer is woken on this system (reported with the latency figure).
 PACING = (
     f"timerfd every {PACE_TICK * 1000:g} ms"
-    if sys.platform.startswith("linux")
+    if PeriodicTicker.available(PACE_TICK)
     else f"anyio.sleep to each {PACE_TICK * 1000:g} ms boundary (no timerfd here)"
 )
 #: The monitor's mailbox as the application tree builds it (100,000 slots, drop-newest, a quarter of them reserved
@@ -89,7 +88,8 @@ MONITOR_CONFIG = MonitorConfig(audit_interval=0)
 #: work per event depend on how far behind a writer happens to be. Content taps shed from the application's mark.
 BRIDGE_CONFIG = BridgeConfig(coalesce_at=None, tap_shed_at=BridgeSettings().tap_shed_at)
 #: The application tree with its monitor in a worker process: its bridge set as BRIDGE_CONFIG (the settings' other
-#: defaults are BridgeConfig's), its monitor as MONITOR_CONFIG.
+#: defaults are BridgeConfig's; its mailbox is the application's, 100,000 slots against spawn_bridge's 65,536, which
+#: the blocks never come near), its monitor as MONITOR_CONFIG.
 PROCESS_RUNTIME = RuntimeConfig(
     bridge=BridgeSettings(coalesce_at=None), monitor=MONITOR_CONFIG, monitor_isolation="process"
 )
