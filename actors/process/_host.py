@@ -8,7 +8,6 @@ import os
 import socket
 import sys
 import time
-from itertools import groupby, islice, repeat, starmap
 from typing import TYPE_CHECKING, Any, Final
 
 import anyio
@@ -18,15 +17,15 @@ import msgspec
 
 from actors._actor import Actor
 from actors._exceptions import ActorError, ActorFailed, ActorNotFound, AskTimeout
-from actors._mailbox import BATCH_SIZE, MailboxSpec
+from actors._mailbox import MailboxSpec
 from actors._message import ExitKind, ExitReason
 from actors._ref import ActorRef, RefState
 
 from . import _wire as wire
 from ._options import HeartbeatMissed, ProcessFault, ProcessIsolation, WorkerExited, WorkerFailed, WorkerStartTimeout
+from ._outbox import WorkerOutbox
 from ._spawn import WorkerProcess
 from ._starvation import STARVED_GRACE, CpuTimes, cpu_times, starved
-from ._tell_runs import pack_run, packers
 
 if TYPE_CHECKING:
     from ._recipe import ActorRecipe
@@ -37,17 +36,7 @@ logger = logging.getLogger("agentwatch.process")
 #: snapshot never holds the parent's event loop for long: 64 replayed events encode in about 0.05 ms, where 512
 #: took 0.4 ms, each a stall of the bridge's deliveries in flight (measured in the isolation bench's kill blocks).
 ANSWER_SLICE: Final = 64
-#: Messages written in one frame at most (a frame may exceed it by the last run it takes, itself at most
-#: ``RUN_LIMIT``). The backlog told while a worker restarts (thousands of taps) goes in frames of about this many,
-#: one yield between two, instead of one frame that held the loop for 0.7 ms: 512 taps take about 0.06 ms to pack
-#: and encode.
-FRAME_MESSAGES: Final = 512
-#: Messages in one run at most: a tell of the same type as the run at the outbox's end joins it below this.
-RUN_LIMIT: Final = FRAME_MESSAGES
 _NO_REPLY: Final = object()
-#: Outbox entries that carry messages of the actor (lost, and counted, if the worker goes first).
-_MESSAGES: Final = (wire.TELL_RUN, wire.ASK)
-_ENCODE_ERRORS: Final = (TypeError, msgspec.EncodeError, ValueError, OverflowError)
 _DANGLING_MAILBOX: Final = MailboxSpec(capacity=1)
 
 
@@ -120,12 +109,8 @@ class ProcessHost(Actor[Any]):
         self._reply_types = schema.replies
         self._process: WorkerProcess | None = None
         self._stream: anyio.abc.SocketStream | None = None
-        #: What waits to be written: a run of tells is one entry ``(TELL_RUN, code, [messages])`` that later tells
-        #: of its type join; anything else an entry laid out as its wire item.
-        self._outbox: list[tuple[Any, ...]] = []
-        #: Messages in the outbox (a run counts its messages): what ``outbox_limit`` bounds.
-        self._outbox_size = 0
-        self._packers = packers(schema)
+        #: What waits to be written to the worker, tells in runs of one type.
+        self._outbox = WorkerOutbox(schema, self.encoder, self._unencodable)
         self._wake = wire.Signal()
         self._space = wire.Signal()
         self._progress = wire.Signal()
@@ -297,9 +282,7 @@ class ProcessHost(Actor[Any]):
         self._process_exited.set()
 
     def _drop_outbox(self) -> None:
-        outbox, self._outbox = self._outbox, []
-        self._outbox_size = 0
-        self._count_lost(outbox)
+        self._count_lost(self._outbox.take_all())
         error = self._failure or ActorError(f"{self.ref.name!r}: its worker stopped")
         for pending in self._pending.values():
             pending.error = error
@@ -387,11 +370,12 @@ class ProcessHost(Actor[Any]):
         entries: list[tuple[Any, ...]] = []
         try:
             while True:
-                while not self._outbox:
+                outbox = self._outbox
+                while not outbox.entries:
                     await self._wake.wait()
-                entries = self._take_frame()
+                entries = outbox.take_frame()
                 self._space.set()
-                await stream.send(self._encode(entries))
+                await stream.send(outbox.encode(entries))
                 entries = []
                 self.frames_sent += 1
                 self._progress.set()
@@ -408,66 +392,10 @@ class ProcessHost(Actor[Any]):
         As the message a crashing actor was handling is: counted, not recorded one by one as dead letters (a repr
         each, thousands of them after a stuck worker, would stall the event loop).
         """
-        lost = sum(len(item[2]) if item[0] == wire.TELL_RUN else 1 for item in entries if item[0] in _MESSAGES)
+        lost = WorkerOutbox.messages_in(entries)
         if lost:
             self.lost += lost
             logger.warning("%s: %d messages on their way to the worker were lost with it", self.ref.name, lost)
-
-    def _take_frame(self) -> list[tuple[Any, ...]]:
-        """Take the outbox's first entries, about ``FRAME_MESSAGES`` messages (all of them if that is fewer)."""
-        outbox = self._outbox
-        if self._outbox_size <= FRAME_MESSAGES:
-            self._outbox, self._outbox_size = [], 0
-            return outbox
-        size = 0
-        end = 0
-        while size < FRAME_MESSAGES:
-            entry = outbox[end]
-            size += len(entry[2]) if entry[0] == wire.TELL_RUN else 1
-            end += 1
-        self._outbox, self._outbox_size = outbox[end:], self._outbox_size - size
-        return outbox[:end]
-
-    def _encode(self, entries: list[tuple[Any, ...]]) -> bytes:
-        """One frame of outbox entries: each run of tells as the list of its messages' wire forms."""
-        run_op = wire.TELL_RUN
-        codes = self._packers
-        items = [
-            (run_op, entry[1], pack_run(codes[entry[1]], entry[2])) if entry[0] == run_op else entry
-            for entry in entries
-        ]
-        try:
-            return wire.frame(items, self.encoder)
-        except _ENCODE_ERRORS:
-            pass
-        # The slow path: find the culprits one by one (in a run, message by message) and frame what does encode.
-        encoder = self.encoder
-        encoded: list[msgspec.Raw] = []
-        for entry, item in zip(entries, items, strict=True):
-            try:
-                encoded.append(msgspec.Raw(encoder.encode(item)))
-                continue
-            except _ENCODE_ERRORS as exc:
-                error = exc
-            replacement = self._encodable_run(entry) if entry[0] == run_op else self._unencodable(entry, error)
-            if replacement is not None:
-                encoded.append(msgspec.Raw(encoder.encode(replacement)))
-        return wire.frame(encoded, encoder)
-
-    def _encodable_run(self, entry: tuple[Any, ...]) -> tuple[Any, ...] | None:
-        """The wire item of a run without its messages that do not encode (each one a dead letter)."""
-        _, code, messages = entry
-        packer = self._packers[code]
-        kept: list[Any] = []
-        for message in messages:
-            try:
-                self.encoder.encode(pack_run(packer, [message]))
-            except _ENCODE_ERRORS as exc:
-                self._unencodable((wire.TELL, code, message), exc)
-                continue
-            kept.append(message)
-        # Packed once, as a whole: a WireForm's run is its columns, which one message's packing cannot be extended by.
-        return (wire.TELL_RUN, code, pack_run(packer, kept)) if kept else None
 
     def _unencodable(self, item: tuple[Any, ...], exc: Exception) -> tuple[Any, ...] | None:
         op = item[0]
@@ -606,8 +534,7 @@ class ProcessHost(Actor[Any]):
     # -- messages ---------------------------------------------------------------------------------------------------
 
     def _send(self, item: tuple[Any, ...]) -> None:
-        self._outbox.append(item)
-        self._outbox_size += 1
+        self._outbox.put(item)
         self._wake.set()
 
     def _fail(self, error: WorkerFailed) -> None:
@@ -651,9 +578,12 @@ class ProcessHost(Actor[Any]):
             return None
         reply_type = self._reply_types.get(kind, _NO_REPLY)
         if reply_type is _NO_REPLY:
-            self.forwarded += self._take_tells(code, message)
+            outbox = self._outbox
+            self.forwarded += outbox.take_tells(
+                code, message, self.ref._mailbox, self.schema.accept_codes, self._reply_types
+            )
             self._wake.set()
-            if self._outbox_size >= self.isolation.outbox_limit:
+            if outbox.size >= self.isolation.outbox_limit:
                 await self._wait_for_space()
             return None
         self.forwarded += 1
@@ -665,58 +595,9 @@ class ProcessHost(Actor[Any]):
             raise pending.error
         return pending.value
 
-    def _take_tells(self, code: int, message: Any) -> int:
-        """Put a told message in the outbox, with the plain tells waiting behind it; return how many.
-
-        The drain loop would hand those to :meth:`receive` one call each; taken here, up to the drain loop's own
-        batch size and stopping at the first message that needs more than a tell (an ask, a timer, a control
-        message, a type outside the schema), the parent's loop pays almost nothing per tapped event: the types
-        queued are read in one C call, and each run of one type is moved out of the mailbox in another, so Python
-        code runs once per run, not per message. The mailbox's order and counters are kept.
-        """
-        run = self._run_for(code)
-        run.append(message)
-        mailbox = self.ref._mailbox
-        queue = mailbox.queue
-        codes = self.schema.accept_codes
-        replies = self._reply_types
-        popleft = queue.popleft
-        taken = 0
-        for kind, same in groupby(list(map(type, islice(queue, BATCH_SIZE)))):
-            next_code = codes.get(kind)
-            if next_code is None or kind in replies:
-                break  # an AskRequest, a TimerFire, a control message or a type outside the schema: not ours
-            count = len(list(same))
-            taken += count
-            while count:
-                if next_code != code or len(run) >= RUN_LIMIT:
-                    code = next_code
-                    run = self._run_for(code)
-                part = min(count, RUN_LIMIT - len(run))
-                run.extend(starmap(popleft, repeat((), part)))
-                count -= part
-        self._outbox_size += 1 + taken
-        if taken:
-            mailbox.processed += taken
-            if mailbox.space_waiters:
-                mailbox.wake_senders()
-        return 1 + taken
-
-    def _run_for(self, code: int) -> list[Any]:
-        """The run that a tell of wire code ``code`` joins: the outbox's last entry if it is such a run with room."""
-        outbox = self._outbox
-        if outbox:
-            last = outbox[-1]
-            if last[0] == wire.TELL_RUN and last[1] == code and len(last[2]) < RUN_LIMIT:
-                run: list[Any] = last[2]
-                return run
-        run = []
-        outbox.append((wire.TELL_RUN, code, run))
-        return run
-
     async def _wait_for_space(self) -> None:
         limit = self.isolation.outbox_limit
-        while self._outbox_size >= limit and self._failure is None and not self._finished_normally:
+        while self._outbox.size >= limit and self._failure is None and not self._finished_normally:
             await self._space.wait()
         if self._failure is not None:
             raise self._failure

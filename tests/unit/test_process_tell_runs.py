@@ -1,15 +1,13 @@
 from __future__ import annotations
 
 import random
-from collections import deque
-from types import MethodType, SimpleNamespace
 from typing import Any
 
 import msgspec
 import pytest
 
 from actors import Message
-from actors._mailbox import BATCH_SIZE
+from actors._mailbox import BATCH_SIZE, Mailbox, MailboxSpec
 from actors.chat._events import (
     RunStarted,
     StampedEvent,
@@ -21,7 +19,7 @@ from actors.chat._events import (
 )
 from actors.process import MessageSchema, _wire as wire
 from actors.process._chat_monitor import MONITOR_SCHEMA, STAMPED_WIRE_FORM
-from actors.process._host import RUN_LIMIT, ProcessHost
+from actors.process._outbox import RUN_LIMIT, WorkerOutbox
 from actors.process._tell_runs import RunReader, WireForm, pack_run, packers
 from tests.behaviour._process_kit import COUNTER_SCHEMA, Add, Greeted, Greeting, Total
 
@@ -228,36 +226,33 @@ class Unschematic:
     """Not in the schema: stands for an AskRequest, a TimerFire or a control message in the host's mailbox."""
 
 
-def stand_in_host(schema: MessageSchema) -> Any:
-    """The host's outbox logic (take, run, frame, encode) bound to a stand-in: no worker, no event loop."""
-    dropped: list[Any] = []
-    host = SimpleNamespace(
-        schema=schema,
-        _reply_types=schema.replies,
-        _outbox=[],
-        _outbox_size=0,
-        _packers=packers(schema),
-        encoder=msgspec.msgpack.Encoder(),
-        ref=SimpleNamespace(_mailbox=SimpleNamespace(queue=deque(), processed=0, space_waiters=[])),
-        dropped=dropped,
-    )
-    for name in ("_take_tells", "_run_for", "_take_frame", "_encode", "_encodable_run"):
-        setattr(host, name, MethodType(getattr(ProcessHost, name), host))
-    host._unencodable = lambda item, exc: dropped.append(item[2])
-    return host
+class Outbox:
+    """A WorkerOutbox with the mailbox it takes tells from, and what it handed back as unencodable."""
+
+    def __init__(self, schema: MessageSchema) -> None:
+        self.schema = schema
+        self.mailbox = Mailbox(MailboxSpec(capacity=100_000))
+        self.dropped: list[Any] = []
+        self.outbox = WorkerOutbox(schema, msgspec.msgpack.Encoder(), self._unencodable)
+
+    def _unencodable(self, item: tuple[Any, ...], exc: Exception) -> None:
+        self.dropped.append(item[2])
+
+    def take_tells(self, code: int, message: Any) -> int:
+        return self.outbox.take_tells(code, message, self.mailbox, self.schema.accept_codes, self.schema.replies)
 
 
 def messages_in(entries: list[tuple[Any, ...]]) -> int:
     return sum(len(entry[2]) if entry[0] == wire.TELL_RUN else 1 for entry in entries)
 
 
-class TestHostRuns:
+class TestWorkerOutbox:
     def test_take_tells_random_streams_keep_order_counts_and_run_bounds(self) -> None:
         rng = random.Random(7)
         codes = COUNTER_SCHEMA.accept_codes
         for _trial in range(200):
-            host = stand_in_host(COUNTER_SCHEMA)
-            mailbox = host.ref._mailbox
+            host = Outbox(COUNTER_SCHEMA)
+            outbox, queue = host.outbox, host.mailbox.queue
             arrived: list[Any] = []
             frames: list[list[tuple[Any, ...]]] = []
             forwarded = 0
@@ -273,29 +268,29 @@ class TestHostRuns:
                     else:
                         message = Unschematic() if kind == "other" else Total()
                     arrived.append(message)
-                    mailbox.queue.append(message)
+                    queue.append(message)
                 # The drain loop hands the host one message; the host takes the plain tells queued behind it.
-                while mailbox.queue:
-                    message = mailbox.queue.popleft()
-                    mailbox.processed += 1
+                while queue:
+                    message = queue.popleft()
+                    host.mailbox.processed += 1
                     code = codes.get(type(message))
                     if code is None:
                         continue
                     if type(message) in COUNTER_SCHEMA.replies:
-                        host._outbox.append((wire.ASK, code, message, 1))
-                        host._outbox_size += 1
+                        outbox.put((wire.ASK, code, message, 1))
                         forwarded += 1
                         continue
-                    queued = len(mailbox.queue)
-                    taken = host._take_tells(code, message)
-                    assert taken == 1 + queued - len(mailbox.queue) <= 1 + BATCH_SIZE
+                    queued = len(queue)
+                    taken = host.take_tells(code, message)
+                    assert taken == 1 + queued - len(queue) <= 1 + BATCH_SIZE
                     forwarded += taken
-                    assert host._outbox_size == messages_in(host._outbox)
+                    assert outbox.size == messages_in(outbox.entries)
                     if rng.random() < 0.3:
-                        frames.append(host._take_frame())
-                        assert host._outbox_size == messages_in(host._outbox)
-            while host._outbox:
-                frames.append(host._take_frame())
+                        frames.append(outbox.take_frame())
+                        assert outbox.size == messages_in(outbox.entries)
+            while outbox.entries:
+                frames.append(outbox.take_frame())
+            assert outbox.size == 0
             sent = [m for frame in frames for e in frame for m in (e[2] if e[0] == wire.TELL_RUN else [e[2]])]
             expected = [m for m in arrived if not isinstance(m, Unschematic)]
             assert len(sent) == forwarded == len(expected)
@@ -305,21 +300,33 @@ class TestHostRuns:
 
     # Regression: a backlog of one type grew runs past RUN_LIMIT (a group was added whole to a run below it).
     def test_take_tells_one_type_backlog_runs_at_most_run_limit(self) -> None:
-        host = stand_in_host(COUNTER_SCHEMA)
-        mailbox = host.ref._mailbox
+        host = Outbox(COUNTER_SCHEMA)
+        queue = host.mailbox.queue
         code = COUNTER_SCHEMA.accept_codes[Add]
-        mailbox.queue.extend(Add(value=i) for i in range(2000))
-        forwarded = 0
-        while mailbox.queue:
-            forwarded += host._take_tells(code, mailbox.queue.popleft())
+        queue.extend(Add(value=i) for i in range(2000))
+        forwarded = calls = 0
+        while queue:
+            forwarded += host.take_tells(code, queue.popleft())
+            calls += 1
         assert forwarded == 2000
-        assert [len(entry[2]) for entry in host._outbox] == [512, 512, 512, 464]
+        assert calls == 8  # each call takes at most the drain loop's batch behind its own message
+        assert host.mailbox.processed == 2000 - calls  # the drain loop counted the first of each call itself
+        assert [len(entry[2]) for entry in host.outbox.entries] == [512, 512, 512, 464]
+
+    def test_take_all_empties_and_counts_the_actors_messages(self) -> None:
+        host = Outbox(COUNTER_SCHEMA)
+        host.take_tells(COUNTER_SCHEMA.accept_codes[Add], Add(value=1))
+        host.outbox.put((wire.ASK, COUNTER_SCHEMA.accept_codes[Total], Total(), 1))
+        host.outbox.put((wire.STOP, 1.0))
+        entries = host.outbox.take_all()
+        assert (host.outbox.entries, host.outbox.size) == ([], 0)
+        assert WorkerOutbox.messages_in(entries) == 2  # the tell and the ask; the stop is not the actor's
 
     def test_encode_plain_run_without_its_unencodable_message(self) -> None:
-        host = stand_in_host(COUNTER_SCHEMA)
+        host = Outbox(COUNTER_SCHEMA)
         code = COUNTER_SCHEMA.accept_codes[Greeting]
         run = [Greeting(text="a"), Greeting(text="\ud800"), Greeting(text="b")]  # a lone surrogate: no UTF-8
-        body = host._encode([(wire.TELL_RUN, code, run), (wire.ASK, 7, Greeted(), 3)])
+        body = host.outbox.encode([(wire.TELL_RUN, code, run), (wire.ASK, 7, Greeted(), 3)])
         run_item, ask_item = wire.DOWN_BATCH.decode(body[wire.LENGTH :])
         assert isinstance(run_item, wire.TellRun)
         assert isinstance(ask_item, wire.Ask)
@@ -330,10 +337,10 @@ class TestHostRuns:
     # Regression: with a wire form, the run kept without its unencodable message was the kept messages' columns
     # laid end to end, which the worker rejected whole: every good message of the run was lost, uncounted.
     def test_encode_wire_form_run_without_its_unencodable_message(self) -> None:
-        host = stand_in_host(MONITOR_SCHEMA)
+        host = Outbox(MONITOR_SCHEMA)
         good, bad, also_good = tapped()[:3]
         bad = msgspec.structs.replace(bad, run_id="r1\ud800")
-        body = host._encode([(wire.TELL_RUN, STAMPED_CODE, [good, bad, also_good])])
+        body = host.outbox.encode([(wire.TELL_RUN, STAMPED_CODE, [good, bad, also_good])])
         (item,) = wire.DOWN_BATCH.decode(body[wire.LENGTH :])
         assert isinstance(item, wire.TellRun)
         messages, errors = RunReader(MONITOR_SCHEMA).read(item.code, item.body)
