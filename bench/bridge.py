@@ -96,7 +96,7 @@ PROCESS_RUNTIME = RuntimeConfig(
 
 
 def run_events(thread_id: str, run_id: str) -> list[AgentEvent]:
-    """The 20 events of one chat run: a tool call with streamed arguments, then a streamed answer."""
+    """The 21 events of one chat run: a tool call with streamed arguments, then a streamed answer."""
     call = f"{run_id}:call"
     answer = f"{run_id}:answer"
     return [
